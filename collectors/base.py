@@ -1,0 +1,54 @@
+"""The collector interface and its value types. Collectors only read; they never act.
+
+A collector reads one target (one LB member's HAProxy, one VM's SNMP agent, one PromQL query) and
+returns timestamped samples. An empty list means "no data" and is never turned into 0 by anyone.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Protocol
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    """Where to read. `key` identifies the member across calls (rate state is kept per key).
+
+    `url` is the source's address; `uds` an optional unix socket to reach it through (the lab's
+    instances live in network namespaces the scaler cannot route to, so they expose unix sockets).
+    """
+
+    key: str
+    url: str
+    uds: str | None = None
+    labels: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class Sample:
+    """One reading. `timestamp` is seconds since the epoch, taken when the source answered."""
+
+    metric: str
+    value: float
+    timestamp: float
+    labels: Mapping[str, str] = field(default_factory=dict)
+
+
+class Collector(Protocol):
+    """Reads metrics from one target.
+
+    - `collect(target)` returns the samples it could read; a metric it could not compute yet (a rate
+      needs two readings) is simply absent. It raises `CollectorError` (with a `reason`) when the
+      source could not be read at all. It must finish within its configured timeout and never
+      block the event loop.
+    - `forget(key)` drops per-target state (rates) of a member that left the pool.
+    """
+
+    name: str
+
+    async def collect(self, target: Target) -> list[Sample]: ...
+
+    def forget(self, key: str) -> None: ...
+
+    async def close(self) -> None: ...
