@@ -23,11 +23,16 @@ from policies.model import Aggregate, PoolPolicy, ThresholdRule
 
 @dataclass(frozen=True, slots=True)
 class Point:
-    """One aggregated reading of an input. `value` None = no data then, `why` says why."""
+    """One aggregated reading of an input. `value` None = no data then, `why` says why.
+
+    `complete` is False when some members had no data and `value` aggregates the others: good
+    enough to grow on, never good enough to shrink on.
+    """
 
     t: float
     value: float | None
     why: str = ""
+    complete: bool = True
 
 
 class Outcome(enum.StrEnum):
@@ -184,7 +189,9 @@ def evaluate(policy: PoolPolicy, series: Mapping[str, Sequence[Point]], state: P
 
     outs = [v for v in verdicts if v.verdict is Verdict.FIRE and v.step > 0]
     ins = [v for v in verdicts if v.verdict is Verdict.FIRE and v.step < 0]
-    missing = [v for v in verdicts if v.verdict is Verdict.NO_DATA]
+    missing = [v.detail for v in verdicts if v.verdict is Verdict.NO_DATA]
+    missing += [f"input {name!r} is partial: {p.why}" for name in policy.inputs
+                if (p := latest(series.get(name, ()), now, policy.stale_after)) and not p.complete]
 
     if outs:
         win = max(outs, key=lambda v: v.step)
@@ -201,7 +208,7 @@ def evaluate(policy: PoolPolicy, series: Mapping[str, Sequence[Point]], state: P
     if ins:
         win = max(ins, key=lambda v: v.step)   # steps are negative: the max is the smallest step
         if missing:
-            names = "; ".join(v.detail for v in missing)
+            names = "; ".join(missing)
             return hold(f"{win.rule} asks {win.step:+d} but scale-in needs every input: {names}")
         if current <= policy.min:
             return hold(f"{win.rule} asks {win.step:+d} but the pool is at min ({policy.min})")
@@ -212,7 +219,7 @@ def evaluate(policy: PoolPolicy, series: Mapping[str, Sequence[Point]], state: P
         desired = max(policy.min, current + win.step)
         return decide(Outcome.SCALE_IN, desired, f"{win.rule}: {win.detail}", win.rule)
     if missing:
-        return hold("no rule fired; " + "; ".join(v.detail for v in missing))
+        return hold("no rule fired; " + "; ".join(missing))
     pending = [v for v in verdicts if v.verdict is Verdict.PENDING]
     if pending:
         return hold("waiting: " + "; ".join(f"{v.rule}: {v.detail}" for v in pending))

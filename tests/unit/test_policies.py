@@ -140,6 +140,14 @@ def test_combining(sessions: float | None, queue: float | None, current: int, ou
     assert (d.outcome, d.desired, d.rule) == (outcome, desired, rule), d.reason
 
 
+def test_partial_data_blocks_scale_in_only() -> None:
+    partial = [Point(p.t, p.value, "1 of 2 members: timeout", complete=False) for p in flat(2, NOW - 20, NOW)]
+    d = evaluate(policy(), {"sessions": partial}, PoolState(3), NOW)
+    assert d.outcome is Outcome.HOLD and "partial" in d.reason
+    busy = [Point(p.t, p.value, "1 of 2 members: timeout", complete=False) for p in flat(30, NOW - 20, NOW)]
+    assert evaluate(policy(), {"sessions": busy}, PoolState(2), NOW).outcome is Outcome.SCALE_OUT
+
+
 def test_dry_run_decides_but_does_not_act() -> None:
     d = evaluate(policy(dry_run=True), {"sessions": flat(30, NOW - 20, NOW)}, PoolState(1), NOW)
     assert d.outcome is Outcome.SCALE_OUT and d.desired == 2

@@ -1,0 +1,168 @@
+"""The HTTP API: health, the service's metrics, and read-only views of pools and their decisions.
+
+Handlers only read the store; nothing here performs a side effect. Response models are declared so
+the OpenAPI document (`/openapi.json`) matches what the server sends.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Any, Protocol
+
+from fastapi import FastAPI, HTTPException, Query, Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from pydantic import BaseModel
+
+from policies import PoolPolicy
+from scaler.config import PoolConfig
+from scaler.metrics import Metrics
+from scaler.store import CAPACITY, DecisionRow, MemberState, Store
+
+
+class ServiceView(Protocol):
+    """What the API needs from the running service."""
+
+    store: Store
+    metrics: Metrics
+    pools: dict[str, PoolConfig]
+    policies: dict[str, PoolPolicy]
+
+    def health(self) -> dict[str, Any]: ...
+
+
+def iso(t: float | None) -> str | None:
+    return None if t is None else datetime.fromtimestamp(t, UTC).isoformat(timespec="milliseconds")
+
+
+class MemberOut(BaseModel):
+    instance: str
+    state: str
+    address: str | None
+    since: str | None
+    error: str | None = None
+
+
+class DecisionOut(BaseModel):
+    id: int | None
+    at: str | None
+    outcome: str
+    current: int
+    desired: int
+    rule: str | None
+    reason: str
+    dry_run: bool
+    inputs: dict[str, float | None]
+    verdicts: list[dict[str, Any]]
+    operation: str | None
+
+
+class OperationOut(BaseModel):
+    id: str
+    kind: str
+    state: str
+    from_size: int
+    to_size: int
+    reason: str
+    started: str | None
+    finished: str | None
+    error: str | None
+
+
+class PoolOut(BaseModel):
+    name: str
+    vip: str
+    min: int | None
+    max: int | None
+    dry_run: bool
+    size: int
+    members: list[MemberOut]
+    operation: OperationOut | None
+    last_decision: DecisionOut | None
+
+
+class EventOut(BaseModel):
+    id: int | None
+    at: str | None
+    pool: str
+    member: str | None
+    kind: str
+    message: str
+
+
+def decision_out(d: DecisionRow) -> DecisionOut:
+    return DecisionOut(id=d.id, at=iso(d.at), outcome=d.outcome, current=d.current, desired=d.desired,
+                       rule=d.rule, reason=d.reason, dry_run=d.dry_run, inputs=json.loads(d.inputs),
+                       verdicts=json.loads(d.verdicts), operation=d.op_id)
+
+
+def create_app(service: ServiceView, clock: Callable[[], float] = time.time) -> FastAPI:
+    app = FastAPI(title="scaler", version="0.1.0",
+                  description="Autoscaler for HAProxy LB fleets sharing one ECMP-routed /32 VIP")
+
+    def pool_out(name: str) -> PoolOut:
+        cfg = service.pools[name]
+        policy = service.policies.get(name)
+        members = service.store.members(name)
+        op = service.store.running_operation(name)
+        last = service.store.decisions(name, limit=1)
+        return PoolOut(
+            name=name, vip=str(cfg.vip), min=policy.min if policy else None, max=policy.max if policy else None,
+            dry_run=policy.dry_run if policy else False,
+            size=sum(1 for m in members if MemberState(m.state) in CAPACITY),
+            members=[MemberOut(instance=m.instance, state=m.state, address=m.address, since=iso(m.state_since),
+                               error=m.error) for m in members],
+            operation=None if op is None else OperationOut(
+                id=op.id, kind=op.kind, state=op.state, from_size=op.from_size, to_size=op.to_size,
+                reason=op.reason, started=iso(op.created_at), finished=iso(op.finished_at), error=op.error),
+            last_decision=decision_out(last[0]) if last else None,
+        )
+
+    def known(pool: str) -> None:
+        if pool not in service.pools:
+            raise HTTPException(404, f"unknown pool {pool!r}; pools: {', '.join(sorted(service.pools))}")
+
+    @app.get("/healthz")
+    def healthz(response: Response) -> dict[str, Any]:
+        h = service.health()
+        if not h.get("ok"):
+            response.status_code = 503
+        return h
+
+    @app.get("/metrics", response_class=Response)
+    def metrics() -> Response:
+        return Response(generate_latest(service.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+    @app.get("/v1/pools")
+    def pools() -> list[PoolOut]:
+        return [pool_out(n) for n in sorted(service.pools)]
+
+    @app.get("/v1/pools/{pool}")
+    def pool(pool: str) -> PoolOut:
+        known(pool)
+        return pool_out(pool)
+
+    @app.get("/v1/pools/{pool}/decisions")
+    def decisions(pool: str, limit: int = Query(50, ge=1, le=1000),
+                  before: int | None = Query(None, description="only decisions with a smaller id")) -> list[DecisionOut]:
+        known(pool)
+        return [decision_out(d) for d in service.store.decisions(pool, limit, before)]
+
+    @app.get("/v1/pools/{pool}/operations")
+    def operations(pool: str, limit: int = Query(20, ge=1, le=500)) -> list[OperationOut]:
+        known(pool)
+        return [OperationOut(id=o.id, kind=o.kind, state=o.state, from_size=o.from_size, to_size=o.to_size,
+                             reason=o.reason, started=iso(o.created_at), finished=iso(o.finished_at),
+                             error=o.error) for o in service.store.operations(pool, limit)]
+
+    @app.get("/v1/events")
+    def events(pool: str | None = None, after: int = Query(0, ge=0),
+               limit: int = Query(200, ge=1, le=2000)) -> list[EventOut]:
+        if pool is not None:
+            known(pool)
+        return [EventOut(id=e.id, at=iso(e.at), pool=e.pool, member=e.member, kind=e.kind, message=e.message)
+                for e in service.store.events(pool, after, limit)]
+
+    return app

@@ -1,0 +1,194 @@
+"""The service configuration (`scaler.yaml`) and the policy directory, validated as one unit.
+
+`load_config(path)` returns a validated `ServiceConfig` or raises ConfigError listing every problem
+as FILE:LINE:COL. `load_policies(cfg)` does the same for the policy files and checks them against
+the service config (known pools, known collectors). Driver options are validated by the driver's
+own config model, so an error inside `orchestrator.options` still names its line.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from ipaddress import IPv4Address
+from pathlib import Path
+from typing import Annotated, Any
+
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
+
+from policies import PolicyFile, PoolPolicy, parse_duration
+from scaler import yamlconf
+from scaler.errors import ConfigError
+
+Duration = Annotated[float, BeforeValidator(parse_duration)]
+PoolName = Annotated[str, Field(pattern=r"^[a-z][a-z0-9_-]{0,39}$")]
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class StoreConfig(Strict):
+    # sqlite:///relative/path is resolved against the directory of scaler.yaml.
+    url: str = "sqlite:///scaler.db"
+    decisions_kept: int = Field(default=5000, ge=10, description="per pool; older ones are pruned")
+
+
+class ApiConfig(Strict):
+    host: str = "127.0.0.1"
+    port: int = Field(default=8750, ge=0, le=65535)
+
+
+class Intervals(Strict):
+    collect: Duration = 5.0
+    evaluate: Duration = 5.0
+    reconcile: Duration = 1.0
+
+
+class DriverConfig(Strict):
+    driver: str
+    options: dict[str, Any] = Field(default_factory=dict)
+
+
+class TargetTemplate(Strict):
+    """How a collector reaches a member; `{address}` and the instance's endpoints are substituted."""
+
+    url: str = "{metrics_url}"
+    uds: str | None = "{metrics_uds}"
+
+
+class CollectorConfig(Strict):
+    driver: str
+    options: dict[str, Any] = Field(default_factory=dict)
+    target: TargetTemplate = TargetTemplate()
+
+
+class PoolConfig(Strict):
+    """A pool's infrastructure. What makes it grow or shrink lives in the policy files."""
+
+    vip: IPv4Address
+    instance: dict[str, Any] = Field(default_factory=dict, description="passed to the orchestrator")
+    boot_timeout: Duration = 300.0
+    drain_timeout: Duration = 120.0
+
+
+class ServiceConfig(Strict):
+    store: StoreConfig = StoreConfig()
+    api: ApiConfig = ApiConfig()
+    policy_dir: Path = Path("policies")
+    intervals: Intervals = Intervals()
+    orchestrator: DriverConfig
+    router: DriverConfig
+    collectors: dict[str, CollectorConfig] = Field(min_length=1)
+    pools: dict[PoolName, PoolConfig] = Field(min_length=1)
+    # Set by load_config: where the file was, for resolving relative paths and for messages.
+    source: Path = Path("scaler.yaml")
+
+    def resolve(self, p: Path) -> Path:
+        return p if p.is_absolute() else (self.source.parent / p)
+
+    def store_url(self) -> str:
+        url = self.store.url
+        if url.startswith("sqlite:///") and not url.startswith("sqlite:////"):
+            rel = url.removeprefix("sqlite:///")
+            if rel and rel != ":memory:":
+                return "sqlite:///" + str(self.resolve(Path(rel)).absolute())
+        return url
+
+
+@dataclass(frozen=True)
+class Registries:
+    """Config models of the known drivers, by name: {"lab": LabOrchestratorConfig, ...}."""
+
+    orchestrators: Mapping[str, type[BaseModel]]
+    routers: Mapping[str, type[BaseModel]]
+    collectors: Mapping[str, type[BaseModel]]
+
+
+def _check_driver(kind: str, section: Any, registry: Mapping[str, type[BaseModel]], path: Path, doc: Any,
+                  loc: tuple[str, ...]) -> list[str]:
+    if section.driver not in registry:
+        line, col, _ = yamlconf.position(doc, (*loc, "driver"))
+        known = ", ".join(sorted(registry)) or "none"
+        return [f"{path}:{line}:{col}: {'.'.join(loc)}.driver: unknown {kind} driver "
+                f"{section.driver!r} (known: {known})"]
+    try:
+        registry[section.driver].model_validate(section.options)
+    except ValidationError as exc:
+        return yamlconf.problems_of(exc, path, doc, prefix=(*loc, "options"))
+    return []
+
+
+def load_config(path: Path, registries: Registries) -> ServiceConfig:
+    """Read and validate scaler.yaml, including each driver's options."""
+    doc = yamlconf.load(path)
+    if doc is None:
+        raise ConfigError([f"{path}:1:1: the file is empty"])
+    cfg = yamlconf.validate(ServiceConfig, path, doc)
+    cfg = cfg.model_copy(update={"source": path})
+    problems = _check_driver("orchestrator", cfg.orchestrator, registries.orchestrators, path, doc,
+                             ("orchestrator",))
+    problems += _check_driver("router", cfg.router, registries.routers, path, doc, ("router",))
+    for name, col in cfg.collectors.items():
+        problems += _check_driver("collector", col, registries.collectors, path, doc, ("collectors", name))
+    if problems:
+        raise ConfigError(problems)
+    return cfg
+
+
+def driver_options(section: DriverConfig | CollectorConfig, registry: Mapping[str, type[BaseModel]]) -> Any:
+    """The validated options model of a section already checked by load_config."""
+    return registry[section.driver].model_validate(section.options)
+
+
+def policy_files(directory: Path) -> list[Path]:
+    return sorted(p for p in directory.iterdir() if p.suffix in (".yaml", ".yml") and p.is_file())
+
+
+def load_policy_file(path: Path, cfg: ServiceConfig) -> dict[str, PoolPolicy]:
+    """Validate one policy file against the service config."""
+    doc = yamlconf.load(path)
+    pf = yamlconf.validate(PolicyFile, path, doc)
+    problems = []
+    for name, pol in pf.pools.items():
+        if name not in cfg.pools:
+            line, col, _ = yamlconf.position(doc, ("pools", name))
+            known = ", ".join(sorted(cfg.pools))
+            problems.append(f"{path}:{line}:{col}: pools.{name}: unknown pool {name!r} "
+                            f"(pools in {cfg.source.name}: {known})")
+        for iname, inp in pol.inputs.items():
+            if inp.source not in cfg.collectors:
+                line, col, _ = yamlconf.position(doc, ("pools", name, "inputs", iname, "source"))
+                known = ", ".join(sorted(cfg.collectors))
+                problems.append(f"{path}:{line}:{col}: pools.{name}.inputs.{iname}.source: unknown "
+                                f"collector {inp.source!r} (collectors: {known})")
+    if problems:
+        raise ConfigError(problems)
+    return dict(pf.pools)
+
+
+def load_policies(cfg: ServiceConfig) -> dict[str, PoolPolicy]:
+    """Every policy file of the policy directory; every pool needs exactly one policy."""
+    directory = cfg.resolve(cfg.policy_dir)
+    if not directory.is_dir():
+        raise ConfigError([f"{cfg.source}: policy_dir: {directory} is not a directory"])
+    problems: list[str] = []
+    policies: dict[str, PoolPolicy] = {}
+    where: dict[str, Path] = {}
+    for path in policy_files(directory):
+        try:
+            got = load_policy_file(path, cfg)
+        except ConfigError as exc:
+            problems += exc.problems
+            continue
+        for name, pol in got.items():
+            if name in policies:
+                problems.append(f"{path}: pools.{name}: pool {name!r} already has a policy in {where[name]}")
+            policies[name] = pol
+            where[name] = path
+    for name in cfg.pools:
+        if name not in policies and not problems:
+            problems.append(f"{cfg.source}: pools.{name}: no policy file in {directory} defines pool {name!r}")
+    if problems:
+        raise ConfigError(problems)
+    return policies

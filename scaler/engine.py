@@ -1,0 +1,164 @@
+"""The engine: reads collectors for every in-service member, keeps each input's recent series, and
+turns the policies' decisions into operations in the store.
+
+It never performs a side effect itself: a decision to act becomes an operation (with its members
+in their first state) written in one transaction; the lifecycle carries it out.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import deque
+from collections.abc import Callable, Mapping, MutableMapping
+from dataclasses import dataclass, field
+
+from collectors import Collector, CollectorError, Sample, Target
+from policies import Decision, Outcome, Point, PoolPolicy, PoolState, aggregate, evaluate, window_needed
+from scaler.config import CollectorConfig, PoolConfig
+from scaler.metrics import Metrics
+from scaler.store import CAPACITY, DecisionRow, Member, MemberState, OpKind, Store, StoreError, dumps
+
+log = logging.getLogger("scaler.engine")
+
+
+def target_for(m: Member, name: str, cfg: CollectorConfig) -> Target:
+    """The collector target of a member: the template filled with its address and endpoints."""
+    values = {"address": m.address or "", "instance": m.instance, "metrics_url": "", "metrics_uds": "",
+              **m.endpoint_map()}
+    url = cfg.target.url.format(**values)
+    uds = cfg.target.uds.format(**values) if cfg.target.uds else None
+    return Target(key=m.id, url=url, uds=uds or None, labels={"pool": m.pool, "member": m.instance})
+
+
+@dataclass
+class Engine:
+    store: Store
+    collectors: Mapping[str, Collector]
+    collector_configs: Mapping[str, CollectorConfig]
+    pools: Mapping[str, PoolConfig]
+    policies: MutableMapping[str, PoolPolicy]
+    metrics: Metrics
+    clock: Callable[[], float] = time.time
+    collect_timeout_s: float = 5.0
+    decisions_kept: int = 5000
+    on_operation: Callable[[], None] | None = None
+    series: dict[str, dict[str, deque[Point]]] = field(default_factory=dict)
+
+    # --- collection -------------------------------------------------------------------------------
+
+    async def collect(self) -> None:
+        members = [m for m in self.store.members() if m.state == MemberState.IN_SERVICE]
+        await asyncio.gather(*(self._collect_pool(name, [m for m in members if m.pool == name])
+                               for name in self.policies))
+
+    async def _read(self, source: str, m: Member) -> tuple[dict[str, float], str | None]:
+        collector = self.collectors[source]
+        t0 = time.perf_counter()
+        try:
+            samples: list[Sample] = await asyncio.wait_for(
+                collector.collect(target_for(m, source, self.collector_configs[source])), self.collect_timeout_s)
+        except CollectorError as exc:
+            self.metrics.collector_errors.labels(source, exc.reason).inc()
+            return {}, f"{m.instance}: {exc.reason}: {exc}"
+        except TimeoutError:
+            self.metrics.collector_errors.labels(source, "timeout").inc()
+            return {}, f"{m.instance}: timeout after {self.collect_timeout_s:g}s"
+        finally:
+            self.metrics.collector_latency.labels(source).observe(time.perf_counter() - t0)
+        return {s.metric: s.value for s in samples}, None
+
+    async def _collect_pool(self, pool: str, members: list[Member]) -> None:
+        policy = self.policies[pool]
+        sources = sorted({i.source for i in policy.inputs.values()})
+        reads = await asyncio.gather(*(self._read(src, m) for src in sources for m in members))
+        now = self.clock()
+        by_source: dict[str, list[tuple[Member, dict[str, float], str | None]]] = {s: [] for s in sources}
+        for (src, m), (values, err) in zip(((s, m) for s in sources for m in members), reads, strict=True):
+            by_source[src].append((m, values, err))
+        pool_series = self.series.setdefault(pool, {})
+        keep = window_needed(policy)
+        for name, inp in policy.inputs.items():
+            rows = by_source[inp.source]
+            got = [v[inp.metric] for _, v, _ in rows if inp.metric in v]
+            missing = [err or f"{m.instance}: no {inp.metric!r} yet" for m, v, err in rows if inp.metric not in v]
+            value = aggregate(got, inp.aggregate)
+            if not members:
+                point = Point(now, None, "no member in service")
+            elif value is None:
+                point = Point(now, None, "; ".join(missing))
+            else:
+                why = f"{len(missing)} of {len(rows)} members without data: " + "; ".join(missing) if missing else ""
+                point = Point(now, value, why, complete=not missing)
+            s = pool_series.setdefault(name, deque())
+            s.append(point)
+            while s and s[0].t < now - keep:
+                s.popleft()
+
+    # --- evaluation -------------------------------------------------------------------------------
+
+    def pool_state(self, pool: str, members: list[Member]) -> PoolState:
+        current = sum(1 for m in members if MemberState(m.state) in CAPACITY)
+        failed = sum(1 for m in members if m.state == MemberState.FAILED)
+        op = self.store.running_operation(pool)
+        row = self.store.pool(pool)
+        return PoolState(current=current, toward_max=current + failed,
+                         busy=f"{op.kind.replace('_', '-')} {op.id}" if op else None,
+                         last_scale_out_at=row.last_scale_out_at if row else None,
+                         last_scale_in_at=row.last_scale_in_at if row else None)
+
+    def evaluate(self) -> dict[str, Decision]:
+        now = self.clock()
+        out = {}
+        members = self.store.members()
+        for pool, policy in list(self.policies.items()):
+            mine = [m for m in members if m.pool == pool]
+            decision = evaluate(policy, self.series.get(pool, {}), self.pool_state(pool, mine), now)
+            out[pool] = decision
+            self._record(pool, decision, mine, now)
+        return out
+
+    def _record(self, pool: str, d: Decision, members: list[Member], now: float) -> None:
+        self.metrics.evaluations.labels(pool).inc()
+        label = "dry_run" if d.dry_run and d.outcome is not Outcome.HOLD else str(d.outcome)
+        self.metrics.decisions.labels(pool, label).inc()
+        self.metrics.desired.labels(pool).set(d.desired)
+        row = DecisionRow(pool=pool, at=now, outcome=str(d.outcome), current=d.current, desired=d.desired,
+                          rule=d.rule, reason=d.reason, dry_run=d.dry_run, inputs=dumps(dict(d.inputs)),
+                          verdicts=dumps([{"rule": v.rule, "verdict": str(v.verdict), "step": v.step,
+                                           "detail": v.detail} for v in d.verdicts]))
+        try:
+            if d.acts and d.outcome is Outcome.SCALE_OUT:
+                self.store.start_scale_out(pool, d.desired - d.current, d.current, d.reason, now, row)
+            elif d.acts and d.outcome is Outcome.SCALE_IN:
+                victims = self.victims(members, d.current - d.desired)
+                self.store.start_scale_in(pool, victims, d.current, d.reason, now, row)
+            else:
+                self.store.add_decision(row)
+                return
+        except StoreError as exc:
+            # e.g. an operation started meanwhile: record the decision as a hold with the reason.
+            row.outcome, row.reason, row.op_id = str(Outcome.HOLD), f"{d.reason}; not started: {exc}", None
+            self.store.add_decision(row)
+            return
+        log.info("%s: %s %d → %d: %s", pool, d.outcome, d.current, d.desired, d.reason)
+        if self.on_operation is not None:
+            self.on_operation()
+
+    @staticmethod
+    def victims(members: list[Member], count: int) -> list[Member]:
+        """Newest in-service members first: the oldest ones hold the longest-lived connections."""
+        serving = [m for m in members if m.state == MemberState.IN_SERVICE]
+        return sorted(serving, key=lambda m: (m.created_at, m.id), reverse=True)[:count]
+
+    def prune(self) -> None:
+        for pool in self.policies:
+            self.store.prune_decisions(pool, self.decisions_kept)
+
+    def forget(self, m: Member) -> None:
+        for c in self.collectors.values():
+            c.forget(m.id)
+
+
+__all__ = ["Engine", "OpKind", "target_for"]

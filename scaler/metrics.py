@@ -1,0 +1,39 @@
+"""The service's own Prometheus metrics (`GET /metrics`), in one registry passed to whoever counts.
+
+Names follow `scaler_<noun>_<unit|total>`. A registry per service (not the global default) keeps
+tests independent of each other.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+
+class Metrics:
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry or CollectorRegistry()
+        r = self.registry
+        self.evaluations = Counter("scaler_evaluations_total", "Policy evaluations", ["pool"], registry=r)
+        self.decisions = Counter("scaler_decisions_total", "Decisions by outcome (scale_out, scale_in, "
+                                 "hold, dry_run)", ["pool", "outcome"], registry=r)
+        self.actions = Counter("scaler_actions_total", "Side effects by kind and result",
+                               ["pool", "action", "result"], registry=r)
+        self.members = Gauge("scaler_pool_members", "Members by state", ["pool", "state"], registry=r)
+        self.desired = Gauge("scaler_pool_desired_members", "Size asked by the last decision", ["pool"],
+                             registry=r)
+        self.collector_errors = Counter("scaler_collector_errors_total", "Failed reads by reason",
+                                        ["collector", "reason"], registry=r)
+        self.collector_latency = Histogram("scaler_collector_latency_seconds", "Time to read one target",
+                                           ["collector"], registry=r,
+                                           buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5))
+        self.router_apply = Histogram("scaler_router_apply_seconds", "Time of one router batch",
+                                      registry=r, buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1,
+                                                           0.25, 0.5, 1))
+        self.router_changes = Counter("scaler_router_changes_total", "Next-hop changes applied",
+                                      ["change"], registry=r)
+        self.router_errors = Counter("scaler_router_errors_total", "Failed router batches", registry=r)
+        self.jobs_missed = Counter("scaler_scheduler_missed_runs_total",
+                                   "Scheduled runs skipped or missed (the previous run was still going, "
+                                   "or the loop was blocked)", ["job"], registry=r)
+        self.drain_seconds = Histogram("scaler_drain_seconds", "Time from drain start to withdrawal",
+                                       ["pool"], registry=r, buckets=(1, 2, 5, 10, 20, 30, 60, 120, 300))

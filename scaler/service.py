@@ -1,0 +1,198 @@
+"""The composition root: builds drivers from the config, wires engine, lifecycle, scheduler and API,
+and runs them on one asyncio event loop until SIGTERM/SIGINT.
+
+Start-up order matters for safety: open and migrate the store (exclusive lock), then one lifecycle
+pass (re-programs the router from the store's desired state in one batch and resumes half-done
+operations), then report instances the orchestrator has that the store does not know, then start
+the periodic jobs and the API.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import uvicorn
+from apscheduler.events import EVENT_JOB_ERROR, EVENT_JOB_MAX_INSTANCES, EVENT_JOB_MISSED, JobExecutionEvent
+from apscheduler.schedulers.asyncio import AsyncIOScheduler
+
+from actuators.orchestrator import Orchestrator
+from actuators.router import Router
+from collectors import Collector
+from policies import PoolPolicy
+from scaler import drivers
+from scaler.api import create_app
+from scaler.config import ServiceConfig, load_config, load_policies
+from scaler.engine import Engine
+from scaler.lifecycle import Drainer, Lifecycle
+from scaler.metrics import Metrics
+from scaler.store import Store
+
+log = logging.getLogger("scaler")
+
+
+class _Server(uvicorn.Server):
+    """uvicorn without its own signal handling: the service owns SIGTERM/SIGINT."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
+class Service:
+    def __init__(self, cfg: ServiceConfig, policies: dict[str, PoolPolicy], *, store: Store,
+                 orchestrator: Orchestrator, router: Router, drainer: Drainer,
+                 collectors: dict[str, Collector], metrics: Metrics | None = None,
+                 clock: Callable[[], float] = time.time) -> None:
+        self.cfg = cfg
+        self.pools = dict(cfg.pools)
+        self.policies = dict(policies)
+        self.store = store
+        self.orchestrator = orchestrator
+        self.router = router
+        self.collectors = collectors
+        self.metrics = metrics or Metrics()
+        self.clock = clock
+        self.lifecycle = Lifecycle(store, orchestrator, router, drainer, self.pools, self.metrics, clock)
+        self.engine = Engine(store, collectors, cfg.collectors, self.pools, self.policies, self.metrics, clock,
+                             collect_timeout_s=max(0.5, cfg.intervals.collect * 0.8),
+                             decisions_kept=cfg.store.decisions_kept, on_operation=self.wake)
+        self.lifecycle.on_deleted = self.engine.forget
+        self.scheduler = AsyncIOScheduler()
+        self.server: _Server | None = None
+        self._stopping = asyncio.Event()
+        self._tasks: set[asyncio.Task[None]] = set()
+        self.started_at: float | None = None
+        self.last_run: dict[str, float] = {}
+
+    # --- jobs -------------------------------------------------------------------------------------
+
+    def wake(self) -> None:
+        """Run a lifecycle pass now (a new operation should not wait for the next tick)."""
+        task = asyncio.get_running_loop().create_task(self._job("reconcile", self.lifecycle.reconcile))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _job(self, name: str, fn: Callable[[], Any]) -> None:
+        try:
+            result = fn()
+            if asyncio.iscoroutine(result):
+                await result
+            self.last_run[name] = self.clock()
+        except Exception:
+            log.exception("job %s failed", name)
+
+    def _on_job_event(self, ev: JobExecutionEvent) -> None:
+        if ev.code in (EVENT_JOB_MISSED, EVENT_JOB_MAX_INSTANCES):
+            self.metrics.jobs_missed.labels(ev.job_id).inc()
+
+    def health(self) -> dict[str, Any]:
+        now = self.clock()
+        stale = {name: round(now - t, 1) for name, t in self.last_run.items()
+                 if now - t > 5 * max(getattr(self.cfg.intervals, name, 1.0), 1.0)}
+        ok = self.scheduler.running and not stale and "reconcile" in self.last_run
+        return {"ok": ok, "started_at": self.started_at, "jobs_late_s": stale,
+                "pools": sorted(self.pools)}
+
+    # --- run --------------------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        now = self.clock()
+        for name, pool in self.pools.items():
+            self.store.ensure_pool(name, str(pool.vip), now)
+        await self.lifecycle.reconcile()        # resume half-done work, re-program the router
+        self.last_run["reconcile"] = self.clock()
+        await self._report_unknown_instances()
+        iv = self.cfg.intervals
+        self.scheduler.add_listener(self._on_job_event, EVENT_JOB_MISSED | EVENT_JOB_MAX_INSTANCES | EVENT_JOB_ERROR)
+        self.scheduler.add_job(self._job, "interval", seconds=iv.collect, args=["collect", self.engine.collect],
+                               id="collect", max_instances=1, coalesce=True, misfire_grace_time=1)
+        self.scheduler.add_job(self._job, "interval", seconds=iv.evaluate, args=["evaluate", self.engine.evaluate],
+                               id="evaluate", max_instances=1, coalesce=True, misfire_grace_time=1)
+        self.scheduler.add_job(self._job, "interval", seconds=iv.reconcile,
+                               args=["reconcile", self.lifecycle.reconcile], id="reconcile",
+                               max_instances=1, coalesce=True, misfire_grace_time=1)
+        self.scheduler.add_job(self._job, "interval", seconds=300, args=["prune", self.engine.prune], id="prune")
+        self.scheduler.start()
+        self.started_at = self.clock()
+        log.info("scaler started: pools %s, store %s", ", ".join(sorted(self.pools)), self.cfg.store_url()
+                 if self.cfg.store_url().startswith("sqlite") else "(database URL hidden)")
+
+    async def _report_unknown_instances(self) -> None:
+        known = {m.instance for m in self.store.members(include_deleted=True)}
+        for name in self.pools:
+            try:
+                instances = await self.orchestrator.list(name)
+            except Exception as exc:
+                log.error("listing instances of pool %s failed: %s", name, exc)
+                continue
+            for inst in instances:
+                if inst.name not in known:
+                    msg = f"instance {inst.name} of pool {name} is not in the store: left alone, not routed"
+                    log.warning(msg)
+                    self.store.add_event(name, "unknown_instance", msg, self.clock(), member=inst.name)
+
+    async def serve(self) -> None:
+        """Run until SIGTERM/SIGINT or stop()."""
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self.stop)
+        app = create_app(self, self.clock)
+        self.server = _Server(uvicorn.Config(app, host=self.cfg.api.host, port=self.cfg.api.port,
+                                             log_level="warning", lifespan="off", access_log=False))
+        server_task = asyncio.create_task(self.server.serve())
+        stop_task = asyncio.create_task(self._stopping.wait())
+        done, _ = await asyncio.wait({server_task, stop_task}, return_when=asyncio.FIRST_COMPLETED)
+        if server_task in done and server_task.exception() is not None:
+            stop_task.cancel()
+            raise RuntimeError(f"API server on {self.cfg.api.host}:{self.cfg.api.port} failed: "
+                               f"{server_task.exception()}")
+        self.server.should_exit = True
+        await asyncio.gather(server_task, return_exceptions=True)
+        stop_task.cancel()
+
+    def stop(self) -> None:
+        self._stopping.set()
+
+    async def close(self) -> None:
+        if self.scheduler.running:
+            self.scheduler.shutdown(wait=False)
+        # Let a pass in progress finish its current step: every step is resumable, but finishing is kinder.
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self.lifecycle.reconcile(), 10)
+        for c in self.collectors.values():
+            await c.close()
+        await self.orchestrator.close()
+        await self.router.close()
+        self.store.close()
+
+
+def build(config_path: Path) -> Service:
+    """Load and validate everything, open the store: a Service ready to start, or a ConfigError."""
+    cfg = load_config(config_path, drivers.REGISTRIES)
+    policies = load_policies(cfg)
+    store = Store(cfg.store_url())
+    try:
+        store.migrate()
+        orchestrator, router, drainer, collectors = drivers.build_all(cfg)
+    except BaseException:
+        store.close()
+        raise
+    return Service(cfg, policies, store=store, orchestrator=orchestrator, router=router, drainer=drainer,
+                   collectors=collectors)
+
+
+async def run(config_path: Path) -> None:
+    service = build(config_path)
+    try:
+        await service.start()
+        await service.serve()
+    finally:
+        await service.close()
+        log.info("scaler stopped")

@@ -1,0 +1,443 @@
+"""Persistent state: pools, members, operations and their steps, decisions, events.
+
+SQLModel on SQLite (default, one file, locked so two scalers never share it) or PostgreSQL by URL.
+The schema is created and upgraded by the Alembic migrations in scaler/migrations at open time.
+Every member transition is written here *before* the side effect that follows it, which is what
+lets a restarted scaler resume or undo half-done work. This module never calls an actuator.
+
+Times are float seconds since the epoch (UTC): comparable, timezone-free, cheap to store.
+"""
+
+from __future__ import annotations
+
+import enum
+import fcntl
+import json
+import os
+import uuid
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import Engine, event, text
+from sqlalchemy.engine import make_url
+from sqlmodel import Field, Session, SQLModel, col, create_engine, delete, select
+
+from scaler.errors import StoreError
+
+
+class MemberState(enum.StrEnum):
+    CREATING = "creating"
+    BOOTING = "booting"
+    HEALTHY = "healthy"
+    ANNOUNCING = "announcing"
+    IN_SERVICE = "in_service"
+    DRAINING = "draining"
+    WITHDRAWN = "withdrawn"
+    DELETING = "deleting"
+    DELETED = "deleted"
+    FAILED = "failed"
+
+
+# Members that serve or will serve: the pool's size as policies see it.
+CAPACITY = frozenset({MemberState.CREATING, MemberState.BOOTING, MemberState.HEALTHY,
+                      MemberState.ANNOUNCING, MemberState.IN_SERVICE})
+# Members whose work is over: never touched again.
+TERMINAL = frozenset({MemberState.DELETED})
+# Allowed transitions; anything else is a bug and raises.
+TRANSITIONS: dict[MemberState, frozenset[MemberState]] = {
+    MemberState.CREATING: frozenset({MemberState.BOOTING, MemberState.FAILED}),
+    MemberState.BOOTING: frozenset({MemberState.HEALTHY, MemberState.FAILED}),
+    MemberState.HEALTHY: frozenset({MemberState.ANNOUNCING, MemberState.FAILED}),
+    MemberState.ANNOUNCING: frozenset({MemberState.IN_SERVICE, MemberState.FAILED}),
+    MemberState.IN_SERVICE: frozenset({MemberState.DRAINING, MemberState.FAILED}),
+    MemberState.DRAINING: frozenset({MemberState.WITHDRAWN}),
+    MemberState.WITHDRAWN: frozenset({MemberState.DELETING}),
+    MemberState.DELETING: frozenset({MemberState.DELETED}),
+    MemberState.FAILED: frozenset({MemberState.DELETING}),
+    MemberState.DELETED: frozenset(),
+}
+
+
+class OpKind(enum.StrEnum):
+    SCALE_OUT = "scale_out"
+    SCALE_IN = "scale_in"
+
+
+class OpState(enum.StrEnum):
+    RUNNING = "running"
+    DONE = "done"
+    FAILED = "failed"
+
+
+class Pool(SQLModel, table=True):
+    __tablename__ = "pools"
+    name: str = Field(primary_key=True)
+    vip: str
+    last_scale_out_at: float | None = None
+    last_scale_in_at: float | None = None
+    created_at: float
+
+
+class Member(SQLModel, table=True):
+    __tablename__ = "members"
+    id: str = Field(primary_key=True)
+    pool: str = Field(index=True, foreign_key="pools.name")
+    instance: str = Field(unique=True)       # the orchestrator's name for it: "{pool}-{op id}-{n}"
+    op_id: str = Field(index=True)
+    state: str = Field(index=True)
+    address: str | None = None
+    endpoints: str = "{}"                    # JSON object
+    error: str | None = None
+    created_at: float
+    state_since: float
+
+    def endpoint_map(self) -> dict[str, str]:
+        return dict(json.loads(self.endpoints or "{}"))
+
+
+class Operation(SQLModel, table=True):
+    __tablename__ = "operations"
+    id: str = Field(primary_key=True)
+    pool: str = Field(index=True, foreign_key="pools.name")
+    kind: str
+    state: str = Field(index=True)
+    from_size: int
+    to_size: int
+    reason: str
+    error: str | None = None
+    created_at: float
+    finished_at: float | None = None
+
+
+class Step(SQLModel, table=True):
+    __tablename__ = "steps"
+    id: int | None = Field(default=None, primary_key=True)
+    op_id: str = Field(index=True)
+    member_id: str | None = None
+    name: str                                # the state entered, or a side effect ("drain_haproxy")
+    at: float
+    detail: str = ""
+
+
+class DecisionRow(SQLModel, table=True):
+    __tablename__ = "decisions"
+    id: int | None = Field(default=None, primary_key=True)
+    pool: str = Field(index=True)
+    at: float = Field(index=True)
+    outcome: str
+    current: int
+    desired: int
+    rule: str | None = None
+    reason: str
+    dry_run: bool = False
+    inputs: str = "{}"                       # JSON {input: value|null}
+    verdicts: str = "[]"                     # JSON [{rule, verdict, step, detail}]
+    op_id: str | None = None
+
+
+class EventRow(SQLModel, table=True):
+    __tablename__ = "events"
+    id: int | None = Field(default=None, primary_key=True)
+    at: float = Field(index=True)
+    pool: str = Field(index=True)
+    member: str | None = None
+    kind: str                                # "member_state", "route", "operation", "error", ...
+    message: str
+
+
+def new_id(prefix: str) -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:8]}"
+
+
+class Store:
+    """Synchronous access to the database. Each method is one short transaction."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self._lock_fd: int | None = None
+        self.engine: Engine = self._open(url)
+
+    def _open(self, url: str) -> Engine:
+        u = make_url(url)
+        if u.get_backend_name() == "sqlite":
+            db = u.database
+            if db and db != ":memory:":
+                Path(db).parent.mkdir(parents=True, exist_ok=True)
+                self._lock(Path(db))
+            engine = create_engine(url, connect_args={"check_same_thread": False})
+
+            @event.listens_for(engine, "connect")
+            def _pragmas(dbapi_conn: Any, _rec: Any) -> None:
+                cur = dbapi_conn.cursor()
+                cur.execute("PRAGMA journal_mode=WAL")       # readers never block the writer
+                cur.execute("PRAGMA synchronous=NORMAL")     # durable across process crashes
+                cur.execute("PRAGMA foreign_keys=ON")
+                cur.execute("PRAGMA busy_timeout=5000")
+                cur.close()
+        else:
+            engine = create_engine(url, pool_pre_ping=True)
+        try:
+            with engine.connect() as conn:
+                conn.execute(text("SELECT 1"))
+        except Exception as exc:
+            raise StoreError(f"cannot open the store {mask(url)}: {exc}") from exc
+        return engine
+
+    def _lock(self, db: Path) -> None:
+        lock_path = db.with_name(db.name + ".lock")
+        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise StoreError(f"{db} is in use by another scaler (lock {lock_path} is held)") from None
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        self._lock_fd = fd
+
+    def migrate(self) -> None:
+        from scaler.migrations import upgrade
+
+        try:
+            upgrade(self.engine)
+        except Exception as exc:
+            raise StoreError(f"migrating the store {mask(self.url)} failed: {exc}") from exc
+
+    def close(self) -> None:
+        self.engine.dispose()
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
+            self._lock_fd = None
+
+    def session(self) -> Session:
+        return Session(self.engine, expire_on_commit=False)
+
+    # --- pools ------------------------------------------------------------------------------------
+
+    def ensure_pool(self, name: str, vip: str, now: float) -> Pool:
+        with self.session() as s:
+            pool = s.get(Pool, name)
+            if pool is None:
+                pool = Pool(name=name, vip=vip, created_at=now)
+                s.add(pool)
+            elif pool.vip != vip:
+                live = s.exec(select(Member).where(Member.pool == name,
+                                                   col(Member.state) != MemberState.DELETED)).first()
+                if live is not None:
+                    raise StoreError(f"pool {name}: VIP changed from {pool.vip} to {vip} while it has "
+                                     f"members; scale it to 0 first")
+                pool.vip = vip
+                s.add(pool)
+            s.commit()
+            return pool
+
+    def pools(self) -> list[Pool]:
+        with self.session() as s:
+            return list(s.exec(select(Pool).order_by(Pool.name)))
+
+    def pool(self, name: str) -> Pool | None:
+        with self.session() as s:
+            return s.get(Pool, name)
+
+    # --- members ----------------------------------------------------------------------------------
+
+    def members(self, pool: str | None = None, *, include_deleted: bool = False) -> list[Member]:
+        with self.session() as s:
+            q = select(Member)
+            if pool is not None:
+                q = q.where(Member.pool == pool)
+            if not include_deleted:
+                q = q.where(col(Member.state) != MemberState.DELETED)
+            return list(s.exec(q.order_by(col(Member.created_at), col(Member.id))))
+
+    def member(self, member_id: str) -> Member | None:
+        with self.session() as s:
+            return s.get(Member, member_id)
+
+    def transition(self, member_id: str, to: MemberState, now: float, *, detail: str = "",
+                   error: str | None = None, **fields: Any) -> Member:
+        """Move a member to state `to` (checked against TRANSITIONS), with a step and an event."""
+        with self.session() as s:
+            m = s.get(Member, member_id)
+            if m is None:
+                raise StoreError(f"member {member_id} does not exist")
+            frm = MemberState(m.state)
+            if to not in TRANSITIONS[frm]:
+                raise StoreError(f"member {m.instance}: transition {frm} → {to} is not allowed")
+            m.state = to
+            m.state_since = now
+            if error is not None:
+                m.error = error
+            for k, v in fields.items():
+                setattr(m, k, v)
+            s.add(m)
+            msg = f"{m.instance}: {frm} → {to}" + (f" ({detail})" if detail else "")
+            s.add(Step(op_id=m.op_id, member_id=m.id, name=str(to), at=now, detail=detail or (error or "")))
+            s.add(EventRow(at=now, pool=m.pool, member=m.instance, kind="member_state", message=msg))
+            s.commit()
+            return m
+
+    def update_member(self, member_id: str, **fields: Any) -> None:
+        with self.session() as s:
+            m = s.get(Member, member_id)
+            if m is None:
+                raise StoreError(f"member {member_id} does not exist")
+            for k, v in fields.items():
+                setattr(m, k, v)
+            s.add(m)
+            s.commit()
+
+    # --- operations -------------------------------------------------------------------------------
+
+    def start_scale_out(self, pool: str, count: int, from_size: int, reason: str, now: float,
+                        decision: DecisionRow | None = None) -> Operation:
+        """One transaction: the operation and its `count` new members in state creating."""
+        op_id = new_id("op")
+        with self.session() as s:
+            self._no_running_op(s, pool)
+            op = Operation(id=op_id, pool=pool, kind=OpKind.SCALE_OUT, state=OpState.RUNNING,
+                           from_size=from_size, to_size=from_size + count, reason=reason, created_at=now)
+            s.add(op)
+            for i in range(count):
+                mid = new_id("m")
+                s.add(Member(id=mid, pool=pool, instance=f"{pool}-{op_id.removeprefix('op-')}-{i}",
+                             op_id=op_id, state=MemberState.CREATING, created_at=now, state_since=now))
+                s.add(Step(op_id=op_id, member_id=mid, name=MemberState.CREATING, at=now))
+            s.add(EventRow(at=now, pool=pool, kind="operation",
+                           message=f"{op_id}: scale-out {from_size} → {from_size + count}: {reason}"))
+            if decision is not None:
+                decision.op_id = op_id
+                s.add(decision)
+            s.commit()
+            return op
+
+    def start_scale_in(self, pool: str, victims: Sequence[Member], from_size: int, reason: str, now: float,
+                       decision: DecisionRow | None = None) -> Operation:
+        """One transaction: the operation and its victims moved from in_service to draining."""
+        op_id = new_id("op")
+        with self.session() as s:
+            self._no_running_op(s, pool)
+            op = Operation(id=op_id, pool=pool, kind=OpKind.SCALE_IN, state=OpState.RUNNING,
+                           from_size=from_size, to_size=from_size - len(victims), reason=reason,
+                           created_at=now)
+            s.add(op)
+            for v in victims:
+                m = s.get(Member, v.id)
+                if m is None or m.state != MemberState.IN_SERVICE:
+                    raise StoreError(f"member {v.instance} is not in service; cannot drain it")
+                m.state, m.state_since, m.op_id = MemberState.DRAINING, now, op_id
+                s.add(m)
+                s.add(Step(op_id=op_id, member_id=m.id, name=MemberState.DRAINING, at=now))
+                s.add(EventRow(at=now, pool=pool, member=m.instance, kind="member_state",
+                               message=f"{m.instance}: in_service → draining"))
+            s.add(EventRow(at=now, pool=pool, kind="operation",
+                           message=f"{op_id}: scale-in {from_size} → {from_size - len(victims)}: {reason}"))
+            if decision is not None:
+                decision.op_id = op_id
+                s.add(decision)
+            s.commit()
+            return op
+
+    @staticmethod
+    def _no_running_op(s: Session, pool: str) -> None:
+        running = s.exec(select(Operation).where(Operation.pool == pool,
+                                                 Operation.state == OpState.RUNNING)).first()
+        if running is not None:
+            raise StoreError(f"pool {pool}: operation {running.id} is still running")
+
+    def running_operation(self, pool: str) -> Operation | None:
+        with self.session() as s:
+            return s.exec(select(Operation).where(Operation.pool == pool,
+                                                  Operation.state == OpState.RUNNING)).first()
+
+    def operations(self, pool: str, limit: int = 50) -> list[Operation]:
+        with self.session() as s:
+            return list(s.exec(select(Operation).where(Operation.pool == pool)
+                               .order_by(col(Operation.created_at).desc()).limit(limit)))
+
+    def finish_operation(self, op_id: str, state: OpState, now: float, error: str | None = None) -> None:
+        with self.session() as s:
+            op = s.get(Operation, op_id)
+            if op is None or op.state != OpState.RUNNING:
+                return
+            op.state, op.finished_at, op.error = state, now, error
+            s.add(op)
+            pool = s.get(Pool, op.pool)
+            if pool is not None and state == OpState.DONE:
+                if op.kind == OpKind.SCALE_OUT:
+                    pool.last_scale_out_at = now
+                else:
+                    pool.last_scale_in_at = now
+                s.add(pool)
+            msg = f"{op_id}: {op.kind.replace('_', '-')} {state}" + (f": {error}" if error else "")
+            s.add(EventRow(at=now, pool=op.pool, kind="operation", message=msg))
+            s.commit()
+
+    def steps(self, op_id: str) -> list[Step]:
+        with self.session() as s:
+            return list(s.exec(select(Step).where(Step.op_id == op_id).order_by(col(Step.id))))
+
+    def add_step(self, op_id: str, member_id: str | None, name: str, now: float, detail: str = "") -> None:
+        with self.session() as s:
+            s.add(Step(op_id=op_id, member_id=member_id, name=name, at=now, detail=detail))
+            s.commit()
+
+    def has_step(self, op_id: str, member_id: str, name: str) -> bool:
+        with self.session() as s:
+            return s.exec(select(Step).where(Step.op_id == op_id, Step.member_id == member_id,
+                                             Step.name == name)).first() is not None
+
+    # --- decisions and events ---------------------------------------------------------------------
+
+    def add_decision(self, row: DecisionRow) -> None:
+        with self.session() as s:
+            s.add(row)
+            s.commit()
+
+    def decisions(self, pool: str, limit: int = 50, before_id: int | None = None) -> list[DecisionRow]:
+        with self.session() as s:
+            q = select(DecisionRow).where(DecisionRow.pool == pool)
+            if before_id is not None:
+                q = q.where(col(DecisionRow.id) < before_id)
+            return list(s.exec(q.order_by(col(DecisionRow.id).desc()).limit(limit)))
+
+    def prune_decisions(self, pool: str, keep: int) -> None:
+        with self.session() as s:
+            ids = list(s.exec(select(DecisionRow.id).where(DecisionRow.pool == pool)
+                              .order_by(col(DecisionRow.id).desc()).offset(keep).limit(1)))
+            if ids and ids[0] is not None:
+                s.exec(delete(DecisionRow).where(col(DecisionRow.pool) == pool,   # type: ignore[call-overload]
+                                                 col(DecisionRow.id) <= ids[0]))
+                s.commit()
+
+    def add_event(self, pool: str, kind: str, message: str, now: float, member: str | None = None) -> None:
+        with self.session() as s:
+            s.add(EventRow(at=now, pool=pool, member=member, kind=kind, message=message))
+            s.commit()
+
+    def events(self, pool: str | None = None, after_id: int = 0, limit: int = 500) -> list[EventRow]:
+        with self.session() as s:
+            q = select(EventRow).where(col(EventRow.id) > after_id)
+            if pool is not None:
+                q = q.where(EventRow.pool == pool)
+            return list(s.exec(q.order_by(col(EventRow.id)).limit(limit)))
+
+
+def mask(url: str) -> str:
+    """The URL with its password hidden, for messages and logs."""
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:
+        return "<unparsable database URL>"
+
+
+def dumps(obj: Any) -> str:
+    return json.dumps(obj, separators=(",", ":"), sort_keys=True)
+
+
+def counts(members: Iterable[Member]) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for m in members:
+        out[m.state] = out.get(m.state, 0) + 1
+    return out
