@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -65,7 +66,7 @@ class Exporter:
 
 
 def make(
-    handler: Handler, clock: FakeClock | None = None, **config: object
+    handler: Handler, *, clock: FakeClock | None = None, **config: object
 ) -> tuple[HAProxyCollector, list[str | None]]:
     clock = clock or FakeClock()
     uds_seen: list[str | None] = []
@@ -90,7 +91,7 @@ def by_metric(samples: list[Sample]) -> dict[str, float]:
 
 async def test_first_reading_has_gauges_but_no_rates() -> None:
     clock = FakeClock()
-    collector, _ = make(Exporter(fixture("scrape_start.txt")), clock)
+    collector, _ = make(Exporter(fixture("scrape_start.txt")), clock=clock)
     samples = await collector.collect(TARGET)
     assert by_metric(samples) == {"current_connections": 1.0, "current_sessions": 1.0, "queue": 0.0}
     assert all(s.timestamp == clock.wall for s in samples)
@@ -99,7 +100,7 @@ async def test_first_reading_has_gauges_but_no_rates() -> None:
 
 async def test_rates_from_counter_deltas_for_all_frontends() -> None:
     clock = FakeClock()
-    collector, _ = make(Exporter(fixture("scrape_start.txt"), fixture("scrape_after_10_requests.txt")), clock)
+    collector, _ = make(Exporter(fixture("scrape_start.txt"), fixture("scrape_after_10_requests.txt")), clock=clock)
     await collector.collect(TARGET)
     clock.advance(10.0)
     got = by_metric(await collector.collect(TARGET))
@@ -112,7 +113,7 @@ async def test_rates_from_counter_deltas_for_all_frontends() -> None:
 async def test_named_frontend_only() -> None:
     clock = FakeClock()
     exporter = Exporter(fixture("scrape_start.txt"), fixture("scrape_after_10_requests.txt"))
-    collector, _ = make(exporter, clock, frontend="web")
+    collector, _ = make(exporter, clock=clock, frontend="web")
     first = await collector.collect(TARGET)
     assert by_metric(first)["current_sessions"] == 0.0
     clock.advance(5.0)
@@ -135,7 +136,7 @@ async def test_named_frontend_only() -> None:
         pytest.param({"frontend": "tcpin"}, 0.0, id="tcp frontend"),
     ],
 )
-async def test_gauges_under_a_real_queue(config: dict[str, object], sessions: float) -> None:
+async def test_gauges_under_a_real_queue(config: dict[str, Any], sessions: float) -> None:
     collector, _ = make(Exporter(fixture("scrape_queue_2.txt")), **config)
     got = by_metric(await collector.collect(TARGET))
     assert got["current_sessions"] == sessions
@@ -147,7 +148,7 @@ async def test_gauges_under_a_real_queue(config: dict[str, object], sessions: fl
 async def test_tcp_frontend_has_session_rate_but_no_request_rate() -> None:
     # 2.6 emits haproxy_frontend_http_requests_total only for `mode http` frontends.
     clock = FakeClock()
-    collector, _ = make(Exporter(fixture("scrape_start.txt")), clock, frontend="tcpin")
+    collector, _ = make(Exporter(fixture("scrape_start.txt")), clock=clock, frontend="tcpin")
     await collector.collect(TARGET)
     clock.advance(5.0)
     got = by_metric(await collector.collect(TARGET))
@@ -164,7 +165,7 @@ async def test_reload_resets_counters_without_a_rate_then_recovers() -> None:
         fixture("scrape_after_reload.txt"),  # counters back near 0, new start time
         fixture("scrape_after_reload.txt"),
     )
-    collector, _ = make(exporter, clock, frontend="web")
+    collector, _ = make(exporter, clock=clock, frontend="web")
     rates: list[dict[str, float]] = []
     for _ in range(4):
         got = by_metric(await collector.collect(TARGET))
@@ -182,7 +183,7 @@ async def test_reload_resets_counters_without_a_rate_then_recovers() -> None:
 async def test_gap_longer_than_max_rate_gap_gives_no_rate() -> None:
     clock = FakeClock()
     exporter = Exporter(fixture("scrape_start.txt"), fixture("scrape_after_10_requests.txt"))
-    collector, _ = make(exporter, clock, max_rate_gap_s=30.0)
+    collector, _ = make(exporter, clock=clock, max_rate_gap_s=30.0)
     await collector.collect(TARGET)
     clock.advance(31.0)
     assert "session_rate" not in by_metric(await collector.collect(TARGET))
@@ -192,7 +193,7 @@ async def test_gap_longer_than_max_rate_gap_gives_no_rate() -> None:
 async def test_wall_clock_step_does_not_distort_rates() -> None:
     clock = FakeClock()
     exporter = Exporter(fixture("scrape_start.txt"), fixture("scrape_after_10_requests.txt"))
-    collector, _ = make(exporter, clock, frontend="web")
+    collector, _ = make(exporter, clock=clock, frontend="web")
     await collector.collect(TARGET)
     clock.advance(5.0)
     clock.wall -= 3600  # NTP step backwards
@@ -206,7 +207,7 @@ async def test_forget_drops_rate_state_of_that_member_only() -> None:
     exporter = Exporter(
         fixture("scrape_start.txt"), fixture("scrape_start.txt"), fixture("scrape_after_10_requests.txt")
     )
-    collector, _ = make(exporter, clock, frontend="web")
+    collector, _ = make(exporter, clock=clock, frontend="web")
     other = Target(key="lb2", url="http://10.0.0.6:8405/metrics")
     await collector.collect(TARGET)
     await collector.collect(other)
@@ -264,13 +265,9 @@ def body(text: str | bytes) -> Handler:
         pytest.param(
             raising(httpx.ConnectError("Connection refused")), CollectorError, "connect", id="connect refused"
         ),
-        pytest.param(
-            raising(httpx.ConnectTimeout("timed out")), CollectorTimeout, "timeout", id="connect timeout"
-        ),
+        pytest.param(raising(httpx.ConnectTimeout("timed out")), CollectorTimeout, "timeout", id="connect timeout"),
         pytest.param(raising(httpx.ReadTimeout("timed out")), CollectorTimeout, "timeout", id="read timeout"),
-        pytest.param(
-            raising(httpx.RemoteProtocolError("bad")), CollectorError, "protocol", id="protocol error"
-        ),
+        pytest.param(raising(httpx.RemoteProtocolError("bad")), CollectorError, "protocol", id="protocol error"),
         pytest.param(status(503, "<html>No server</html>"), CollectorError, "http_503", id="HTTP 503"),
         pytest.param(status(404), CollectorError, "http_404", id="HTTP 404"),
         pytest.param(status(401), CollectorAuthError, "auth", id="HTTP 401"),
@@ -340,7 +337,7 @@ async def test_a_failure_does_not_disturb_rate_baselines() -> None:
             httpx.Response(200, text=fixture("scrape_after_10_requests.txt")),
         ]
     )
-    collector, _ = make(lambda request: next(answers), clock, frontend="web")
+    collector, _ = make(lambda request: next(answers), clock=clock, frontend="web")
     await collector.collect(TARGET)
     clock.advance(5.0)
     with pytest.raises(CollectorError):
@@ -389,6 +386,12 @@ async def test_registry_builds_a_validated_haproxy_collector() -> None:
         build("haproxy", {"frontnd": "web"})
     with pytest.raises(KeyError, match="haproxy"):
         build("nope", {})
+    await collector.close()
+
+
+async def test_satisfies_the_collector_protocol() -> None:
+    collector: collectors.Collector = HAProxyCollector()  # checked by mypy
+    assert collector.name == "haproxy"
     await collector.close()
 
 

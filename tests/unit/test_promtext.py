@@ -49,9 +49,7 @@ FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "haproxy"
         pytest.param("x 1.5e+06", PromSample("x", {}, 1.5e6), id="exponent"),
         pytest.param("x -0.25", PromSample("x", {}, -0.25), id="negative"),
         pytest.param("x 7 1700000000123", PromSample("x", {}, 7.0, 1700000000123), id="timestamp"),
-        pytest.param(
-            'x{a="b"} 7 -5', PromSample("x", {"a": "b"}, 7.0, -5), id="labels and negative timestamp"
-        ),
+        pytest.param('x{a="b"} 7 -5', PromSample("x", {"a": "b"}, 7.0, -5), id="labels and negative timestamp"),
         pytest.param("x\t3", PromSample("x", {}, 3.0), id="tab separator"),
         pytest.param("x 3\r", PromSample("x", {}, 3.0), id="CRLF line end"),
         pytest.param("ns:x_total 3", PromSample("ns:x_total", {}, 3.0), id="colon in name"),
@@ -114,15 +112,13 @@ def test_malformed_wanted_line_raises_with_line_number(line: str) -> None:
             parse(text, ["x"])
 
 
-@given(st.text(alphabet=st.characters(codec="utf-8", exclude_categories=("Cs",)), max_size=40))
+@given(st.text(alphabet=st.characters(codec="utf-8", exclude_categories=["Cs"]), max_size=40))
 def test_label_values_round_trip(value: str) -> None:
     escaped = value.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
     assert parse(f'm{{l="{escaped}"}} 1', ["m"]) == [PromSample("m", {"l": value}, 1.0)]
 
 
-def _canonical(
-    name: str, labels: dict[str, str], value: float
-) -> tuple[str, tuple[tuple[str, str], ...], str]:
+def _canonical(name: str, labels: dict[str, str], value: float) -> tuple[str, tuple[tuple[str, str], ...], str]:
     # prometheus_client appends `_total` to counter samples declared without it (HAProxy 2.6 has
     # `haproxy_process_failed_resolutions`); we return names as written, so compare without it.
     return name.removesuffix("_total"), tuple(sorted(labels.items())), repr(float(value))
@@ -132,9 +128,7 @@ def _canonical(
 def test_agrees_with_prometheus_client_on_real_haproxy_output(fixture: str) -> None:
     text = (FIXTURES / fixture).read_text()
     reference = sorted(
-        _canonical(s.name, s.labels, s.value)
-        for family in text_string_to_metric_families(text)
-        for s in family.samples
+        _canonical(s.name, s.labels, s.value) for family in text_string_to_metric_families(text) for s in family.samples
     )
     ours = sorted(_canonical(s.name, s.labels, s.value) for s in parse(text))
     assert len(ours) > 300
