@@ -146,7 +146,8 @@ def create_app(service: ServiceView, clock: Callable[[], float] = time.time) -> 
 
     @app.get("/v1/pools/{pool}/decisions")
     def decisions(pool: str, limit: int = Query(50, ge=1, le=1000),
-                  before: int | None = Query(None, description="only decisions with a smaller id")) -> list[DecisionOut]:
+                  before: int | None = Query(None, description="only decisions with a smaller id"),
+                  ) -> list[DecisionOut]:
         known(pool)
         return [decision_out(d) for d in service.store.decisions(pool, limit, before)]
 

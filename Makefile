@@ -1,0 +1,55 @@
+# Developer entry points. Each target installs what it needs, idempotently.
+# Debian 12, as root: `make demo` runs the demo, `make test` runs every test.
+
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+# Debian packages the lab, the demo and the integration tests run for real.
+APT_PACKAGES := haproxy iproute2 procps psmisc curl ca-certificates python3-venv
+
+.PHONY: help deps system-deps venv demo test test-unit lint bench clean lab-down
+
+help:  ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
+
+system-deps:  ## apt-get install the daemons the lab runs (only what is missing)
+	@missing=""; for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing:$$missing"; \
+	  export DEBIAN_FRONTEND=noninteractive; \
+	  apt-get update -qq && apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
+	fi
+
+$(VENV)/.installed: pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[dev]'
+	@touch $@
+
+venv: $(VENV)/.installed  ## create the virtualenv with the project and its dev tools
+
+deps: system-deps venv
+
+demo: deps  ## run the demo: lab up, scale 1 → 2+ under load, back to 1, timeline, lab down
+	$(PY) -m scaler demo
+
+test: deps  ## run every test (unit and integration; needs root for network namespaces)
+	$(PY) -m pytest
+
+test-unit: venv  ## run the unit tests only (no root needed)
+	$(PY) -m pytest -m 'not integration'
+
+lint: venv  ## ruff and mypy
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/mypy
+
+bench: deps  ## run the benchmarks; one JSON file per benchmark in bench/results/
+	@mkdir -p bench/results
+	@for b in bench/bench_*.py; do echo "== $$b"; $(PY) $$b --out bench/results || exit 1; done
+
+lab-down:  ## remove the demo lab if a crash left it behind
+	$(PY) -m scaler lab down
+
+clean:  ## remove the virtualenv and caches
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache *.egg-info

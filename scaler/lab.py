@@ -1,0 +1,429 @@
+"""The lab: a data center on one Linux machine, made of network namespaces; and its load controller.
+
+    {lab}-client (198.18.0.2) ── {lab}-router (198.18.0.1, 198.18.N.1) ──┬── {lab}-i-{instance} (198.18.N.2,
+                                                                          ┆    VIP/32 on lo, HAProxy, backend)
+`lab_up` makes the router and client namespaces and their link; instances are made by
+`actuators.lab.LabOrchestrator`; the router's VIP route belongs to the router driver. `lab_down`
+removes everything the lab started, even after a crash left it half built. Every file, pidfile and
+socket lives in the lab directory. `LoadRun` runs `scaler.loadgen` in the client namespace.
+
+It only ever touches namespaces whose name starts with `{lab}-` and processes it can prove are its
+own (a pidfile in the lab directory whose process names the lab directory, or a process living in
+a lab namespace). Traffic goes only to addresses the lab assigns (198.18.0.0/15).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import shutil
+import sys
+import time
+import uuid
+from collections import Counter
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from ipaddress import IPv4Address
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from actuators import netns
+from actuators.errors import ActuatorError
+from actuators.lab import (
+    DEFAULT_LAB_ROOT,
+    LAB_NAME_PATTERN,
+    LabOrchestratorConfig,
+    client_ns,
+    kill_netns_processes,
+    kill_pidfile,
+    process_matches,
+    read_pidfile,
+    router_ns,
+    write_atomic,
+)
+from scaler.errors import ScalerError
+
+CLIENT_ADDRESS = IPv4Address("198.18.0.2")
+ROUTER_CLIENT_ADDRESS = IPv4Address("198.18.0.1")
+
+
+class LabError(ScalerError):
+    """Bringing the lab up or running load in it failed."""
+
+
+class LabConfig(BaseModel):
+    """One lab. `dir` defaults to /run/scaler-lab/{name}."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field("scl", pattern=LAB_NAME_PATTERN)
+    dir: Path | None = None
+    vip: IPv4Address = IPv4Address("198.19.0.1")
+    backend_delay_ms: int = Field(0, ge=0, le=60_000)
+    keepalive_timeout_s: float = Field(2.0, gt=0, le=25)
+    command_timeout_s: float = Field(15.0, gt=0)
+
+    @model_validator(mode="after")
+    def _default_dir(self) -> LabConfig:
+        if self.dir is None:
+            self.dir = DEFAULT_LAB_ROOT / self.name
+        return self
+
+    @property
+    def lab_dir(self) -> Path:
+        assert self.dir is not None
+        return self.dir
+
+    @property
+    def router_ns(self) -> str:
+        return router_ns(self.name)
+
+    @property
+    def client_ns(self) -> str:
+        return client_ns(self.name)
+
+    @property
+    def prefix(self) -> str:
+        """Every namespace of this lab starts with it (lab names contain no `-`, so it is unique)."""
+        return f"{self.name}-"
+
+    def orchestrator_config(self, **overrides: Any) -> LabOrchestratorConfig:
+        """The LabOrchestratorConfig that makes instances in this lab."""
+        base: dict[str, Any] = {"lab": self.name, "dir": self.lab_dir, "vip": self.vip,
+                                "backend_delay_ms": self.backend_delay_ms,
+                                "keepalive_timeout_s": self.keepalive_timeout_s}
+        return LabOrchestratorConfig(**(base | overrides))
+
+
+def _router_client_if(lab: str) -> str:
+    return f"{lab}-cr"
+
+
+def _client_if(lab: str) -> str:
+    return f"{lab}-cc"
+
+
+async def _run(cfg: LabConfig, argv: list[str], *, ns: str | None = None, stdin: bytes | None = None,
+               check: bool = True) -> tuple[int, str, str]:
+    try:
+        return await netns.run(argv, ns=ns, stdin=stdin, timeout_s=cfg.command_timeout_s, check=check)
+    except ActuatorError as exc:
+        raise LabError(f"lab {cfg.name}: {exc}") from exc
+
+
+async def _link_exists(cfg: LabConfig, ns: str, ifname: str) -> bool:
+    rc, _, _ = await _run(cfg, ["ip", "-n", ns, "link", "show", "dev", ifname], check=False)
+    return rc == 0
+
+
+async def lab_up(cfg: LabConfig) -> dict[str, Any]:
+    """Make the router and client namespaces and their link (idempotent); returns lab.json's content."""
+    lab_dir = cfg.lab_dir
+    lab_dir.mkdir(parents=True, exist_ok=True)
+    (lab_dir / "instances").mkdir(exist_ok=True)
+    rns, cns = cfg.router_ns, cfg.client_ns
+    for ns in (rns, cns):
+        if not netns.exists(ns):
+            await _run(cfg, ["ip", "netns", "add", ns])
+    # Per-namespace sysctls: forwarding and the L4 multipath hash on the router (with policy 0
+    # every request from the one client address would go to one LB); rp_filter off everywhere.
+    await _run(cfg, ["sysctl", "-q", "-w", "net.ipv4.ip_forward=1", "net.ipv4.fib_multipath_hash_policy=1",
+                     "net.ipv4.conf.all.rp_filter=0", "net.ipv4.conf.default.rp_filter=0"], ns=rns)
+    # The client opens thousands of short connections: let it reuse TIME_WAIT ports.
+    await _run(cfg, ["sysctl", "-q", "-w", "net.ipv4.conf.all.rp_filter=0",
+                     "net.ipv4.conf.default.rp_filter=0", "net.ipv4.tcp_tw_reuse=1",
+                     "net.ipv4.ip_local_port_range=10000 60999"], ns=cns)
+    r_if, c_if = _router_client_if(cfg.name), _client_if(cfg.name)
+    r_ok, c_ok = await _link_exists(cfg, rns, r_if), await _link_exists(cfg, cns, c_if)
+    if not (r_ok and c_ok):
+        if r_ok:
+            await _run(cfg, ["ip", "-n", rns, "link", "del", r_if])
+        if c_ok:
+            await _run(cfg, ["ip", "-n", cns, "link", "del", c_if])
+        # Made directly in the two namespaces: nothing ever appears in the host's namespace.
+        await _run(cfg, ["ip", "-n", rns, "link", "add", r_if, "type", "veth", "peer", "name", c_if,
+                         "netns", cns])
+    await _run(cfg, ["ip", "-n", rns, "-batch", "-"], stdin=(
+        "link set lo up\n"
+        f"addr replace {ROUTER_CLIENT_ADDRESS}/24 dev {r_if}\n"
+        f"link set {r_if} up\n").encode())
+    await _run(cfg, ["ip", "-n", cns, "-batch", "-"], stdin=(
+        "link set lo up\n"
+        f"addr replace {CLIENT_ADDRESS}/24 dev {c_if}\n"
+        f"link set {c_if} up\n"
+        f"route replace default via {ROUTER_CLIENT_ADDRESS} dev {c_if}\n").encode())
+    info = {
+        "name": cfg.name, "dir": str(lab_dir), "vip": str(cfg.vip),
+        "router_ns": rns, "client_ns": cns,
+        "client_address": str(CLIENT_ADDRESS), "router_client_address": str(ROUTER_CLIENT_ADDRESS),
+        "router_client_if": r_if, "instance_links": "198.18.N.0/24: router .1, instance .2",
+        "config": cfg.model_dump(mode="json"), "up_at": time.time(),
+    }
+    write_atomic(lab_dir / "lab.json", json.dumps(info, indent=2) + "\n")
+    return info
+
+
+def lab_namespaces(cfg: LabConfig) -> list[str]:
+    """Every namespace of this lab, by name prefix."""
+    try:
+        names = os.listdir(netns.NETNS_RUN_DIR)
+    except FileNotFoundError:
+        return []
+    return sorted(n for n in names if n.startswith(cfg.prefix))
+
+
+@dataclass
+class LabDownReport:
+    processes: list[tuple[int, str]] = field(default_factory=list)   # (pid, command line)
+    namespaces: list[str] = field(default_factory=list)
+    dir_removed: str | None = None
+
+    def __str__(self) -> str:
+        procs = ", ".join(f"{pid} ({cmd.split(' ')[0]})" for pid, cmd in self.processes) or "none"
+        return (f"processes: {procs}; namespaces: {', '.join(self.namespaces) or 'none'}; "
+                f"directory: {self.dir_removed or 'none'}")
+
+
+async def lab_down(cfg: LabConfig) -> LabDownReport:
+    """Remove everything the lab started; works on any half-built state. Returns what it removed."""
+    report = LabDownReport()
+    lab_dir = cfg.lab_dir
+    marker = f"{lab_dir}/"
+    # 1. Our processes by pidfile; the command line must name the lab directory, so a pid the
+    #    kernel reused for someone else's process is never signalled.
+    if lab_dir.is_dir():
+        for pidfile in sorted(lab_dir.rglob("*.pid")):
+            stopped = await kill_pidfile(pidfile, marker)
+            if stopped:
+                report.processes.append(stopped)
+    # 2. Anything still living in a lab namespace (started by hand, or its pidfile lost).
+    namespaces = lab_namespaces(cfg)
+    for ns in namespaces:
+        report.processes.extend(await kill_netns_processes(ns))
+    # 3. The namespaces (their veths go with them), instances first and the router last.
+    for ns in sorted(namespaces, key=lambda n: n == cfg.router_ns):
+        rc, _, err = await _run(cfg, ["ip", "netns", "del", ns], check=False)
+        if rc == 0 or not netns.exists(ns):
+            report.namespaces.append(ns)
+        else:
+            raise LabError(f"lab {cfg.name}: cannot delete namespace {ns}: {err.strip()}")
+    # 4. The directory.
+    if lab_dir.exists():
+        shutil.rmtree(lab_dir)
+        report.dir_removed = str(lab_dir)
+    return report
+
+
+@dataclass
+class LabStatus:
+    name: str
+    dir: str
+    up: bool                                   # router and client namespaces exist
+    namespaces: list[str]
+    instances: dict[str, dict[str, Any]]       # name -> {"netns": bool, "haproxy": bool, "backend": bool}
+    processes: dict[str, int | None]           # pidfile (relative to dir) -> live pid or None
+
+    def __str__(self) -> str:
+        lines = [f"lab {self.name}: {'up' if self.up else 'down'} (dir {self.dir})",
+                 f"  namespaces: {', '.join(self.namespaces) or 'none'}"]
+        for name, st in sorted(self.instances.items()):
+            lines.append(f"  instance {name}: " + ", ".join(f"{k}={v}" for k, v in st.items()))
+        for pidfile, pid in sorted(self.processes.items()):
+            lines.append(f"  {pidfile}: {pid if pid else 'not running'}")
+        return "\n".join(lines)
+
+
+async def lab_status(cfg: LabConfig) -> LabStatus:
+    """What exists now: namespaces, instance directories and whether their processes run."""
+    lab_dir = cfg.lab_dir
+    marker = f"{lab_dir}/"
+    namespaces = lab_namespaces(cfg)
+    processes: dict[str, int | None] = {}
+    if lab_dir.is_dir():
+        for pidfile in sorted(lab_dir.rglob("*.pid")):
+            pid = read_pidfile(pidfile)
+            processes[str(pidfile.relative_to(lab_dir))] = (
+                pid if pid is not None and process_matches(pid, marker) else None)
+    instances: dict[str, dict[str, Any]] = {}
+    inst_root = lab_dir / "instances"
+    if inst_root.is_dir():
+        for d in sorted(p for p in inst_root.iterdir() if p.is_dir()):
+            rel = d.relative_to(lab_dir)
+            instances[d.name] = {
+                "netns": f"{cfg.prefix}i-{d.name}" in namespaces,
+                "haproxy": processes.get(str(rel / "haproxy.pid")) is not None,
+                "backend": processes.get(str(rel / "backend.pid")) is not None,
+            }
+    return LabStatus(name=cfg.name, dir=str(lab_dir), up=cfg.router_ns in namespaces and cfg.client_ns
+                     in namespaces, namespaces=namespaces, instances=instances, processes=processes)
+
+
+class LoadRun:
+    """`scaler.loadgen` running in the lab's client namespace, controlled through its stdin.
+
+    `start()` launches it; `set(...)` changes the load while it runs; `ticks` holds every per-second
+    stats line so far and `stats()` yields them as they come; `stop()` ends it (it also ends by
+    itself at `max_seconds` / `max_requests`) and returns the final summary.
+    """
+
+    def __init__(self, cfg: LabConfig, *, short_rps: float = 0.0, keepalive_clients: int = 0,
+                 keepalive_pause_ms: float = 0.0, max_seconds: float = 30.0,
+                 max_requests: int = 1_000_000, timeout_s: float = 5.0, short_concurrency: int = 256,
+                 interval_s: float = 1.0, target: IPv4Address | None = None, port: int = 80) -> None:
+        self.cfg = cfg
+        self.argv_options = [
+            "--host", str(target or cfg.vip), "--port", str(port),
+            "--short-rps", str(short_rps), "--short-concurrency", str(short_concurrency),
+            "--keepalive-clients", str(keepalive_clients), "--keepalive-pause-ms", str(keepalive_pause_ms),
+            "--max-seconds", str(max_seconds), "--max-requests", str(max_requests),
+            "--timeout-s", str(timeout_s), "--interval-s", str(interval_s),
+        ]
+        self.max_seconds = max_seconds
+        self.ticks: list[dict[str, Any]] = []
+        self.messages: list[dict[str, Any]] = []       # control acknowledgements and errors
+        self.summary: dict[str, Any] | None = None
+        self._proc: asyncio.subprocess.Process | None = None
+        self._reader: asyncio.Task[None] | None = None
+        self._cond = asyncio.Condition()
+        self._done = False
+        token = uuid.uuid4().hex[:8]
+        self.pidfile = cfg.lab_dir / f"loadgen-{token}.pid"
+        self.logfile = cfg.lab_dir / f"loadgen-{token}.log"
+
+    @property
+    def running(self) -> bool:
+        return self._proc is not None and self._proc.returncode is None
+
+    async def start(self) -> LoadRun:
+        if self._proc is not None:
+            raise LabError("this LoadRun was already started")
+        if not netns.exists(self.cfg.client_ns):
+            raise LabError(f"lab {self.cfg.name} is not up (no namespace {self.cfg.client_ns})")
+        argv = ["ip", "netns", "exec", self.cfg.client_ns, sys.executable, "-m", "scaler.loadgen",
+                *self.argv_options, "--control", "--pidfile", str(self.pidfile)]
+        err = os.open(self.logfile, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o644)
+        try:
+            self._proc = await asyncio.create_subprocess_exec(
+                *argv, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, stderr=err)
+        finally:
+            os.close(err)
+        self._reader = asyncio.create_task(self._read())
+        return self
+
+    async def _read(self) -> None:
+        assert self._proc is not None and self._proc.stdout is not None
+        try:
+            while line := await self._proc.stdout.readline():
+                try:
+                    msg = json.loads(line)
+                except ValueError:
+                    msg = {"type": "error", "error": f"unparsable output {line[:200]!r}"}
+                async with self._cond:
+                    if msg.get("type") == "tick":
+                        self.ticks.append(msg)
+                    elif msg.get("type") == "summary":
+                        self.summary = msg
+                    else:
+                        self.messages.append(msg)
+                    self._cond.notify_all()
+        finally:
+            async with self._cond:
+                self._done = True
+                self._cond.notify_all()
+
+    async def set(self, *, short_rps: float | None = None, keepalive_clients: int | None = None,
+                  keepalive_pause_ms: float | None = None) -> None:
+        """Change the load now; options left None keep their value."""
+        command: dict[str, Any] = {k: v for k, v in (("short_rps", short_rps),
+                                                     ("keepalive_clients", keepalive_clients),
+                                                     ("keepalive_pause_ms", keepalive_pause_ms))
+                                   if v is not None}
+        await self._send(command)
+
+    async def _send(self, command: dict[str, Any]) -> None:
+        if not self.running or self._proc is None or self._proc.stdin is None:
+            raise LabError("the load generator is not running")
+        self._proc.stdin.write(json.dumps(command).encode() + b"\n")
+        try:
+            await self._proc.stdin.drain()
+        except (BrokenPipeError, ConnectionResetError) as exc:
+            raise LabError("the load generator is not running") from exc
+
+    async def next_tick(self, timeout_s: float = 5.0) -> dict[str, Any] | None:
+        """The next stats line, or None if the run ended first."""
+        seen = len(self.ticks)
+        async with self._cond:
+            await asyncio.wait_for(self._cond.wait_for(lambda: len(self.ticks) > seen or self._done),
+                                   timeout_s)
+        return self.ticks[seen] if len(self.ticks) > seen else None
+
+    async def stats(self) -> AsyncIterator[dict[str, Any]]:
+        """Every stats line, from the first, as it arrives; ends when the run ends."""
+        i = 0
+        while True:
+            async with self._cond:
+                await self._cond.wait_for(lambda i=i: len(self.ticks) > i or self._done)  # type: ignore[misc]
+                batch = self.ticks[i:]
+                done = self._done
+            for tick in batch:
+                yield tick
+            i += len(batch)
+            if done and i >= len(self.ticks):
+                return
+
+    def totals(self) -> dict[str, Any]:
+        """The sums of the stats lines so far (or the summary once there is one)."""
+        if self.summary is not None:
+            return self.summary
+        by_lb: Counter[str] = Counter()
+        failures: Counter[str] = Counter()
+        out: dict[str, Any] = {"ok": 0, "failed": 0, "retried": 0, "connects": 0, "skipped": 0}
+        for t in self.ticks:
+            for k in out:
+                out[k] += t.get(k, 0)
+            by_lb.update(t.get("by_lb", {}))
+            failures.update(t.get("failures", {}))
+        return out | {"by_lb": dict(by_lb), "failures": dict(failures)}
+
+    async def wait(self, timeout_s: float | None = None) -> dict[str, Any]:
+        """Wait until it stops by itself; returns the summary."""
+        if self._proc is None:
+            raise LabError("the load generator was never started")
+        await asyncio.wait_for(self._finish(), timeout_s if timeout_s is not None else self.max_seconds + 10)
+        return self.summary or {"type": "summary", "reason": "no summary (crashed?)"}
+
+    async def _finish(self) -> None:
+        assert self._proc is not None
+        await self._proc.wait()
+        if self._reader is not None:
+            await self._reader
+
+    async def stop(self, timeout_s: float = 5.0) -> dict[str, Any]:
+        """Ask it to stop (it finishes the requests in flight), kill it if it does not; the summary."""
+        if self._proc is None:
+            raise LabError("the load generator was never started")
+        if self.running:
+            with contextlib.suppress(LabError):
+                await self._send({"stop": True})
+        try:
+            await asyncio.wait_for(self._finish(), timeout_s)
+        except TimeoutError:
+            with contextlib.suppress(ProcessLookupError):
+                self._proc.kill()
+            await self._finish()
+        if self._proc.stdin is not None:
+            self._proc.stdin.close()
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.pidfile)
+        return self.summary or {"type": "summary", "reason": "killed", "ok": 0, "failed": 0}
+
+    async def __aenter__(self) -> LoadRun:
+        return await self.start()
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self._proc is not None:
+            await self.stop()
