@@ -1,5 +1,5 @@
 """The rtnetlink codec: encode/decode round trips, the exact bytes the kernel insists on, and the
-matching of ACKs to the requests of a batch (against a fake kernel socket; no root needed)."""
+matching of errors to the requests of a batch (against a fake kernel socket; no root needed)."""
 
 from __future__ import annotations
 
@@ -198,13 +198,14 @@ Handler = Callable[[nl.NlMsg], tuple[list[nl.NlMsg], int, str | None]]
 class FakeKernel:
     """Duck-types the netlink socket: answers each message with (replies, errno, text) from `handler`.
 
-    Answers come back in reverse order, one datagram each, to prove matching is by sequence number.
+    Like the kernel, it sends the replies, then an error message if the request failed or asked for
+    an ACK; answers go out in order, one datagram per message.
     """
 
     def __init__(self, handler: Handler, rcvbuf: int = 1 << 20) -> None:
         self.handler = handler
         self.rcvbuf = rcvbuf
-        self.sends: list[int] = []          # messages per send() call
+        self.sends: list[list[int]] = []     # flags of each message, per send() call
         self.queue: list[bytes] = []
 
     def bind(self, addr: object) -> None: ...
@@ -217,13 +218,12 @@ class FakeKernel:
 
     def sendto(self, data: bytes, addr: object) -> int:
         msgs = nl.decode_msgs(data)
-        self.sends.append(len(msgs))
-        out = []
+        self.sends.append([m.flags for m in msgs])
         for m in msgs:
             replies, err, text = self.handler(m)
-            wire = b"".join(nl.encode_msg(nl.NlMsg(r.type, r.flags, m.seq, r.payload)) for r in replies)
-            out.append(wire + nl.encode_msg(nl.encode_error(err, m, text)))
-        self.queue += reversed(out)
+            self.queue += [nl.encode_msg(nl.NlMsg(r.type, r.flags, m.seq, r.payload)) for r in replies]
+            if err or m.flags & nl.NLM_F_ACK:
+                self.queue.append(nl.encode_msg(nl.encode_error(err, m, text)))
         return len(data)
 
     def recv(self, size: int) -> bytes:
@@ -240,23 +240,35 @@ def _nexthops(n: int) -> list[nl.Request]:
     return [nl.add_nexthop(nl.Nexthop(i, gateway=A(f"10.0.0.{i}"), oif=2)) for i in range(1, n + 1)]
 
 
-def test_batch_maps_each_error_to_its_request() -> None:
-    def handler(m: nl.NlMsg) -> tuple[list[nl.NlMsg], int, str | None]:
-        nh = nl.decode_nexthop(m.payload)
-        if nh.id == 2:
-            return [], errno.EEXIST, None
-        if nh.id == 4:
-            return [], errno.EINVAL, "Invalid device index"
-        return [], 0, None
+def _fail_2_and_4(m: nl.NlMsg) -> tuple[list[nl.NlMsg], int, str | None]:
+    nh = nl.decode_nexthop(m.payload)
+    if nh.id == 2:
+        return [], errno.EEXIST, None
+    if nh.id == 4:
+        return [], errno.EINVAL, "Invalid device index"
+    return [], 0, None
 
-    kernel = FakeKernel(handler)
-    replies = _client(kernel).batch(_nexthops(5))
-    assert kernel.sends == [5]
+
+@pytest.mark.parametrize("ack_each", [pytest.param(False, id="errors and one barrier ACK"),
+                                      pytest.param(True, id="one ACK per request")])
+def test_batch_maps_each_error_to_its_request(ack_each: bool) -> None:
+    kernel = FakeKernel(_fail_2_and_4)
+    replies = _client(kernel).batch(_nexthops(5), ack_each=ack_each)
+    assert len(kernel.sends) == 1
+    acked = [bool(f & nl.NLM_F_ACK) for f in kernel.sends[0]]
+    assert acked == ([True] * 5 if ack_each else [False, False, False, False, True])
     assert [r.error for r in replies] == [0, errno.EEXIST, 0, errno.EINVAL, 0]
     assert replies[3].describe() == "add nexthop 4 via 10.0.0.4: Invalid argument (Invalid device index)"
 
+
+def test_failure_of_the_barrier_itself_is_reported() -> None:
+    replies = _client(FakeKernel(_fail_2_and_4)).batch(_nexthops(4))
+    assert [r.error for r in replies] == [0, errno.EEXIST, 0, errno.EINVAL]
+
+
+def test_check_raises_one_error_listing_every_failure() -> None:
     with pytest.raises(nl.BatchError) as info:
-        _client(FakeKernel(handler)).check(_nexthops(5))
+        _client(FakeKernel(_fail_2_and_4)).check(_nexthops(5))
     assert isinstance(info.value, RouterError)
     assert str(info.value) == ("2 of 5 operations failed: add nexthop 2 via 10.0.0.2: File exists; "
                                "add nexthop 4 via 10.0.0.4: Invalid argument (Invalid device index)")
@@ -265,9 +277,9 @@ def test_batch_maps_each_error_to_its_request() -> None:
 
 
 def test_batch_is_split_to_fit_the_receive_buffer() -> None:
-    kernel = FakeKernel(lambda m: ([], 0, None), rcvbuf=8192)   # room for 4 ACKs per send
+    kernel = FakeKernel(lambda m: ([], 0, None), rcvbuf=8192)   # room for 4 answers per send
     replies = _client(kernel).batch(_nexthops(10))
-    assert kernel.sends == [4, 4, 2]
+    assert [len(s) for s in kernel.sends] == [4, 4, 2]
     assert all(r.ok for r in replies)
 
 

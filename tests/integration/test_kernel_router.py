@@ -1,0 +1,375 @@
+"""KernelRouter against the real kernel: a router namespace, three member namespaces and a client.
+
+Every namespace is created here with the prefix `sclk` + a random suffix and deleted by the fixture
+even when a test fails; addresses are from 198.18.0.0/15 and exist only inside those namespaces.
+Assertions read the kernel with `ip -j`, never the driver's own view.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import re
+import secrets
+import shutil
+import socket
+import subprocess
+from collections import Counter
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass, field
+from ipaddress import IPv4Address
+from typing import Any
+
+import pytest
+
+from actuators import netlink as nl
+from actuators.errors import RouterConflict, RouterError
+from actuators.kernel import KernelRouter, KernelRouterConfig
+from actuators.netns import socket_in
+from actuators.router import DesiredRoutes, HopState, NextHop
+
+pytestmark = [
+    pytest.mark.integration,
+    pytest.mark.skipif(os.geteuid() != 0 or shutil.which("ip") is None,
+                       reason="needs root and iproute2 to create network namespaces"),
+]
+
+VIP = IPv4Address("198.19.0.10")
+VIP2 = IPv4Address("198.19.0.11")
+PORT = 8080
+PROTO = 99
+
+
+def sh(*argv: str) -> str:
+    proc = subprocess.run(argv, capture_output=True, text=True, timeout=30, check=False)
+    if proc.returncode != 0:
+        raise RuntimeError(f"{' '.join(argv)}: exit {proc.returncode}: {proc.stderr.strip()}")
+    return proc.stdout
+
+
+@dataclass
+class Lab:
+    router: str
+    client: str
+    members: list[str] = field(default_factory=list)
+    addresses: list[IPv4Address] = field(default_factory=list)
+
+    def ip(self, *args: str) -> str:
+        return sh("ip", "-n", self.router, *args)
+
+    def ipj(self, *args: str) -> Any:
+        """`ip -j` in the router namespace, numeric protocols (ours prints as "99")."""
+        out = sh("ip", "-N", "-d", "-j", "-n", self.router, *args).strip()
+        return json.loads(out) if out else []
+
+    def nexthops(self) -> dict[int, dict[str, Any]]:
+        return {nh["id"]: nh for nh in self.ipj("nexthop", "show")}
+
+    def group_weights(self, vip: IPv4Address) -> dict[IPv4Address, int]:
+        # iproute2 leaves "weight" out when it is 1
+        group = self.nexthops()[int(vip)]
+        return {IPv4Address(m["id"]): m.get("weight", 1) for m in group["group"]}
+
+    def vip_route(self, vip: IPv4Address) -> dict[str, Any] | None:
+        return next((r for r in self.ipj("route", "show", "table", "main") if r["dst"] == str(vip)), None)
+
+    def bucket_counts(self, vip: IPv4Address) -> Counter[IPv4Address]:
+        buckets = self.ipj("nexthop", "bucket", "show", "id", str(int(vip)))
+        return Counter(IPv4Address(b["bucket"]["nhid"]) for b in buckets)
+
+    def hops(self, *states: HopState) -> frozenset[NextHop]:
+        return frozenset(NextHop(a, s) for a, s in zip(self.addresses, states, strict=False))
+
+
+def _build(lab: Lab, created: list[str]) -> None:
+    def netns(name: str) -> None:
+        sh("ip", "netns", "add", name)
+        created.append(name)
+        sh("ip", "-n", name, "link", "set", "lo", "up")
+        for key in ("all", "default"):
+            sh("ip", "netns", "exec", name, "sysctl", "-qw", f"net.ipv4.conf.{key}.rp_filter=0")
+
+    netns(lab.router)
+    sh("ip", "netns", "exec", lab.router, "sysctl", "-qw", "net.ipv4.ip_forward=1")
+    # L4 hash: with the default L3 hash every connection from the one client picks the same member.
+    sh("ip", "netns", "exec", lab.router, "sysctl", "-qw", "net.ipv4.fib_multipath_hash_policy=1")
+
+    def link(peer: str, dev: str, subnet: int) -> None:
+        # "name" is needed: `ip link add m1 ...` would parse a short word like "a" as "address".
+        lab.ip("link", "add", "name", dev, "type", "veth", "peer", "name", "eth0", "netns", peer)
+        lab.ip("addr", "add", f"198.18.{subnet}.1/24", "dev", dev)
+        lab.ip("link", "set", dev, "up")
+        sh("ip", "-n", peer, "addr", "add", f"198.18.{subnet}.2/24", "dev", "eth0")
+        sh("ip", "-n", peer, "link", "set", "eth0", "up")
+        sh("ip", "-n", peer, "route", "add", "default", "via", f"198.18.{subnet}.1")
+
+    for i, member in enumerate(lab.members, start=1):
+        netns(member)
+        link(member, f"m{i}", i)
+        sh("ip", "-n", member, "addr", "add", f"{VIP}/32", "dev", "lo")
+        lab.addresses.append(IPv4Address(f"198.18.{i}.2"))
+    netns(lab.client)
+    link(lab.client, "c0", 100)
+
+
+@pytest.fixture
+def lab() -> Iterator[Lab]:
+    prefix = f"sclk{secrets.token_hex(3)}"
+    lab = Lab(router=f"{prefix}r", client=f"{prefix}c", members=[f"{prefix}m{i}" for i in (1, 2, 3)])
+    created: list[str] = []
+    try:
+        _build(lab, created)
+        yield lab
+    finally:
+        for name in reversed(created):    # only the namespaces this fixture made
+            subprocess.run(["ip", "netns", "del", name], capture_output=True, check=False)
+
+
+class CountingSocket:
+    """Wraps the real netlink socket to record the message types of every send()."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self.sends: list[list[int]] = []
+
+    def sendto(self, data: bytes, addr: Any) -> int:
+        self.sends.append([m.type for m in nl.decode_msgs(data)])
+        return self.sock.sendto(data, addr)
+
+    def change_sends(self) -> list[list[int]]:
+        changes = {nl.RTM_NEWNEXTHOP, nl.RTM_DELNEXTHOP, nl.RTM_NEWROUTE, nl.RTM_DELROUTE}
+        return [s for s in self.sends if changes & set(s)]
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.sock, name)
+
+
+@dataclass
+class Rig:
+    router: KernelRouter
+    wire: CountingSocket
+
+
+async def _rig(lab: Lab, **config: Any) -> Rig:
+    wire = CountingSocket(socket_in(lab.router, socket.AF_NETLINK, socket.SOCK_RAW, socket.NETLINK_ROUTE))
+    client = nl.NetlinkClient(lab.router, opener=lambda: wire)  # type: ignore[arg-type, return-value]
+    return Rig(KernelRouter(KernelRouterConfig(netns=lab.router, **config), client=client), wire)
+
+
+@pytest.fixture
+async def rig(lab: Lab) -> AsyncIterator[Rig]:
+    r = await _rig(lab)
+    yield r
+    await r.router.close()
+
+
+A, D = HopState.ACTIVE, HopState.DRAINING
+
+
+# --- programming -----------------------------------------------------------------------------------
+
+async def test_apply_creates_one_resilient_group_with_one_hop_per_member(lab: Lab, rig: Rig) -> None:
+    result = await rig.router.apply({VIP: lab.hops(A, A, A)})
+
+    assert result.messages == 5          # 3 nexthops, the group, the route
+    assert sorted(result.added) == [(VIP, a) for a in lab.addresses]
+    assert len(rig.wire.change_sends()) == 1
+    nhs = lab.nexthops()
+    for i, addr in enumerate(lab.addresses, start=1):
+        nh = nhs[int(addr)]
+        assert (nh["gateway"], nh["dev"], nh["protocol"]) == (str(addr), f"m{i}", str(PROTO))
+    group = nhs[int(VIP)]
+    assert group["type"] == "resilient" and group["protocol"] == str(PROTO)
+    assert group["resilient_args"]["buckets"] == 128
+    assert group["resilient_args"]["idle_timer"] == 30
+    assert lab.group_weights(VIP) == dict.fromkeys(lab.addresses, 255)
+    route = lab.vip_route(VIP)
+    assert route is not None and route["nhid"] == int(VIP) and route["protocol"] == str(PROTO)
+    counts = lab.bucket_counts(VIP)
+    assert sum(counts.values()) == 128 and all(42 <= counts[a] <= 43 for a in lab.addresses)
+
+    status = await rig.router.status(VIP)
+    assert status.addresses() == frozenset(lab.addresses)
+    assert {h.address: (h.state, h.buckets) for h in status.hops} == {
+        a: (A, counts[a]) for a in lab.addresses}
+
+
+async def test_draining_lowers_the_weight_to_one(lab: Lab, rig: Rig) -> None:
+    await rig.router.apply({VIP: lab.hops(A, A, A)})
+    result = await rig.router.apply({VIP: lab.hops(A, A, D)})
+
+    assert result.reweighted == ((VIP, lab.addresses[2]),) and result.messages == 1
+    assert lab.group_weights(VIP) == {lab.addresses[0]: 255, lab.addresses[1]: 255, lab.addresses[2]: 1}
+    # No flow ever used its buckets, so they were idle and all moved at once: 255/255/1 leaves the
+    # draining member none of 128 buckets.
+    counts = lab.bucket_counts(VIP)
+    assert counts[lab.addresses[2]] == 0 and sum(counts.values()) == 128
+    status = await rig.router.status(VIP)
+    assert {h.address: h.state for h in status.hops} == {
+        lab.addresses[0]: A, lab.addresses[1]: A, lab.addresses[2]: D}
+
+
+async def test_removing_a_member_drops_it_and_its_nexthop(lab: Lab, rig: Rig) -> None:
+    await rig.router.apply({VIP: lab.hops(A, A, A)})
+    result = await rig.router.apply({VIP: lab.hops(A, A)})
+
+    assert result.removed == ((VIP, lab.addresses[2]),)
+    assert result.messages == 2          # replace the group, then delete the unused nexthop
+    assert set(lab.group_weights(VIP)) == set(lab.addresses[:2])
+    assert int(lab.addresses[2]) not in lab.nexthops()
+
+
+async def test_empty_set_removes_route_group_and_nexthops(lab: Lab, rig: Rig) -> None:
+    await rig.router.apply({VIP: lab.hops(A, A, A)})
+    result = await rig.router.apply({VIP: frozenset()})
+
+    assert result.messages == 5 and len(result.removed) == 3
+    assert lab.vip_route(VIP) is None
+    assert [nh for nh in lab.nexthops().values() if nh["protocol"] == str(PROTO)] == []
+    assert (await rig.router.status(VIP)).hops == ()
+    assert (await rig.router.apply({VIP: frozenset()})).messages == 0
+
+
+async def test_reapply_sends_nothing(lab: Lab, rig: Rig) -> None:
+    desired: DesiredRoutes = {VIP: lab.hops(A, A, D)}
+    await rig.router.apply(desired)
+    sends = len(rig.wire.sends)
+
+    again = await rig.router.apply(desired)
+
+    assert again.messages == 0 and not again.changed
+    assert rig.wire.change_sends() == [rig.wire.change_sends()[0]]
+    assert len(rig.wire.sends) - sends == 2         # the two dumps, nothing else
+
+
+async def test_vips_absent_from_desired_are_untouched(lab: Lab, rig: Rig) -> None:
+    await rig.router.apply({VIP: lab.hops(A, A, A), VIP2: lab.hops(A, A)})
+    await rig.router.apply({VIP: frozenset()})
+
+    assert lab.vip_route(VIP) is None
+    assert set(lab.group_weights(VIP2)) == set(lab.addresses[:2])
+    assert lab.vip_route(VIP2) is not None
+    assert int(lab.addresses[2]) not in lab.nexthops()      # only VIP used it
+    assert int(lab.addresses[0]) in lab.nexthops()          # VIP2 still does
+
+
+async def test_foreign_nexthop_with_our_id_is_a_conflict(lab: Lab, rig: Rig) -> None:
+    addr = lab.addresses[0]
+    lab.ip("nexthop", "add", "id", str(int(addr)), "via", str(addr), "dev", "m1")   # protocol unspec
+
+    with pytest.raises(RouterConflict, match=f"nexthop id {int(addr)} .*protocol 0"):
+        await rig.router.apply({VIP: lab.hops(A, A)})
+
+    assert rig.wire.change_sends() == []                     # refused before anything was sent
+    assert list(lab.nexthops()) == [int(addr)]
+    assert lab.nexthops()[int(addr)]["protocol"] == "0"
+
+
+async def test_foreign_route_to_the_vip_is_a_conflict(lab: Lab, rig: Rig) -> None:
+    lab.ip("route", "add", f"{VIP}/32", "via", str(lab.addresses[0]))       # protocol boot
+
+    expected = f"add route {VIP}/32 nhid {int(VIP)} table 254: File exists"
+    with pytest.raises(RouterConflict, match=re.escape(expected)):
+        await rig.router.apply({VIP: lab.hops(A, A)})
+
+    route = lab.vip_route(VIP)
+    assert route is not None and "nhid" not in route and route["gateway"] == str(lab.addresses[0])
+
+
+async def test_replay_restores_everything_in_one_batch(lab: Lab, rig: Rig) -> None:
+    desired: DesiredRoutes = {VIP: lab.hops(A, A, D), VIP2: lab.hops(A)}
+    await rig.router.apply(desired)
+    before = (lab.nexthops(), lab.vip_route(VIP), lab.vip_route(VIP2))
+
+    # (`ip route flush proto 99` is what an operator would type, but iproute2 6.1 fails on routes
+    # with a nhid: "Failed to send flush request: Invalid argument".)
+    for vip in (VIP, VIP2):
+        lab.ip("route", "del", f"{vip}/32")
+    assert lab.vip_route(VIP) is None
+    result = await rig.router.replay(desired)
+    assert result.messages == 2 and not result.changed      # only the two routes were missing
+
+    lab.ip("nexthop", "flush")
+    rig.wire.sends.clear()
+    result = await rig.router.replay(desired)
+    assert result.messages == 3 + 2 + 2                     # nexthops, groups, routes
+    assert len(rig.wire.change_sends()) == 1 and len(rig.wire.change_sends()[0]) == 7
+    assert (lab.nexthops(), lab.vip_route(VIP), lab.vip_route(VIP2)) == before
+
+
+async def test_unreachable_member_is_named(lab: Lab, rig: Rig) -> None:
+    with pytest.raises(RouterError, match=re.escape("next hop 198.18.200.2: no route")):
+        await rig.router.apply({VIP: frozenset({NextHop(IPv4Address("198.18.200.2"))})})
+    assert rig.wire.change_sends() == []
+
+
+# --- real traffic ----------------------------------------------------------------------------------
+
+@contextlib.asynccontextmanager
+async def listeners(lab: Lab) -> AsyncIterator[None]:
+    """A TCP listener on VIP:PORT in each member namespace that answers with the member's index."""
+    servers = []
+
+    def serve(index: int) -> Any:
+        async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            writer.write(str(index).encode())
+            await writer.drain()
+            writer.close()
+            await writer.wait_closed()
+        return handle
+
+    try:
+        for i, member in enumerate(lab.members):
+            sock = socket_in(member, socket.AF_INET, socket.SOCK_STREAM)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.bind((str(VIP), PORT))
+            servers.append(await asyncio.start_server(serve(i), sock=sock))
+        yield
+    finally:
+        for server in servers:
+            server.close()
+            await server.wait_closed()
+
+
+async def connect_many(lab: Lab, n: int) -> Counter[IPv4Address]:
+    """n TCP connections from the client namespace to the VIP; which member answered each."""
+    loop = asyncio.get_running_loop()
+    seen: Counter[IPv4Address] = Counter()
+    for _ in range(n):
+        with socket_in(lab.client, socket.AF_INET, socket.SOCK_STREAM) as sock:
+            sock.setblocking(False)
+            await asyncio.wait_for(loop.sock_connect(sock, (str(VIP), PORT)), 5)
+            data = await asyncio.wait_for(loop.sock_recv(sock, 16), 5)
+            seen[lab.addresses[int(data)]] += 1
+    return seen
+
+
+async def test_connections_spread_and_drained_member_keeps_only_busy_buckets(lab: Lab, rig: Rig) -> None:
+    async with listeners(lab):
+        await rig.router.apply({VIP: lab.hops(A, A, A)})
+        seen = await connect_many(lab, 60)
+        assert set(seen) == set(lab.addresses) and sum(seen.values()) == 60
+
+        await rig.router.apply({VIP: lab.hops(A, A, D)})
+        # idle_timer 30 s: buckets that carried a flow in the last 30 s stay with the draining member.
+        kept = lab.bucket_counts(VIP)[lab.addresses[2]]
+        assert 0 < kept < 43
+
+        await rig.router.apply({VIP: lab.hops(A, A)})
+        after = await connect_many(lab, 30)
+        assert set(after) == set(lab.addresses[:2])
+
+
+async def test_drain_with_zero_idle_timer_sends_no_new_flows(lab: Lab) -> None:
+    rig = await _rig(lab, idle_timer_s=0)
+    try:
+        async with listeners(lab):
+            await rig.router.apply({VIP: lab.hops(A, A, A)})
+            assert len(await connect_many(lab, 30)) == 3
+            await rig.router.apply({VIP: lab.hops(A, A, D)})
+            assert lab.bucket_counts(VIP)[lab.addresses[2]] == 0
+            assert set(await connect_many(lab, 60)) == set(lab.addresses[:2])
+    finally:
+        await rig.router.close()
