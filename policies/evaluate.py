@@ -14,6 +14,7 @@ Combining rules (as AWS and Nomad do, so the pool only shrinks when everything a
 from __future__ import annotations
 
 import enum
+from itertools import islice
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
@@ -137,7 +138,7 @@ def rule_verdict(rule: ThresholdRule, series: Sequence[Point], current: int, now
                            f"needs {rule.condition().split(' ', 1)[1]}")
     start = newest.t
     later_t = newest.t
-    for p in reversed(series[:-1]):
+    for p in islice(reversed(series), 1, None):   # series may be a deque: no slicing
         if p.value is None or not rule.holds(p.value) or later_t - p.t > stale_after:
             break
         start = p.t

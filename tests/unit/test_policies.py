@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from collections import deque
 
 import pytest
 from hypothesis import given, settings
@@ -146,6 +147,12 @@ def test_partial_data_blocks_scale_in_only() -> None:
     assert d.outcome is Outcome.HOLD and "partial" in d.reason
     busy = [Point(p.t, p.value, "1 of 2 members: timeout", complete=False) for p in flat(30, NOW - 20, NOW)]
     assert evaluate(policy(), {"sessions": busy}, PoolState(2), NOW).outcome is Outcome.SCALE_OUT
+
+
+def test_series_may_be_a_deque() -> None:
+    """The engine keeps each series in a deque: evaluation must not need slicing."""
+    d = evaluate(policy(), {"sessions": deque(flat(30, NOW - 10, NOW))}, PoolState(1), NOW)
+    assert d.outcome is Outcome.SCALE_OUT
 
 
 def test_dry_run_decides_but_does_not_act() -> None:

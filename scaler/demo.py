@@ -1,0 +1,328 @@
+"""The demo and the end-to-end scenario: lab up, scaler started as a real process on the example
+config, load ramped through the VIP, pool scales 1 → 2+ and back to 1, timeline printed, lab down.
+
+`Scenario` records what it observed (every FIB check, load totals per phase, the timeline) without
+judging it; `scaler demo` prints it and the integration tests assert on it. The FIB is read with
+`ip -j` in the router namespace, independently of the scaler's own netlink code.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import shutil
+import signal
+import socket
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+from ruamel.yaml import YAML
+
+from actuators import netns
+from scaler.lab import LabConfig, LoadRun, lab_down, lab_up
+
+EXAMPLES = Path(__file__).resolve().parent.parent / "deploy" / "examples"
+ROUTED = {"announcing", "in_service", "draining", "withdrawn"}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+async def fib_next_hops(router_ns: str, vip: str) -> set[str]:
+    """The VIP's next hops as the router's kernel holds them (nexthop group or plain multipath)."""
+    _, out, _ = await netns.run(["ip", "-j", "route", "show", "exact", f"{vip}/32"], ns=router_ns)
+    routes = json.loads(out or "[]")
+    hops: set[str] = set()
+    for r in routes:
+        if "nhid" in r:
+            _, nh_out, _ = await netns.run(["ip", "-j", "nexthop", "show"], ns=router_ns)
+            objs = {n["id"]: n for n in json.loads(nh_out or "[]")}
+            group = objs.get(r["nhid"], {})
+            for g in group.get("group", []):
+                gw = objs.get(g["id"], {}).get("gateway")
+                if gw:
+                    hops.add(gw)
+            if group.get("gateway"):
+                hops.add(group["gateway"])
+        for nh in r.get("nexthops", []):
+            hops.add(nh["gateway"])
+        if r.get("gateway"):
+            hops.add(r["gateway"])
+    return hops
+
+
+def write_config(lab: LabConfig, port: int, *, policy: Path | None = None,
+                 overrides: dict[str, Any] | None = None) -> Path:
+    """The example config adapted to this lab: store, policies and API port in the lab directory.
+
+    `overrides` maps dotted keys to values ("pools.web.drain_timeout": "30s").
+    """
+    d = lab.lab_dir / "scaler"
+    (d / "policies").mkdir(parents=True, exist_ok=True)
+    yaml = YAML(typ="rt")
+    doc = yaml.load((EXAMPLES / "scaler.yaml").read_text())
+    doc["store"]["url"] = f"sqlite:///{d}/scaler.db"
+    doc["api"]["port"] = port
+    opts = doc["orchestrator"]["options"]
+    opts["lab"], opts["dir"], opts["backend_delay_ms"] = lab.name, str(lab.lab_dir), lab.backend_delay_ms
+    opts["keepalive_timeout_s"] = lab.keepalive_timeout_s
+    doc["router"]["options"]["netns"] = lab.router_ns
+    doc["pools"]["web"]["vip"] = str(lab.vip)
+    for dotted, value in (overrides or {}).items():
+        node = doc
+        *parents, last = dotted.split(".")
+        for k in parents:
+            node = node[k]
+        node[last] = value
+    with (d / "scaler.yaml").open("w") as f:
+        yaml.dump(doc, f)
+    shutil.copy(policy or EXAMPLES / "policies" / "web.yaml", d / "policies" / "web.yaml")
+    return d / "scaler.yaml"
+
+
+class ServiceProcess:
+    """`python -m scaler run` as a child process, its output in a log file."""
+
+    def __init__(self, config: Path, port: int) -> None:
+        self.config, self.port = config, port
+        self.log = config.parent / "scaler.log"
+        self.proc: asyncio.subprocess.Process | None = None
+        self.base = f"http://127.0.0.1:{port}"
+
+    async def start(self, timeout_s: float = 30) -> None:
+        out = os.open(self.log, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o644)
+        try:
+            self.proc = await asyncio.create_subprocess_exec(
+                sys.executable, "-m", "scaler", "run", "-c", str(self.config), stdout=out, stderr=out,
+                stdin=asyncio.subprocess.DEVNULL)
+        finally:
+            os.close(out)
+        deadline = time.monotonic() + timeout_s
+        async with httpx.AsyncClient(timeout=1) as c:
+            while time.monotonic() < deadline:
+                if self.proc.returncode is not None:
+                    raise RuntimeError(f"scaler exited {self.proc.returncode}:\n{self.tail()}")
+                with contextlib.suppress(httpx.HTTPError):
+                    if (await c.get(self.base + "/healthz")).status_code == 200:
+                        return
+                await asyncio.sleep(0.1)
+        raise RuntimeError(f"scaler did not become healthy in {timeout_s}s:\n{self.tail()}")
+
+    def tail(self, n: int = 30) -> str:
+        try:
+            return "\n".join(self.log.read_text().splitlines()[-n:])
+        except OSError:
+            return "(no log)"
+
+    async def stop(self, sig: int = signal.SIGTERM, timeout_s: float = 20) -> int | None:
+        if self.proc is None or self.proc.returncode is not None:
+            return None if self.proc is None else self.proc.returncode
+        self.proc.send_signal(sig)
+        try:
+            return await asyncio.wait_for(self.proc.wait(), timeout_s)
+        except TimeoutError:
+            self.proc.kill()
+            return await self.proc.wait()
+
+    async def get(self, path: str) -> Any:
+        async with httpx.AsyncClient(timeout=5) as c:
+            r = await c.get(self.base + path)
+            r.raise_for_status()
+            return r.json()
+
+
+@dataclass
+class Check:
+    """One comparison of the router's FIB with the scaler's members."""
+
+    t: float
+    fib: set[str]
+    serving: set[str]
+    problem: str | None
+
+
+@dataclass
+class Scenario:
+    lab: LabConfig
+    service: ServiceProcess
+    pool: str = "web"
+    out: Callable[[str], None] = print
+    t0: float = field(default_factory=time.monotonic)
+    checks: list[Check] = field(default_factory=list)
+    sizes: list[tuple[float, int]] = field(default_factory=list)
+    timeline: list[str] = field(default_factory=list)
+    _event_id: int = 0
+    _last_decision: tuple[str, float, int] | None = None
+
+    def say(self, line: str) -> None:
+        stamped = f"[{time.monotonic() - self.t0:6.1f}s] {line}"
+        self.timeline.append(stamped)
+        self.out(stamped)
+
+    async def members(self) -> dict[str, tuple[str, str | None]]:
+        pool = await self.service.get(f"/v1/pools/{self.pool}")
+        return {m["instance"]: (m["state"], m["address"]) for m in pool["members"]}
+
+    async def check_fib(self) -> Check:
+        """FIB hops must be routable members; every member in service (before and after) must be in it."""
+        before = await self.members()
+        fib = await fib_next_hops(self.lab.router_ns, str(self.lab.vip))
+        after = await self.members()
+        addr_state: dict[str, set[str]] = {}
+        for snap in (before, after):
+            for state, addr in snap.values():
+                if addr:
+                    addr_state.setdefault(addr, set()).add(state)
+        stray = {a for a in fib if not addr_state.get(a, set()) & ROUTED}
+        must = {a for _, (s, a) in before.items() if s == "in_service" and a
+                and after.get(_, ("", None))[0] in ("in_service", "draining")}
+        missing = must - fib
+        problem = None
+        if stray or missing:
+            problem = (f"FIB {sorted(fib)} vs members {before} / {after}: stray {sorted(stray)}, "
+                       f"missing {sorted(missing)}")
+        serving = {a for s, a in after.values() if s == "in_service" and a}
+        c = Check(time.monotonic() - self.t0, fib, serving, problem)
+        self.checks.append(c)
+        size = sum(1 for s, _ in after.values() if s in ("creating", "booting", "healthy", "announcing",
+                                                         "in_service"))
+        if not self.sizes or self.sizes[-1][1] != size:
+            self.sizes.append((c.t, size))
+        if problem:
+            self.say(f"FIB CHECK FAILED: {problem}")
+        return c
+
+    async def print_news(self) -> None:
+        for e in await self.service.get(f"/v1/events?pool={self.pool}&after={self._event_id}"):
+            self._event_id = e["id"]
+            self.say(f"{e['kind']:<12} {e['message']}")
+        decisions = await self.service.get(f"/v1/pools/{self.pool}/decisions?limit=1")
+        if not decisions:
+            return
+        d, now = decisions[0], time.monotonic()
+        # Holds repeat every evaluation: print one when its kind changes, or every 10 s.
+        key = f"{d['outcome']} {d['reason'].split(':')[0]}"
+        last = self._last_decision
+        if last is not None and last[2] == d["id"]:
+            return
+        if d["outcome"] != "hold" or last is None or last[0] != key or now - last[1] > 10:
+            inputs = ", ".join(f"{k}={v:.1f}" if v is not None else f"{k}=none" for k, v in d["inputs"].items())
+            self.say(f"decision     {d['outcome']} ({d['current']} → {d['desired']}) [{inputs}]: {d['reason']}")
+            self._last_decision = (key, now, d["id"])
+
+    async def watch_until(self, cond: Callable[[], bool], timeout_s: float, load: LoadRun | None = None,
+                          what: str = "") -> bool:
+        deadline = time.monotonic() + timeout_s
+        last_load = 0
+        while time.monotonic() < deadline:
+            await self.check_fib()
+            await self.print_news()
+            if load is not None and len(load.ticks) >= last_load + 5:
+                last_load = len(load.ticks)
+                tot = load.totals()
+                self.say(f"load         {tot['ok']} ok, {tot['failed']} failed, by LB {tot['by_lb']}")
+            if cond():
+                return True
+            await asyncio.sleep(0.5)
+        self.say(f"gave up waiting for {what} after {timeout_s:.0f}s")
+        return False
+
+    def size(self) -> int:
+        return self.sizes[-1][1] if self.sizes else 0
+
+
+@dataclass
+class ScenarioResult:
+    scaled_out_to: int
+    final_size: int
+    high: dict[str, Any]
+    low: dict[str, Any]
+    checks: list[Check]
+    timeline: list[str]
+
+    @property
+    def fib_problems(self) -> list[str]:
+        return [c.problem for c in self.checks if c.problem]
+
+    @property
+    def ok(self) -> bool:
+        return (self.scaled_out_to >= 2 and self.final_size == 1 and not self.fib_problems
+                and self.low.get("failed", 1) == 0 and self.high.get("failed", 1) == 0)
+
+
+async def run_scenario(lab: LabConfig, *, out: Callable[[str], None] = print, high_rps: float = 100,
+                       high_keepalive: int = 16, low_rps: float = 20, low_keepalive: int = 4,
+                       timeout_s: float = 150) -> ScenarioResult:
+    """Scale out under high load, then scale in under continuing low load (short + keep-alive)."""
+    port = free_port()
+    service = ServiceProcess(write_config(lab, port), port)
+    sc = Scenario(lab, service, out=out)
+    await service.start()
+    sc.say(f"scaler running (pid {service.proc.pid if service.proc else '?'}, API {service.base}, "
+           f"log {service.log})")
+    high: dict[str, Any] = {}
+    low: dict[str, Any] = {}
+    peak = 0
+    try:
+        await sc.watch_until(lambda: bool(sc.checks and len(sc.checks[-1].serving) == 1), 60,
+                             what="the first member in service")
+        sc.say(f"load         HIGH: {high_rps:g} new connections/s + {high_keepalive} keep-alive clients")
+        load = LoadRun(lab, short_rps=high_rps, keepalive_clients=high_keepalive, max_seconds=2 * timeout_s + 60,
+                       retry=False)
+        await load.start()
+        try:
+            await sc.watch_until(lambda: bool(sc.checks and len(sc.checks[-1].serving) >= 2), timeout_s, load,
+                                 "scale-out")
+            peak = max(n for _, n in sc.sizes)
+            high = load.totals()
+            sc.say(f"load         LOW: {low_rps:g} new connections/s + {low_keepalive} keep-alive clients "
+                   f"(high phase: {high['ok']} ok, {high['failed']} failed)")
+            await load.set(short_rps=low_rps, keepalive_clients=low_keepalive)
+            await sc.watch_until(lambda: sc.size() == 1 and bool(sc.checks) and len(sc.checks[-1].fib) == 1,
+                                 timeout_s, load, "scale-in")
+            peak = max(peak, *(n for _, n in sc.sizes))
+        finally:
+            summary = await load.stop()
+        total = summary if summary.get("type") == "summary" else load.totals()
+        low = {k: total.get(k, 0) - high.get(k, 0) for k in ("ok", "failed", "retried")}
+        low["failures"] = {k: v - high.get("failures", {}).get(k, 0) for k, v in total.get("failures", {}).items()
+                           if v - high.get("failures", {}).get(k, 0)}
+        sc.say(f"load         stopped: {total.get('ok')} ok, {total.get('failed')} failed in all; "
+               f"scale-in phase {low['ok']} ok, {low['failed']} failed")
+        await sc.print_news()
+    finally:
+        await service.stop()
+    return ScenarioResult(peak, sc.size(), high, low, sc.checks, sc.timeline)
+
+
+async def demo(router: str = "kernel", keep: bool = False, name: str = "scl") -> int:
+    if os.geteuid() != 0:
+        print("scaler demo needs root (network namespaces)", file=sys.stderr)
+        return 2
+    lab = LabConfig(name=name, backend_delay_ms=20)
+    await lab_down(lab)                 # whatever a crashed earlier run left behind
+    await lab_up(lab)
+    print(f"lab {lab.name} up: client → router → LB namespaces, VIP {lab.vip}")
+    result: ScenarioResult | None = None
+    try:
+        result = await run_scenario(lab)
+    finally:
+        if not keep:
+            report = await lab_down(lab)
+            print(f"lab down: {report}")
+    print()
+    print(f"scaled out to {result.scaled_out_to}, back to {result.final_size}; "
+          f"{len(result.checks)} FIB checks, {len(result.fib_problems)} problems; "
+          f"requests failed: high phase {result.high.get('failed')}, scale-in phase {result.low.get('failed')}")
+    print("DEMO OK" if result.ok else "DEMO FAILED")
+    return 0 if result.ok else 1
