@@ -60,12 +60,12 @@ class LabConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    name: str = Field("scl", pattern=LAB_NAME_PATTERN)
+    name: str = Field(default="scl", pattern=LAB_NAME_PATTERN)
     dir: Path | None = None
     vip: IPv4Address = IPv4Address("198.19.0.1")
-    backend_delay_ms: int = Field(0, ge=0, le=60_000)
-    keepalive_timeout_s: float = Field(2.0, gt=0, le=25)
-    command_timeout_s: float = Field(15.0, gt=0)
+    backend_delay_ms: int = Field(default=0, ge=0, le=60_000)
+    keepalive_timeout_s: float = Field(default=2.0, gt=0, le=25)
+    command_timeout_s: float = Field(default=15.0, gt=0)
 
     @model_validator(mode="after")
     def _default_dir(self) -> LabConfig:
@@ -273,7 +273,8 @@ class LoadRun:
     def __init__(self, cfg: LabConfig, *, short_rps: float = 0.0, keepalive_clients: int = 0,
                  keepalive_pause_ms: float = 0.0, max_seconds: float = 30.0,
                  max_requests: int = 1_000_000, timeout_s: float = 5.0, short_concurrency: int = 256,
-                 interval_s: float = 1.0, target: IPv4Address | None = None, port: int = 80) -> None:
+                 interval_s: float = 1.0, retry: bool = True, target: IPv4Address | None = None,
+                 port: int = 80) -> None:
         self.cfg = cfg
         self.argv_options = [
             "--host", str(target or cfg.vip), "--port", str(port),
@@ -281,6 +282,7 @@ class LoadRun:
             "--keepalive-clients", str(keepalive_clients), "--keepalive-pause-ms", str(keepalive_pause_ms),
             "--max-seconds", str(max_seconds), "--max-requests", str(max_requests),
             "--timeout-s", str(timeout_s), "--interval-s", str(interval_s),
+            *([] if retry else ["--no-retry"]),
         ]
         self.max_seconds = max_seconds
         self.ticks: list[dict[str, Any]] = []
@@ -381,13 +383,15 @@ class LoadRun:
             return self.summary
         by_lb: Counter[str] = Counter()
         failures: Counter[str] = Counter()
+        retries: Counter[str] = Counter()
         out: dict[str, Any] = {"ok": 0, "failed": 0, "retried": 0, "connects": 0, "skipped": 0}
         for t in self.ticks:
             for k in out:
                 out[k] += t.get(k, 0)
             by_lb.update(t.get("by_lb", {}))
             failures.update(t.get("failures", {}))
-        return out | {"by_lb": dict(by_lb), "failures": dict(failures)}
+            retries.update(t.get("retries", {}))
+        return out | {"by_lb": dict(by_lb), "failures": dict(failures), "retries": dict(retries)}
 
     async def wait(self, timeout_s: float | None = None) -> dict[str, Any]:
         """Wait until it stops by itself; returns the summary."""

@@ -16,14 +16,20 @@ Retry rule (RFC 9110 §9.2.2 idempotent methods, RFC 9112 §9.3.1 retrying reque
 *reused* keep-alive connection that fails with EOF or a reset before a single byte of response
 arrived is retried once on a new connection. That is the race of a server closing an idle
 connection just as the client sends on it; the request never reached the application. Such retries
-are counted in `retried`; the request counts as ok or failed by the outcome of the retry. Nothing
-else is retried: not a fresh connection, not a timeout, not a partial response.
+are counted in `retried` and by cause in `retries` (`eof`: the server had closed it; `reset`: an RST,
+e.g. a flow moved to an LB that does not know it); the request counts as ok or failed by the outcome
+of the retry. Nothing else is retried: not a fresh connection, not a timeout, not a partial
+response. `--no-retry` turns the retry off, so every such reset counts as a failure.
 
 Control (with `--control`): JSON objects on stdin, one per line, e.g.
 `{"short_rps": 50, "keepalive_clients": 4, "keepalive_pause_ms": 10}` or `{"stop": true}`; EOF on
 stdin stops the run (the controller is gone). Output: one JSON line per interval on stdout
 (`"type": "tick"`), an acknowledgement per command (`"type": "control"`), and a final
-`"type": "summary"` line.
+`"type": "summary"` line. A tick carries the interval's counts (`ok`, `failed`, `retried`,
+`connects`, `skipped`, `by_lb`, `failures`, `retries`, `latency_ms` p50/p90/p99/max) plus `t`,
+`inflight`, the current `short_rps` / `keepalive_clients` and running `total`s; the summary carries
+the whole run's counts plus `reason` (max_seconds | max_requests | stopped | control_closed | signal),
+`elapsed_s` and `aborted` (requests cut off at the end, counted neither ok nor failed).
 """
 
 from __future__ import annotations
@@ -49,6 +55,9 @@ LATENCY_SAMPLES_MAX = 200_000
 # After a failure a keep-alive client waits this long before reconnecting: a refused connect
 # answers in microseconds and a tight loop would only burn the CPU the LBs need.
 FAILURE_BACKOFF_S = 0.05
+# At a bound, requests in flight get this long to finish (and be counted) before they are cut off
+# and counted as `aborted`: a run lasts at most max_seconds + GRACE_S.
+GRACE_S = 1.0
 
 Opener = Callable[[], Awaitable[tuple[asyncio.StreamReader, asyncio.StreamWriter]]]
 
@@ -210,10 +219,11 @@ class Counters:
     skipped: int = 0
     by_lb: Counter[str] = field(default_factory=Counter)
     failures: Counter[str] = field(default_factory=Counter)
+    retries: Counter[str] = field(default_factory=Counter)
 
     def copy(self) -> Counters:
         return Counters(self.ok, self.failed, self.retried, self.connects, self.skipped,
-                        Counter(self.by_lb), Counter(self.failures))
+                        Counter(self.by_lb), Counter(self.failures), Counter(self.retries))
 
     def minus(self, other: Counters) -> dict[str, Any]:
         return {
@@ -222,12 +232,13 @@ class Counters:
             "skipped": self.skipped - other.skipped,
             "by_lb": {k: v for k, v in (self.by_lb - other.by_lb).items() if v},
             "failures": {k: v for k, v in (self.failures - other.failures).items() if v},
+            "retries": {k: v for k, v in (self.retries - other.retries).items() if v},
         }
 
     def as_dict(self) -> dict[str, Any]:
         return {"ok": self.ok, "failed": self.failed, "retried": self.retried,
                 "connects": self.connects, "skipped": self.skipped,
-                "by_lb": dict(self.by_lb), "failures": dict(self.failures)}
+                "by_lb": dict(self.by_lb), "failures": dict(self.failures), "retries": dict(self.retries)}
 
 
 @dataclass
@@ -245,6 +256,7 @@ class LoadConfig:
     connect_timeout_s: float = 2.0
     lb_header: str = "x-lb"
     interval_s: float = 1.0
+    retry: bool = True          # the safe retry of a reused connection that got no response byte
 
 
 class _Conn:
@@ -363,8 +375,9 @@ class LoadGen:
             return await self._exchange(conn, close), conn
         except RequestFailed as exc:
             await conn.close()
-            if not (exc.no_response and conn.used > 0):
+            if not (self.cfg.retry and exc.no_response and conn.used > 0):
                 raise
+            self.total.retries[exc.kind] += 1
         self.total.retried += 1
         conn = await self._connect()
         try:
@@ -520,7 +533,7 @@ class LoadGen:
             pending = {t for t, _ in self._clients.values()} | set(self._short_tasks)
             # Give requests in flight a moment to finish so they are counted, then abort them.
             if pending:
-                _, still = await asyncio.wait(pending, timeout=min(self.cfg.timeout_s, 2.0))
+                _, still = await asyncio.wait(pending, timeout=min(self.cfg.timeout_s, GRACE_S))
                 self._aborted = self._inflight   # requests cut short, counted neither ok nor failed
                 for t in still:
                     t.cancel()
@@ -586,6 +599,8 @@ def parse_args(argv: list[str] | None) -> tuple[LoadConfig, argparse.Namespace]:
     ap.add_argument("--connect-timeout-s", type=float, default=2.0)
     ap.add_argument("--lb-header", default="x-lb")
     ap.add_argument("--interval-s", type=float, default=1.0)
+    ap.add_argument("--no-retry", action="store_true",
+                    help="do not retry a reused connection that failed before any response byte")
     ap.add_argument("--control", action="store_true", help="read JSON commands from stdin; EOF stops")
     ap.add_argument("--pidfile", help="write our pid here while running")
     args = ap.parse_args(argv)
@@ -597,7 +612,7 @@ def parse_args(argv: list[str] | None) -> tuple[LoadConfig, argparse.Namespace]:
         keepalive_pause_ms=args.keepalive_pause_ms, max_seconds=args.max_seconds,
         max_requests=args.max_requests, timeout_s=args.timeout_s,
         connect_timeout_s=args.connect_timeout_s, lb_header=args.lb_header.lower(),
-        interval_s=args.interval_s)
+        interval_s=args.interval_s, retry=not args.no_retry)
     return cfg, args
 
 
