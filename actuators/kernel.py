@@ -8,6 +8,15 @@ It never touches an object of another protocol, never recreates an existing grou
 would reshuffle every bucket and break established flows; a replace keeps them), and never
 changes anything for a VIP absent from the desired state.
 
+A group with a single member is given a *shadow*: a second nexthop object to the same gateway, at
+the lowest weight, with an id in 0.0.0.0/8 (never a unicast address, so never a member's or a VIP's
+id). Measured on kernel 6.18: a route whose group has one member takes the single-path shortcut
+(`nexthop_num_path() == 1`), so the resilient buckets are never marked busy; when a second member
+is added every bucket looks idle, half of them move at once, and the established flows in them are
+reset. With the shadow the group always has two members, buckets are marked busy by real traffic,
+and only idle buckets move. The shadow forwards to the same LB, so whatever buckets it gets are
+harmless; it is removed as soon as the group has two real members, and never shown in `status()`.
+
 Blocking I/O: a netlink exchange is ~1 ms, but a batch of thousands of changes or a large dump
 takes tens of milliseconds, so every call runs in a worker thread (`asyncio.to_thread`) behind an
 `asyncio.Lock` — one request/ACK stream on the socket at a time, and the event loop stays free.
@@ -19,7 +28,7 @@ import asyncio
 import errno
 import logging
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address
 from typing import TypeVar
@@ -98,13 +107,20 @@ class Plan:
     warnings: list[str] = field(default_factory=list)
 
 
+SHADOW_IDS = range(1, 1 << 24)      # 0.0.0.0/8: ids no address can have
+
+
+def is_shadow(nexthop_id: int) -> bool:
+    return nexthop_id in SHADOW_IDS
+
+
 def _validate(desired: DesiredRoutes) -> None:
     """Reject desired states whose ids would collide, naming every problem at once."""
     problems: list[str] = []
     vip_ids = {int(v) for v in desired}
     for vip, hops in desired.items():
-        if int(vip) == 0:
-            problems.append(f"VIP {vip}: 0.0.0.0 cannot be a nexthop group id")
+        if is_shadow(int(vip)) or int(vip) == 0:
+            problems.append(f"VIP {vip}: addresses in 0.0.0.0/8 are not VIPs")
         seen: set[IPv4Address] = set()
         for hop in hops:
             if hop.address in seen:
@@ -112,8 +128,8 @@ def _validate(desired: DesiredRoutes) -> None:
             seen.add(hop.address)
             if int(hop.address) in vip_ids:
                 problems.append(f"VIP {vip}: next hop {hop.address} is also a VIP (their ids would collide)")
-            if int(hop.address) == 0:
-                problems.append(f"VIP {vip}: next hop 0.0.0.0 is not an address")
+            if int(hop.address) == 0 or is_shadow(int(hop.address)):
+                problems.append(f"VIP {vip}: next hop {hop.address} is in 0.0.0.0/8, not an address")
     if problems:
         raise RouterError("; ".join(problems))
 
@@ -151,6 +167,8 @@ def plan(desired: DesiredRoutes, snap: Snapshot, cfg: KernelRouterConfig,
     members_after = {gid: {m.id for m in nh.group} for gid, nh in snap.nexthops.items() if nh.is_group}
     created: set[int] = set()
     ours = cfg.protocol
+    taken = set(snap.nexthops)
+    free_shadow_ids = (i for i in SHADOW_IDS if i not in taken)
     idle, unbalanced = _hz(cfg.idle_timer_s), _hz(cfg.unbalanced_timer_s)
 
     for vip in sorted(desired):
@@ -178,7 +196,7 @@ def plan(desired: DesiredRoutes, snap: Snapshot, cfg: KernelRouterConfig,
             if group is not None:
                 group_deletes.append(nl.del_nexthop(gid).named(f"delete group {gid} of VIP {vip}"))
                 members_after.pop(gid, None)
-                p.removed += [(vip, IPv4Address(m)) for m in sorted(old)]
+                p.removed += [(vip, IPv4Address(m)) for m in sorted(old) if not is_shadow(m)]
             continue
 
         members: list[nl.GroupMember] = []
@@ -202,6 +220,9 @@ def plan(desired: DesiredRoutes, snap: Snapshot, cfg: KernelRouterConfig,
             members.append(nl.GroupMember(nid, cfg.weight(hop.state)))
         if conflicts:
             continue
+        if len(members) == 1:
+            members.append(_shadow_for(hops[0].address, vip, snap, ours, oifs, created, free_shadow_ids,
+                                       new_nexthops, cfg.draining_weight))
 
         want = {m.id: m.weight for m in members}
         obj = nl.Nexthop(gid, protocol=ours, group=tuple(members), group_type=nl.NEXTHOP_GRP_TYPE_RES,
@@ -218,9 +239,11 @@ def plan(desired: DesiredRoutes, snap: Snapshot, cfg: KernelRouterConfig,
                 # flows. The bucket count is left out: the kernel refuses any change of it.
                 groups.append(nl.add_nexthop(obj, replace_existing=True)
                               .named(f"replace group {gid} of VIP {vip}"))
-        p.added += [(vip, IPv4Address(m)) for m in sorted(want.keys() - old.keys())]
-        p.removed += [(vip, IPv4Address(m)) for m in sorted(old.keys() - want.keys())]
-        p.reweighted += [(vip, IPv4Address(m)) for m in sorted(want.keys() & old.keys()) if want[m] != old[m]]
+        real_want = {k for k in want if not is_shadow(k)}
+        real_old = {k for k in old if not is_shadow(k)}
+        p.added += [(vip, IPv4Address(m)) for m in sorted(real_want - real_old)]
+        p.removed += [(vip, IPv4Address(m)) for m in sorted(real_old - real_want)]
+        p.reweighted += [(vip, IPv4Address(m)) for m in sorted(real_want & real_old) if want[m] != old[m]]
         members_after[gid] = set(want)
 
         r = nl.Route(dst=vip, dst_len=32, table=cfg.table, protocol=ours, nh_id=gid)
@@ -243,6 +266,24 @@ def plan(desired: DesiredRoutes, snap: Snapshot, cfg: KernelRouterConfig,
     ]
     p.requests = new_nexthops + groups + routes + route_deletes + group_deletes + nexthop_deletes
     return p
+
+
+def _shadow_for(gateway: IPv4Address, vip: IPv4Address, snap: Snapshot, ours: int,
+                oifs: Mapping[IPv4Address, int], created: set[int], free_ids: Iterator[int],
+                new_nexthops: list[nl.Request], weight: int) -> nl.GroupMember:
+    """The shadow member of a single-member group (see module doc): reused if one exists."""
+    for nid, nh in sorted(snap.nexthops.items()):
+        if is_shadow(nid) and nh.protocol == ours and not nh.is_group and nh.gateway == gateway:
+            return nl.GroupMember(nid, weight)
+    member = snap.nexthops.get(int(gateway))
+    oif = oifs.get(gateway) if member is None or member.oif is None else member.oif
+    if oif is None:
+        raise RouterError(f"VIP {vip}: no output interface known for {gateway}")
+    nid = next(free_ids)
+    created.add(nid)
+    new_nexthops.append(nl.add_nexthop(nl.Nexthop(nid, protocol=ours, gateway=gateway, oif=oif))
+                        .named(f"add shadow nexthop {nid} via {gateway} dev #{oif} for VIP {vip}"))
+    return nl.GroupMember(nid, weight)
 
 
 class KernelRouter:
@@ -341,9 +382,13 @@ class KernelRouter:
         counts: dict[int, int] | None = None
         if group.is_resilient:
             counts = {}
+            # A shadow's buckets forward to its member's gateway: count them as the member's.
+            alias = {m.id: int(nh.gateway) for m in group.group if is_shadow(m.id)
+                     and (nh := self._client.nexthop(m.id)) is not None and nh.gateway is not None}
             for b in self._client.buckets(group.id):
-                counts[b.nh_id] = counts.get(b.nh_id, 0) + 1
+                owner = alias.get(b.nh_id, b.nh_id)
+                counts[owner] = counts.get(owner, 0) + 1
         return RouteStatus(vip, tuple(
             HopStatus(IPv4Address(m.id), cfg.state(m.weight), None if counts is None else counts.get(m.id, 0))
-            for m in group.group
+            for m in group.group if not is_shadow(m.id)
         ))

@@ -161,6 +161,7 @@ class Scenario:
     checks: list[Check] = field(default_factory=list)
     sizes: list[tuple[float, int]] = field(default_factory=list)
     timeline: list[str] = field(default_factory=list)
+    alive: int = 0
     _event_id: int = 0
     _last_decision: tuple[str, float, int] | None = None
 
@@ -196,6 +197,7 @@ class Scenario:
         self.checks.append(c)
         size = sum(1 for s, _ in after.values() if s in ("creating", "booting", "healthy", "announcing",
                                                          "in_service"))
+        self.alive = len(after)     # members not deleted yet
         if not self.sizes or self.sizes[-1][1] != size:
             self.sizes.append((c.t, size))
         if problem:
@@ -230,7 +232,8 @@ class Scenario:
             if load is not None and len(load.ticks) >= last_load + 5:
                 last_load = len(load.ticks)
                 tot = load.totals()
-                self.say(f"load         {tot['ok']} ok, {tot['failed']} failed, by LB {tot['by_lb']}")
+                fails = f" {tot['failures']}" if tot["failures"] else ""
+                self.say(f"load         {tot['ok']} ok, {tot['failed']} failed{fails}, by LB {tot['by_lb']}")
             if cond():
                 return True
             await asyncio.sleep(0.5)
@@ -288,8 +291,8 @@ async def run_scenario(lab: LabConfig, *, out: Callable[[str], None] = print, hi
             sc.say(f"load         LOW: {low_rps:g} new connections/s + {low_keepalive} keep-alive clients "
                    f"(high phase: {high['ok']} ok, {high['failed']} failed)")
             await load.set(short_rps=low_rps, keepalive_clients=low_keepalive)
-            await sc.watch_until(lambda: sc.size() == 1 and bool(sc.checks) and len(sc.checks[-1].fib) == 1,
-                                 timeout_s, load, "scale-in")
+            await sc.watch_until(lambda: sc.size() == 1 and sc.alive == 1 and bool(sc.checks)
+                                 and len(sc.checks[-1].fib) == 1, timeout_s, load, "scale-in")
             peak = max(peak, *(n for _, n in sc.sizes))
         finally:
             summary = await load.stop()
