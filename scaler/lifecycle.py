@@ -239,12 +239,14 @@ class Lifecycle:
                 self.store.finish_operation(op.id, OpState.DONE, now)
 
     def _export_sizes(self) -> None:
-        for name in self.pools:
-            by_state = {s: 0 for s in MemberState if s is not MemberState.DELETED}
-            for m in self.store.members(name):
-                by_state[MemberState(m.state)] += 1
-            for s, n in by_state.items():
-                self.metrics.members.labels(name, str(s)).set(n)
+        by_pool: dict[str, dict[str, int]] = {name: {str(s): 0 for s in MemberState} for name in self.pools}
+        for m in self.store.members():
+            if m.pool in by_pool:
+                by_pool[m.pool][m.state] += 1
+        for name, by_state in by_pool.items():
+            for state, n in by_state.items():
+                if state != MemberState.DELETED:
+                    self.metrics.members.labels(name, state).set(n)
 
 
 __all__ = ["Drainer", "Lifecycle", "NoDrainer", "desired_routes", "instance_of"]

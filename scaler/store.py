@@ -407,7 +407,7 @@ class Store:
             ids = list(s.exec(select(DecisionRow.id).where(DecisionRow.pool == pool)
                               .order_by(col(DecisionRow.id).desc()).offset(keep).limit(1)))
             if ids and ids[0] is not None:
-                s.exec(delete(DecisionRow).where(col(DecisionRow.pool) == pool,   # type: ignore[call-overload]
+                s.exec(delete(DecisionRow).where(col(DecisionRow.pool) == pool,
                                                  col(DecisionRow.id) <= ids[0]))
                 s.commit()
 

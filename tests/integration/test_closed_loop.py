@@ -42,7 +42,9 @@ async def lab() -> AsyncIterator[LabConfig]:
     finally:
         await lab_down(cfg)
         assert lab_namespaces(cfg) == [], "the lab left namespaces behind"
-        leftovers = subprocess.run(["pgrep", "-f", str(cfg.lab_dir)], capture_output=True, text=True).stdout
+        pgrep = await asyncio.to_thread(subprocess.run, ["pgrep", "-f", str(cfg.lab_dir)], capture_output=True,
+                                        text=True)
+        leftovers = pgrep.stdout
         assert leftovers.strip() == "", f"processes of the lab are still running: {leftovers}"
 
 

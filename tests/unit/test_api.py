@@ -1,0 +1,78 @@
+"""The read API against a real store filled by the engine and lifecycle with the fake drivers."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from actuators.fake import FakeOrchestrator, FakeOrchestratorConfig, FakeRouter
+from policies import PolicyFile, PoolPolicy
+from scaler.api import create_app
+from scaler.config import PoolConfig
+from scaler.engine import Engine
+from scaler.lifecycle import Lifecycle, NoDrainer
+from scaler.metrics import Metrics
+from scaler.store import Store
+
+
+class View:
+    def __init__(self, store: Store, policies: dict[str, PoolPolicy]) -> None:
+        self.store = store
+        self.metrics = Metrics()
+        self.pools = {"web": PoolConfig.model_validate({"vip": "198.19.0.1"})}
+        self.policies = policies
+
+    def health(self) -> dict[str, Any]:
+        return {"ok": True}
+
+
+@pytest.fixture
+def view(tmp_path: Path) -> Iterator[View]:
+    store = Store(f"sqlite:///{tmp_path}/s.db")
+    store.migrate()
+    store.ensure_pool("web", "198.19.0.1", 0)
+    policy = PolicyFile.model_validate({"pools": {"web": {
+        "min": 1, "max": 3, "inputs": {"s": {"source": "haproxy", "metric": "current_sessions"}},
+        "rules": [{"name": "busy", "input": "s", "above": 10, "adjust": 1}]}}}).pools["web"]
+    yield View(store, {"web": policy})
+    store.close()
+
+
+async def test_pools_decisions_events_and_metrics(view: View) -> None:
+    engine = Engine(view.store, {}, {}, view.pools, view.policies, view.metrics)
+    lc = Lifecycle(view.store, FakeOrchestrator(FakeOrchestratorConfig(boot_probes=0)), FakeRouter(), NoDrainer(),
+                   view.pools, view.metrics)
+    engine.evaluate()                       # below min → scale-out
+    for _ in range(3):
+        await lc.reconcile()
+    engine.evaluate()                       # no data → hold, with the reason
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=create_app(view)), base_url="http://api") as c:
+        await check_api(c)
+
+
+async def check_api(client: httpx.AsyncClient) -> None:
+
+    pools = (await client.get("/v1/pools")).json()
+    assert [(p["name"], p["vip"], p["min"], p["max"], p["size"]) for p in pools] == [("web", "198.19.0.1", 1, 3, 1)]
+    assert [(m["state"], m["address"]) for m in pools[0]["members"]] == [("in_service", "10.250.0.1")]
+    assert pools[0]["last_decision"]["outcome"] == "hold"
+    assert "no data for input 's'" in pools[0]["last_decision"]["reason"]
+
+    decisions = (await client.get("/v1/pools/web/decisions")).json()
+    assert [d["outcome"] for d in decisions] == ["hold", "scale_out"]
+    assert decisions[1]["reason"] == "below min: 0 < 1" and decisions[1]["operation"]
+
+    events = [e["message"] for e in (await client.get("/v1/events?pool=web")).json()]
+    assert any("creating → booting" in m for m in events) and any("add next hop 10.250.0.1" in m for m in events)
+
+    text = (await client.get("/metrics")).text
+    assert 'scaler_decisions_total{outcome="scale_out",pool="web"} 1.0' in text
+    assert 'scaler_pool_members{pool="web",state="in_service"} 1.0' in text
+
+    assert (await client.get("/v1/pools/nope")).status_code == 404
+    assert (await client.get("/healthz")).json() == {"ok": True}
+    assert "/v1/pools/{pool}/decisions" in (await client.get("/openapi.json")).json()["paths"]
