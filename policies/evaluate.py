@@ -14,9 +14,9 @@ Combining rules (as AWS and Nomad do, so the pool only shrinks when everything a
 from __future__ import annotations
 
 import enum
-from itertools import islice
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from itertools import islice
 
 from policies.durations import format_duration
 from policies.model import Aggregate, PoolPolicy, ThresholdRule

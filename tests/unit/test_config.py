@@ -99,5 +99,5 @@ def test_yaml_syntax_error_has_a_position(conf: Path) -> None:
 def test_a_pool_without_policy_is_an_error(conf: Path) -> None:
     (conf / "policies" / "web.yaml").unlink()
     cfg = load_config(conf / "scaler.yaml", drivers.REGISTRIES)
-    with pytest.raises(ConfigError, match="no policy file .* defines pool 'web'"):
+    with pytest.raises(ConfigError, match=r"no policy file .* defines pool 'web'"):
         load_policies(cfg)
