@@ -94,8 +94,16 @@ class Lifecycle:
 
     async def _pass(self) -> None:
         members = self.store.members()
-        statuses = await self._apply_routes(members)
-        await asyncio.gather(*(self._advance(m, statuses) for m in members))
+        # A step that changes what must be routed (healthy → announcing, in_service → draining,
+        # draining → withdrawn) is followed at once by another round, so a healthy member is in the
+        # FIB within the same pass instead of one reconcile interval later. Bounded: at most 3 rounds.
+        for _ in range(3):
+            statuses = await self._apply_routes(members)
+            await asyncio.gather(*(self._advance(m, statuses) for m in members))
+            before = desired_routes(self.pools, members)
+            members = self.store.members()
+            if desired_routes(self.pools, members) == before:
+                break
         self._finish_operations()
         self._export_sizes()
 

@@ -67,16 +67,16 @@ async def test_scale_out_goes_through_every_state_and_routes_only_when_healthy(s
     assert router.hops(VIP) == set()                       # booting members are never routed
     await lc.reconcile()                                   # first probe: not yet
     assert states(store) == ["booting", "booting"]
-    await lc.reconcile()                                   # healthy → announcing
-    assert states(store) == ["announcing", "announcing"]
-    await lc.reconcile()                                   # routed in one batch → in service
+    await lc.reconcile()                                   # healthy → announcing → routed in the same pass
     assert states(store) == ["in_service", "in_service"]
     assert len(router.hops(VIP)) == 2 and len(router.batches) == 1
     assert store.running_operation("web") is None
     assert store.operations("web")[0].id == op.id and store.operations("web")[0].state == OpState.DONE
     assert store.pool("web").last_scale_out_at == clock()
     steps = [s.name for s in store.steps(op.id)]
-    assert steps.count("in_service") == 2 and steps.index("creating") < steps.index("booting")
+    assert steps.count("in_service") == 2
+    order = ["creating", "booting", "healthy", "announcing", "in_service"]
+    assert [steps.index(n) for n in order] == sorted(steps.index(n) for n in order)
 
 
 async def test_scale_in_drains_then_withdraws_then_deletes(store: Store) -> None:
@@ -95,10 +95,12 @@ async def test_scale_in_drains_then_withdraws_then_deletes(store: Store) -> None
     await lc.reconcile()                                   # buckets and connections left: keep waiting
     assert store.member(victim.id).state == MemberState.DRAINING
     router.config.drain_buckets, drainer.conns = 0, 0
-    await lc.reconcile()
-    assert store.member(victim.id).state == MemberState.WITHDRAWN
+    await lc.reconcile()                                   # drained → withdrawn → route removed → deleting
+    assert store.member(victim.id).state == MemberState.DELETING
+    assert IPv4Address(victim.address) not in router.hops(VIP)
     assert len(drainer.drained) == 1                       # asked once, not every pass
-    await lc.reconcile()                                   # route removed → deleting → deleted
+    steps = [s.name for s in store.steps(store.member(victim.id).op_id)]
+    assert steps == ["draining", "drain_haproxy", "withdrawn", "deleting"]
     await lc.reconcile()
     assert store.member(victim.id).state == MemberState.DELETED
     assert IPv4Address(victim.address) not in router.hops(VIP)
@@ -118,8 +120,8 @@ async def test_drain_deadline_withdraws_anyway(store: Store) -> None:
     clock.t += 31
     await lc.reconcile()
     m = store.members("web")[0]
-    assert m.state == MemberState.WITHDRAWN
-    assert "deadline" in store.steps(m.op_id)[-1].detail
+    assert m.state == MemberState.DELETING
+    assert "deadline" in next(s.detail for s in store.steps(m.op_id) if s.name == "withdrawn")
 
 
 async def test_never_healthy_fails_and_is_cleaned_up(store: Store) -> None:
@@ -174,9 +176,9 @@ async def test_router_down_blocks_route_dependent_steps_but_loses_nothing(store:
     lc = make(store, orch, router, clock)
     store.start_scale_out("web", 1, 0, "below min", clock())
     await lc.reconcile()
-    await lc.reconcile()
-    assert states(store) == ["announcing"]
     router.fail = True
+    await lc.reconcile()
+    assert states(store) == ["announcing"]                 # healthy, but the route could not be applied
     await lc.reconcile()
     assert states(store) == ["announcing"]
     assert any("router unreachable" in e.message for e in store.events("web"))
