@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import logging
 import sys
 from pathlib import Path
@@ -66,10 +67,10 @@ async def _lab_load(lab: object, cfg: object, args: argparse.Namespace) -> int:
     await run.start()
     try:
         async for stats in run.stats():
-            print(stats, flush=True)
+            print(json.dumps(stats), flush=True)
     finally:
         summary = await run.stop()
-    print(summary)
+    print(json.dumps(summary))
     return 0
 
 
