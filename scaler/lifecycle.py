@@ -148,9 +148,9 @@ class Lifecycle:
             self.metrics.actions.labels(m.pool, str(m.state), "error").inc()
             self.store.add_event(m.pool, "error", f"{m.instance} ({m.state}): {what}", self.clock(),
                                  member=m.instance)
-            await self._maybe_fail(m, pool, what)
+            self._maybe_fail(m, what)
 
-    async def _maybe_fail(self, m: Member, pool: PoolConfig, what: str) -> None:
+    def _maybe_fail(self, m: Member, what: str) -> None:
         state = MemberState(m.state)
         if state in (MemberState.CREATING, MemberState.BOOTING, MemberState.HEALTHY):
             self.store.transition(m.id, MemberState.FAILED, self.clock(), error=what)

@@ -293,51 +293,46 @@ class Store:
     def start_scale_out(self, pool: str, count: int, from_size: int, reason: str, now: float,
                         decision: DecisionRow | None = None) -> Operation:
         """One transaction: the operation and its `count` new members in state creating."""
-        op_id = new_id("op")
         with self.session() as s:
-            self._no_running_op(s, pool)
-            op = Operation(id=op_id, pool=pool, kind=OpKind.SCALE_OUT, state=OpState.RUNNING,
-                           from_size=from_size, to_size=from_size + count, reason=reason, created_at=now)
-            s.add(op)
+            op = self._begin(s, pool, OpKind.SCALE_OUT, from_size, from_size + count, reason, now, decision)
             for i in range(count):
                 mid = new_id("m")
-                s.add(Member(id=mid, pool=pool, instance=f"{pool}-{op_id.removeprefix('op-')}-{i}",
-                             op_id=op_id, state=MemberState.CREATING, created_at=now, state_since=now))
-                s.add(Step(op_id=op_id, member_id=mid, name=MemberState.CREATING, at=now))
-            s.add(EventRow(at=now, pool=pool, kind="operation",
-                           message=f"{op_id}: scale-out {from_size} → {from_size + count}: {reason}"))
-            if decision is not None:
-                decision.op_id = op_id
-                s.add(decision)
+                s.add(Member(id=mid, pool=pool, instance=f"{pool}-{op.id.removeprefix('op-')}-{i}",
+                             op_id=op.id, state=MemberState.CREATING, created_at=now, state_since=now))
+                s.add(Step(op_id=op.id, member_id=mid, name=MemberState.CREATING, at=now))
             s.commit()
             return op
 
     def start_scale_in(self, pool: str, victims: Sequence[Member], from_size: int, reason: str, now: float,
                        decision: DecisionRow | None = None) -> Operation:
         """One transaction: the operation and its victims moved from in_service to draining."""
-        op_id = new_id("op")
         with self.session() as s:
-            self._no_running_op(s, pool)
-            op = Operation(id=op_id, pool=pool, kind=OpKind.SCALE_IN, state=OpState.RUNNING,
-                           from_size=from_size, to_size=from_size - len(victims), reason=reason,
-                           created_at=now)
-            s.add(op)
+            op = self._begin(s, pool, OpKind.SCALE_IN, from_size, from_size - len(victims), reason, now, decision)
             for v in victims:
                 m = s.get(Member, v.id)
                 if m is None or m.state != MemberState.IN_SERVICE:
                     raise StoreError(f"member {v.instance} is not in service; cannot drain it")
-                m.state, m.state_since, m.op_id = MemberState.DRAINING, now, op_id
+                m.state, m.state_since, m.op_id = MemberState.DRAINING, now, op.id
                 s.add(m)
-                s.add(Step(op_id=op_id, member_id=m.id, name=MemberState.DRAINING, at=now))
+                s.add(Step(op_id=op.id, member_id=m.id, name=MemberState.DRAINING, at=now))
                 s.add(EventRow(at=now, pool=pool, member=m.instance, kind="member_state",
                                message=f"{m.instance}: in_service → draining"))
-            s.add(EventRow(at=now, pool=pool, kind="operation",
-                           message=f"{op_id}: scale-in {from_size} → {from_size - len(victims)}: {reason}"))
-            if decision is not None:
-                decision.op_id = op_id
-                s.add(decision)
             s.commit()
             return op
+
+    def _begin(self, s: Session, pool: str, kind: OpKind, from_size: int, to_size: int, reason: str,
+               now: float, decision: DecisionRow | None) -> Operation:
+        """The operation row, its event and the decision that asked for it, in the caller's transaction."""
+        self._no_running_op(s, pool)
+        op = Operation(id=new_id("op"), pool=pool, kind=kind, state=OpState.RUNNING, from_size=from_size,
+                       to_size=to_size, reason=reason, created_at=now)
+        s.add(op)
+        s.add(EventRow(at=now, pool=pool, kind="operation",
+                       message=f"{op.id}: {kind.replace('_', '-')} {from_size} → {to_size}: {reason}"))
+        if decision is not None:
+            decision.op_id = op.id
+            s.add(decision)
+        return op
 
     @staticmethod
     def _no_running_op(s: Session, pool: str) -> None:
