@@ -18,12 +18,12 @@ from collectors import Collector, CollectorError, Sample, Target
 from policies import Decision, Outcome, Point, PoolPolicy, PoolState, aggregate, evaluate, window_needed
 from scaler.config import CollectorConfig, PoolConfig
 from scaler.metrics import Metrics
-from scaler.store import CAPACITY, DecisionRow, Member, MemberState, OpKind, Store, StoreError, dumps
+from scaler.store import CAPACITY, DecisionRow, Member, MemberState, Store, StoreError, dumps
 
 log = logging.getLogger("scaler.engine")
 
 
-def target_for(m: Member, name: str, cfg: CollectorConfig) -> Target:
+def target_for(m: Member, cfg: CollectorConfig) -> Target:
     """The collector target of a member: the template filled with its address and endpoints."""
     values = {"address": m.address or "", "instance": m.instance, "metrics_url": "", "metrics_uds": "",
               **m.endpoint_map()}
@@ -58,7 +58,7 @@ class Engine:
         t0 = time.perf_counter()
         try:
             samples: list[Sample] = await asyncio.wait_for(
-                collector.collect(target_for(m, source, self.collector_configs[source])), self.collect_timeout_s)
+                collector.collect(target_for(m, self.collector_configs[source])), self.collect_timeout_s)
         except CollectorError as exc:
             self.metrics.collector_errors.labels(source, exc.reason).inc()
             return {}, f"{m.instance}: {exc.reason}: {exc}"
@@ -161,4 +161,4 @@ class Engine:
             c.forget(m.id)
 
 
-__all__ = ["Engine", "OpKind", "target_for"]
+__all__ = ["Engine", "target_for"]

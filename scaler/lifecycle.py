@@ -24,7 +24,7 @@ from typing import Protocol
 
 from actuators.errors import ActuatorError
 from actuators.orchestrator import Instance, InstanceSpec, Orchestrator
-from actuators.router import ApplyResult, HopState, NextHop, Router, RouteStatus
+from actuators.router import ApplyResult, DesiredRoutes, HopState, NextHop, Router, RouteStatus
 from policies import format_duration
 from scaler.config import PoolConfig
 from scaler.metrics import Metrics
@@ -97,18 +97,19 @@ class Lifecycle:
         # A step that changes what must be routed (healthy → announcing, in_service → draining,
         # draining → withdrawn) is followed at once by another round, so a healthy member is in the
         # FIB within the same pass instead of one reconcile interval later. Bounded: at most 3 rounds.
-        for _ in range(3):
-            statuses = await self._apply_routes(members)
-            await asyncio.gather(*(self._advance(m, statuses) for m in members))
-            before = desired_routes(self.pools, members)
-            members = self.store.members()
-            if desired_routes(self.pools, members) == before:
-                break
-        self._finish_operations()
-        self._export_sizes()
-
-    async def _apply_routes(self, members: list[Member]) -> dict[IPv4Address, RouteStatus] | None:
         desired = desired_routes(self.pools, members)
+        for _ in range(3):
+            statuses = await self._apply_routes(desired)
+            await asyncio.gather(*(self._advance(m, statuses) for m in members))
+            members = self.store.members()
+            now_desired = desired_routes(self.pools, members)
+            if now_desired == desired:
+                break
+            desired = now_desired
+        self._finish_operations()
+        self._export_sizes(members)
+
+    async def _apply_routes(self, desired: DesiredRoutes) -> dict[IPv4Address, RouteStatus] | None:
         try:
             t0 = time.perf_counter()
             result = await self.router.apply(desired)
@@ -234,7 +235,7 @@ class Lifecycle:
             op = self.store.running_operation(name)
             if op is None:
                 continue
-            mine = [m for m in self.store.members(name, include_deleted=True) if m.op_id == op.id]
+            mine = self.store.members_of(op.id)
             states = {MemberState(m.state) for m in mine}
             if op.kind == OpKind.SCALE_OUT:
                 if states <= {MemberState.IN_SERVICE, MemberState.DELETED, MemberState.DRAINING}:
@@ -246,9 +247,9 @@ class Lifecycle:
             elif states <= {MemberState.DELETED}:
                 self.store.finish_operation(op.id, OpState.DONE, now)
 
-    def _export_sizes(self) -> None:
+    def _export_sizes(self, members: list[Member]) -> None:
         by_pool: dict[str, dict[str, int]] = {name: {str(s): 0 for s in MemberState} for name in self.pools}
-        for m in self.store.members():
+        for m in members:
             if m.pool in by_pool:
                 by_pool[m.pool][m.state] += 1
         for name, by_state in by_pool.items():

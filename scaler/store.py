@@ -251,6 +251,11 @@ class Store:
                 q = q.where(col(Member.state) != MemberState.DELETED)
             return list(s.exec(q.order_by(col(Member.created_at), col(Member.id))))
 
+    def members_of(self, op_id: str) -> list[Member]:
+        """The members an operation works on, deleted ones included (op_id is indexed)."""
+        with self.session() as s:
+            return list(s.exec(select(Member).where(Member.op_id == op_id).order_by(col(Member.created_at))))
+
     def member(self, member_id: str) -> Member | None:
         with self.session() as s:
             return s.get(Member, member_id)
