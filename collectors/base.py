@@ -17,11 +17,14 @@ class Target:
 
     `url` is the source's address; `uds` an optional unix socket to reach it through (the lab's
     instances live in network namespaces the scaler cannot route to, so they expose unix sockets).
+    `netns` names a network namespace (under /run/netns) to open the connection from, for sources
+    only reachable from there (the lab's instances, a management network kept in its own namespace).
     """
 
     key: str
     url: str
     uds: str | None = None
+    netns: str | None = None
     labels: Mapping[str, str] = field(default_factory=dict)
 
 
