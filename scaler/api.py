@@ -1,7 +1,9 @@
-"""The HTTP API: health, the service's metrics, and read-only views of pools and their decisions.
+"""The HTTP API: health, the service's metrics, read-only views of pools and their decisions, the
+evaluations explained as text, and a policy reload.
 
-Handlers only read the store; nothing here performs a side effect. Response models are declared so
-the OpenAPI document (`/openapi.json`) matches what the server sends.
+Handlers only read the store, except `POST /v1/reload`, which re-reads the policy files (the same
+as SIGHUP) and never scales anything by itself. Response models are declared so the OpenAPI document
+(`/openapi.json`) matches what the server sends.
 """
 
 from __future__ import annotations
@@ -13,11 +15,13 @@ from datetime import UTC, datetime
 from typing import Any, Protocol
 
 from fastapi import FastAPI, HTTPException, Query, Response
+from fastapi.responses import PlainTextResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 from policies import PoolPolicy
 from scaler.config import PoolConfig
+from scaler.explain import explain
 from scaler.metrics import Metrics
 from scaler.store import CAPACITY, DecisionRow, MemberState, Store
 
@@ -30,7 +34,12 @@ class ServiceView(Protocol):
     pools: dict[str, PoolConfig]
     policies: dict[str, PoolPolicy]
 
+    @property
+    def last_reload(self) -> Any: ...
+
     def health(self) -> dict[str, Any]: ...
+
+    def reload_policies(self, trigger: str) -> Any: ...
 
 
 def iso(t: float | None) -> str | None:
@@ -83,6 +92,20 @@ class PoolOut(BaseModel):
     last_decision: DecisionOut | None
 
 
+class ReloadOut(BaseModel):
+    ok: bool
+    trigger: str
+    at: str | None
+    changed: list[str]
+    problems: list[str]
+
+
+class PoliciesOut(BaseModel):
+    valid: bool = Field(description="false when the last edit was rejected; the previous policies keep running")
+    last_reload: ReloadOut | None
+    pools: dict[str, dict[str, Any]] = Field(description="the running policy of each pool")
+
+
 class EventOut(BaseModel):
     id: int | None
     at: str | None
@@ -96,6 +119,10 @@ def decision_out(d: DecisionRow) -> DecisionOut:
     return DecisionOut(id=d.id, at=iso(d.at), outcome=d.outcome, current=d.current, desired=d.desired,
                        rule=d.rule, reason=d.reason, dry_run=d.dry_run, inputs=json.loads(d.inputs),
                        verdicts=json.loads(d.verdicts), operation=d.op_id)
+
+
+def reload_out(r: Any) -> ReloadOut:
+    return ReloadOut(ok=r.ok, trigger=r.trigger, at=iso(r.at), changed=list(r.changed), problems=list(r.problems))
 
 
 def create_app(service: ServiceView, clock: Callable[[], float] = time.time) -> FastAPI:
@@ -150,6 +177,30 @@ def create_app(service: ServiceView, clock: Callable[[], float] = time.time) -> 
                   ) -> list[DecisionOut]:
         known(pool)
         return [decision_out(d) for d in service.store.decisions(pool, limit, before)]
+
+    @app.get("/v1/pools/{pool}/why", response_class=PlainTextResponse)
+    def why(pool: str, limit: int = Query(5, ge=1, le=200)) -> PlainTextResponse:
+        """The latest evaluations of the pool as text: decision, reason, inputs, each rule's verdict."""
+        known(pool)
+        rows = [decision_out(d).model_dump() for d in service.store.decisions(pool, limit)]
+        return PlainTextResponse(explain(pool, rows, clock()))
+
+    @app.get("/v1/policies")
+    def policies() -> PoliciesOut:
+        last = service.last_reload
+        return PoliciesOut(valid=last is None or last.ok, last_reload=None if last is None else reload_out(last),
+                           pools={n: p.model_dump(mode="json", by_alias=True)
+                                  for n, p in sorted(service.policies.items())})
+
+    @app.post("/v1/reload", responses={422: {"model": ReloadOut, "description": "an edit was rejected; "
+                                             "the previous policies keep running"}})
+    def reload(response: Response) -> ReloadOut:
+        """Re-read the policy files now (the same as SIGHUP). All-or-nothing: on any problem nothing
+        changes and every problem is listed as FILE:LINE:COL: message."""
+        result = service.reload_policies("api")
+        if not result.ok:
+            response.status_code = 422
+        return reload_out(result)
 
     @app.get("/v1/pools/{pool}/operations")
     def operations(pool: str, limit: int = Query(20, ge=1, le=500)) -> list[OperationOut]:

@@ -1,4 +1,5 @@
-"""Command line: `scaler run`, `scaler check`, `scaler lab …`, `scaler demo`.
+"""Command line: `scaler run`, `scaler check`, `scaler policy check`, `scaler why`, `scaler reload`,
+`scaler lab …`, `scaler demo`.
 
 Exit codes: 0 success, 1 failure at run time, 2 invalid configuration or usage.
 """
@@ -39,6 +40,81 @@ def cmd_check(args: argparse.Namespace) -> int:
         print(f"{name}: vip {cfg.pools[name].vip}, min {pol.min}, max {pol.max}, {len(pol.rules)} rules"
               + (" (dry-run)" if pol.dry_run else ""))
     print(f"{args.config}: OK")
+    return 0
+
+
+def _service_config(path: str, required: bool) -> object | None:
+    from scaler import drivers
+    from scaler.config import load_config
+
+    p = Path(path)
+    if not required and not p.exists():
+        return None
+    return load_config(p, drivers.REGISTRIES)
+
+
+def cmd_policy_check(args: argparse.Namespace) -> int:
+    from scaler.config import ServiceConfig, check_policy_paths
+
+    cfg = _service_config(args.config, required=args.config_given)
+    if cfg is None:
+        print(f"note: {args.config} not found: pools and collectors are not checked (use -c)", file=sys.stderr)
+    assert cfg is None or isinstance(cfg, ServiceConfig)
+    policies, problems = check_policy_paths([Path(p) for p in args.paths], cfg)
+    for problem in problems:
+        print(problem)
+    if problems:
+        print(f"{len(problems)} problem{'s' if len(problems) != 1 else ''} found", file=sys.stderr)
+        return 1
+    for name, pol in sorted(policies.items()):
+        print(f"{name}: min {pol.min}, max {pol.max}, {len(pol.inputs)} inputs, {len(pol.rules)} rules"
+              + (" (dry-run)" if pol.dry_run else ""))
+    print("OK")
+    return 0
+
+
+def _api_base(args: argparse.Namespace) -> str:
+    if args.api:
+        return str(args.api).rstrip("/")
+    from scaler.config import ServiceConfig
+
+    cfg = _service_config(args.config, required=True)
+    assert isinstance(cfg, ServiceConfig)
+    host = "127.0.0.1" if cfg.api.host in ("0.0.0.0", "::", "") else cfg.api.host
+    return f"http://{host}:{cfg.api.port}"
+
+
+def cmd_why(args: argparse.Namespace) -> int:
+    import httpx
+
+    base = _api_base(args)
+    try:
+        r = httpx.get(f"{base}/v1/pools/{args.pool}/why", params={"limit": args.n}, timeout=10, trust_env=False)
+    except httpx.HTTPError as exc:
+        raise ScalerError(f"cannot reach the scaler API at {base}: {exc}") from exc
+    if r.status_code != 200:
+        raise ScalerError(f"{base}: HTTP {r.status_code}: {r.text.strip()}")
+    print(r.text, end="")
+    return 0
+
+
+def cmd_reload(args: argparse.Namespace) -> int:
+    import httpx
+
+    base = _api_base(args)
+    try:
+        r = httpx.post(f"{base}/v1/reload", timeout=30, trust_env=False)
+    except httpx.HTTPError as exc:
+        raise ScalerError(f"cannot reach the scaler API at {base}: {exc}") from exc
+    if r.status_code not in (200, 422):
+        raise ScalerError(f"{base}: HTTP {r.status_code}: {r.text.strip()}")
+    body = r.json()
+    if not body["ok"]:
+        print("policy reload rejected; the previous policies keep running:", file=sys.stderr)
+        for problem in body["problems"]:
+            print(f"  {problem}", file=sys.stderr)
+        return 1
+    print(f"reloaded; changed pools: {', '.join(body['changed']) or 'none'}")
     return 0
 
 
@@ -93,6 +169,26 @@ def main(argv: list[str] | None = None) -> int:
     c.add_argument("-c", "--config", default="scaler.yaml")
     c.set_defaults(fn=cmd_check)
 
+    pol = sub.add_parser("policy", help="policy files: check")
+    pol_sub = pol.add_subparsers(dest="policy_cmd", required=True)
+    pc = pol_sub.add_parser("check", help="validate policy files; every problem as FILE:LINE:COL: message")
+    pc.add_argument("paths", nargs="+", metavar="PATH", help="policy files or directories")
+    pc.add_argument("-c", "--config", default=None,
+                    help="scaler.yaml to check pools and collectors against (default: ./scaler.yaml if present)")
+    pc.set_defaults(fn=cmd_policy_check)
+
+    w = sub.add_parser("why", help="the latest evaluations of a pool, explained (asks the running service)")
+    w.add_argument("pool")
+    w.add_argument("-n", type=int, default=3, help="how many evaluations (default 3)")
+    w.add_argument("-c", "--config", default="scaler.yaml", help="to find the API address")
+    w.add_argument("--api", default=None, help="the API's base URL (instead of -c)")
+    w.set_defaults(fn=cmd_why)
+
+    rl = sub.add_parser("reload", help="make the running service re-read its policy files (like SIGHUP)")
+    rl.add_argument("-c", "--config", default="scaler.yaml", help="to find the API address")
+    rl.add_argument("--api", default=None, help="the API's base URL (instead of -c)")
+    rl.set_defaults(fn=cmd_reload)
+
     lab = sub.add_parser("lab", help="the network-namespace lab: up, down, status, load")
     lab.add_argument("lab_cmd", choices=["up", "down", "status", "load"])
     lab.add_argument("--name", default="scl", help="lab name: prefix of every namespace (default scl)")
@@ -107,6 +203,9 @@ def main(argv: list[str] | None = None) -> int:
     d.set_defaults(fn=cmd_demo)
 
     args = p.parse_args(argv)
+    if getattr(args, "fn", None) is cmd_policy_check:
+        args.config_given = args.config is not None
+        args.config = args.config or "scaler.yaml"
     _setup_logging(args.verbose)
     try:
         return int(args.fn(args))

@@ -43,6 +43,9 @@ class Intervals(Strict):
     collect: Duration = 5.0
     evaluate: Duration = 5.0
     reconcile: Duration = 1.0
+    # How often the policy directory is checked for edits (0 = never; SIGHUP and POST /v1/reload
+    # still reload).
+    policy_watch: Duration = Field(default=2.0, ge=0)
 
 
 class DriverConfig(Strict):
@@ -51,10 +54,13 @@ class DriverConfig(Strict):
 
 
 class TargetTemplate(Strict):
-    """How a collector reaches a member; `{address}` and the instance's endpoints are substituted."""
+    """How a collector reaches a member; `{address}`, `{instance}` and the instance's endpoints
+    (`{metrics_url}`, `{metrics_uds}`, `{netns}`, `{snmp_address}`, … — what the orchestrator reports)
+    are substituted. An empty result means "not set"."""
 
     url: str = "{metrics_url}"
     uds: str | None = "{metrics_uds}"
+    netns: str | None = None
 
 
 class CollectorConfig(Strict):
@@ -142,7 +148,27 @@ def driver_options(section: DriverConfig | CollectorConfig, registry: Mapping[st
 
 
 def policy_files(directory: Path) -> list[Path]:
-    return sorted(p for p in directory.iterdir() if p.suffix in (".yaml", ".yml") and p.is_file())
+    # Editors' temporary and backup files (.web.yaml.swp, web.yaml~, .#web.yaml) never match: only
+    # visible *.yaml / *.yml files are policies.
+    return sorted(p for p in directory.iterdir()
+                  if p.suffix in (".yaml", ".yml") and not p.name.startswith((".", "#")) and p.is_file())
+
+
+def policy_fingerprint(cfg: ServiceConfig) -> tuple[tuple[str, int, int], ...]:
+    """What changes when a policy file is edited, added or removed: (name, size, mtime_ns) of each.
+    Cheap enough to compute every few seconds; content is re-read only when it changed."""
+    directory = cfg.resolve(cfg.policy_dir)
+    out = []
+    try:
+        for p in policy_files(directory):
+            try:
+                st = p.stat()
+            except FileNotFoundError:       # removed between listing and stat
+                continue
+            out.append((p.name, st.st_size, st.st_mtime_ns))
+    except OSError:
+        return (("", -1, -1),)
+    return tuple(out)
 
 
 def load_policy_file(path: Path, cfg: ServiceConfig) -> dict[str, PoolPolicy]:
@@ -165,6 +191,36 @@ def load_policy_file(path: Path, cfg: ServiceConfig) -> dict[str, PoolPolicy]:
     if problems:
         raise ConfigError(problems)
     return dict(pf.pools)
+
+
+def check_policy_paths(paths: list[Path], cfg: ServiceConfig | None) -> tuple[dict[str, PoolPolicy], list[str]]:
+    """`scaler policy check`: validate policy files (a directory means its policy files) the way the
+    service does. With `cfg`, pools and collectors are checked against it too; without, only the
+    files themselves. Returns the valid pools and every problem found (all files are read)."""
+    files: list[Path] = []
+    problems: list[str] = []
+    for p in paths:
+        if p.is_dir():
+            found = policy_files(p)
+            if not found:
+                problems.append(f"{p}: no *.yaml policy file in this directory")
+            files += found
+        else:
+            files.append(p)
+    policies: dict[str, PoolPolicy] = {}
+    where: dict[str, Path] = {}
+    for path in files:
+        try:
+            got = load_policy_file(path, cfg) if cfg is not None else dict(yamlconf.validate(PolicyFile, path).pools)
+        except ConfigError as exc:
+            problems += exc.problems
+            continue
+        for name, pol in got.items():
+            if name in policies:
+                problems.append(f"{path}: pools.{name}: pool {name!r} already has a policy in {where[name]}")
+            policies[name] = pol
+            where[name] = path
+    return policies, problems
 
 
 def load_policies(cfg: ServiceConfig) -> dict[str, PoolPolicy]:

@@ -23,13 +23,21 @@ from scaler.store import CAPACITY, DecisionRow, Member, MemberState, Store, Stor
 log = logging.getLogger("scaler.engine")
 
 
+class _Blank(dict[str, str]):
+    # An endpoint this orchestrator does not report fills in as "", which reads as "not set" (and an
+    # empty URL makes the collector fail with a clear reason) rather than crashing the whole round.
+    def __missing__(self, key: str) -> str:
+        return ""
+
+
 def target_for(m: Member, cfg: CollectorConfig) -> Target:
     """The collector target of a member: the template filled with its address and endpoints."""
-    values = {"address": m.address or "", "instance": m.instance, "metrics_url": "", "metrics_uds": "",
-              **m.endpoint_map()}
-    url = cfg.target.url.format(**values)
-    uds = cfg.target.uds.format(**values) if cfg.target.uds else None
-    return Target(key=m.id, url=url, uds=uds or None, labels={"pool": m.pool, "member": m.instance})
+    values = _Blank({"address": m.address or "", "instance": m.instance, **m.endpoint_map()})
+    url = cfg.target.url.format_map(values)
+    uds = cfg.target.uds.format_map(values) if cfg.target.uds else None
+    netns = cfg.target.netns.format_map(values) if cfg.target.netns else None
+    return Target(key=m.id, url=url, uds=uds or None, netns=netns or None,
+                  labels={"pool": m.pool, "member": m.instance})
 
 
 @dataclass
@@ -155,6 +163,16 @@ class Engine:
     def prune(self) -> None:
         for pool in self.policies:
             self.store.prune_decisions(pool, self.decisions_kept)
+
+    def policy_replaced(self, pool: str, old: PoolPolicy | None, new: PoolPolicy | None) -> None:
+        """Drop the series of inputs whose definition changed or vanished: points collected for the
+        old definition must not count toward the new one's `for` windows."""
+        series = self.series.get(pool)
+        if series is None:
+            return
+        for name in list(series):
+            if new is None or old is None or old.inputs.get(name) != new.inputs.get(name):
+                del series[name]
 
     def forget(self, m: Member) -> None:
         for c in self.collectors.values():

@@ -35,5 +35,12 @@ class Metrics:
         self.jobs_missed = Counter("scaler_scheduler_missed_runs_total",
                                    "Scheduled runs skipped or missed (the previous run was still going, "
                                    "or the loop was blocked)", ["job"], registry=r)
+        self.policy_reloads = Counter("scaler_policy_reloads_total", "Policy reloads by trigger and result "
+                                      "(applied, unchanged, rejected)", ["trigger", "result"], registry=r)
+        self.policy_valid = Gauge("scaler_policy_valid", "1 when the policy files on disk are the ones running; "
+                                  "0 when the last edit was rejected and the last good policy keeps running",
+                                  registry=r)
+        self.policy_loaded = Gauge("scaler_policy_loaded_timestamp_seconds",
+                                   "When the running policy was loaded", registry=r)
         self.drain_seconds = Histogram("scaler_drain_seconds", "Time from drain start to withdrawal",
                                        ["pool"], registry=r, buckets=(1, 2, 5, 10, 20, 30, 60, 120, 300))

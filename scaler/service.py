@@ -15,6 +15,7 @@ import logging
 import signal
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -28,8 +29,9 @@ from collectors import Collector
 from policies import PoolPolicy
 from scaler import drivers
 from scaler.api import create_app
-from scaler.config import ServiceConfig, load_config, load_policies
+from scaler.config import ServiceConfig, load_config, load_policies, policy_fingerprint
 from scaler.engine import Engine
+from scaler.errors import ConfigError
 from scaler.lifecycle import Drainer, Lifecycle
 from scaler.metrics import Metrics
 from scaler.store import Store
@@ -43,6 +45,18 @@ class _Server(uvicorn.Server):
     @contextlib.contextmanager
     def capture_signals(self) -> Iterator[None]:
         yield
+
+
+@dataclass(frozen=True)
+class ReloadResult:
+    """The outcome of one policy reload. `ok` False: `problems` lists every FILE:LINE:COL message and
+    the previous policies keep running unchanged."""
+
+    ok: bool
+    trigger: str
+    at: float
+    changed: list[str] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)
 
 
 class Service:
@@ -70,6 +84,59 @@ class Service:
         self._tasks: set[asyncio.Task[None]] = set()
         self.started_at: float | None = None
         self.last_run: dict[str, float] = {}
+        self.last_reload: ReloadResult | None = None
+        self._policy_fp = policy_fingerprint(cfg)
+        self.metrics.policy_valid.set(1)
+        self.metrics.policy_loaded.set(clock())
+
+    # --- policy reload ----------------------------------------------------------------------------
+
+    def reload_policies(self, trigger: str) -> ReloadResult:
+        """Re-read and validate every policy file; apply them only if all are valid.
+
+        Synchronous on purpose: it runs between two jobs of the single event loop, so an evaluation
+        sees either the old policies or the new ones, never a mix, and none is skipped. A rejected
+        edit leaves the running policies untouched and is reported in the log, the events, the
+        metrics and the API (`GET /v1/policies`) until a valid edit replaces it.
+        """
+        now = self.clock()
+        self._policy_fp = policy_fingerprint(self.cfg)
+        try:
+            new = load_policies(self.cfg)
+        except ConfigError as exc:
+            result = ReloadResult(False, trigger, now, problems=list(exc.problems))
+            self.metrics.policy_reloads.labels(trigger, "rejected").inc()
+            self.metrics.policy_valid.set(0)
+            log.error("policy reload (%s) rejected, the previous policies keep running:\n  %s", trigger,
+                      "\n  ".join(exc.problems))
+            for pool in self.pools:
+                self.store.add_event(pool, "policy_rejected", f"policy reload ({trigger}) rejected, previous "
+                                     f"policy keeps running: {'; '.join(exc.problems)}", now)
+            self.last_reload = result
+            return result
+        changed = sorted(name for name in set(new) | set(self.policies) if new.get(name) != self.policies.get(name))
+        for name in changed:
+            self.engine.policy_replaced(name, self.policies.get(name), new.get(name))
+        # In place: the engine and the API hold this same dict.
+        self.policies.clear()
+        self.policies.update(new)
+        self.metrics.policy_valid.set(1)
+        self.metrics.policy_reloads.labels(trigger, "applied" if changed else "unchanged").inc()
+        if changed:
+            self.metrics.policy_loaded.set(now)
+            log.info("policy reload (%s): applied, changed pools: %s", trigger, ", ".join(changed))
+            for pool in changed:
+                pol = new[pool]
+                self.store.add_event(pool, "policy_applied", f"policy reloaded ({trigger}): min {pol.min}, "
+                                     f"max {pol.max}, {len(pol.rules)} rules" + (", dry-run" if pol.dry_run else ""),
+                                     now)
+        result = ReloadResult(True, trigger, now, changed=changed)
+        self.last_reload = result
+        return result
+
+    def _watch_policies(self) -> None:
+        if policy_fingerprint(self.cfg) != self._policy_fp:
+            self.reload_policies("file")
 
     # --- jobs -------------------------------------------------------------------------------------
 
@@ -119,6 +186,10 @@ class Service:
                                args=["reconcile", self.lifecycle.reconcile], id="reconcile",
                                max_instances=1, coalesce=True, misfire_grace_time=1)
         self.scheduler.add_job(self._job, "interval", seconds=300, args=["prune", self.engine.prune], id="prune")
+        if iv.policy_watch > 0:
+            self.scheduler.add_job(self._job, "interval", seconds=iv.policy_watch,
+                                   args=["policy_watch", self._watch_policies], id="policy_watch",
+                                   max_instances=1, coalesce=True)
         self.scheduler.start()
         self.started_at = self.clock()
         log.info("scaler started: pools %s, store %s", ", ".join(sorted(self.pools)), self.cfg.store_url()
@@ -143,6 +214,7 @@ class Service:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.stop)
+        loop.add_signal_handler(signal.SIGHUP, self.reload_policies, "SIGHUP")
         app = create_app(self, self.clock)
         self.server = _Server(uvicorn.Config(app, host=self.cfg.api.host, port=self.cfg.api.port,
                                              log_level="warning", lifespan="off", access_log=False))

@@ -25,9 +25,13 @@ class View:
         self.metrics = Metrics()
         self.pools = {"web": PoolConfig.model_validate({"vip": "198.19.0.1"})}
         self.policies = policies
+        self.last_reload = None
 
     def health(self) -> dict[str, Any]:
         return {"ok": True}
+
+    def reload_policies(self, trigger: str) -> Any:
+        raise AssertionError("not called by these tests")
 
 
 @pytest.fixture
@@ -65,6 +69,17 @@ async def check_api(client: httpx.AsyncClient) -> None:
     decisions = (await client.get("/v1/pools/web/decisions")).json()
     assert [d["outcome"] for d in decisions] == ["hold", "scale_out"]
     assert decisions[1]["reason"] == "below min: 0 < 1" and decisions[1]["operation"]
+
+    why = await client.get("/v1/pools/web/why?limit=2")
+    assert why.headers["content-type"].startswith("text/plain")
+    blocks = why.text.split("\n\n")
+    assert len(blocks) == 2
+    assert blocks[0].splitlines()[0].startswith("web  ") and "  hold  size 1" in blocks[0].splitlines()[0]
+    assert "  why:    no rule fired; no data for input 's'" in blocks[0]
+    assert "  inputs: s=no data" in blocks[0]
+    assert "  rules:  busy  no_data  no data for input 's'" in blocks[0]
+    assert "SCALE OUT  size 0 → 1" in blocks[1] and "why:    below min: 0 < 1" in blocks[1]
+    assert "operation: " in blocks[1]
 
     events = [e["message"] for e in (await client.get("/v1/events?pool=web")).json()]
     assert any("creating → booting" in m for m in events) and any("add next hop 10.250.0.1" in m for m in events)
