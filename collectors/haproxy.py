@@ -12,7 +12,6 @@ body raises a `CollectorError` naming the target. It never acts on HAProxy.
 
 from __future__ import annotations
 
-import asyncio
 import time
 from collections.abc import Callable
 from typing import Self
@@ -21,7 +20,16 @@ import httpx
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from collectors.base import Sample, Target
-from collectors.errors import CollectorAuthError, CollectorError, CollectorParseError, CollectorTimeout
+from collectors.errors import CollectorError, CollectorParseError
+from collectors.httpfetch import (
+    HttpFetcher,
+    TransportFactory,
+    check_status,
+    decode_text,
+    default_transport_factory,
+    describe,
+    no_tcp_netns,
+)
 from collectors.promtext import PromSample, PromTextError, parse
 from collectors.rates import RateTracker
 
@@ -50,9 +58,6 @@ METRIC_NAMES = frozenset(
     }
 )
 
-TransportFactory = Callable[[str | None], httpx.AsyncBaseTransport]
-
-
 class HAProxyCollectorConfig(BaseModel):
     """Settings of the `haproxy` collector.
 
@@ -77,12 +82,8 @@ class HAProxyCollectorConfig(BaseModel):
         return self
 
 
-def _default_transport(uds: str | None) -> httpx.AsyncBaseTransport:
-    # No keep-alive: after a reload (`-sf`), a pooled connection still reaches the *old* process
-    # while it drains, which would report the old counters and start time. A fresh connection per
-    # scrape always reaches the process that owns the listener; it costs one loopback/LAN handshake.
-    limits = httpx.Limits(max_connections=None, max_keepalive_connections=0)
-    return httpx.AsyncHTTPTransport(uds=uds, limits=limits, retries=0)
+# No keep-alive: see `default_transport_factory` (a pooled connection outlives a reload).
+_default_transport = default_transport_factory(keepalive=False)
 
 
 class HAProxyCollector:
@@ -105,15 +106,13 @@ class HAProxyCollector:
         monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         self.config = config or HAProxyCollectorConfig()
-        self._transport_factory = transport_factory
         self._clock = clock
         self._monotonic = monotonic
         self._rates = RateTracker(max_gap_s=self.config.max_rate_gap_s)
-        # One client per unix socket path (a transport is bound to one socket); None = TCP.
-        self._clients: dict[str | None, httpx.AsyncClient] = {}
+        self._http = HttpFetcher(timeout_s=self.config.timeout_s, transport_factory=transport_factory)
 
     async def collect(self, target: Target) -> list[Sample]:
-        where = self._describe(target)
+        where = describe(target)
         text = await self._fetch(target, where)
         # Stamp when the source answered, before parsing (parsing time is ours, not HAProxy's).
         now = self._clock()
@@ -128,26 +127,9 @@ class HAProxyCollector:
         self._rates.forget(key)
 
     async def close(self) -> None:
-        clients = list(self._clients.values())
-        self._clients.clear()
-        for client in clients:
-            await client.aclose()
+        await self._http.close()
 
     # -- internals -------------------------------------------------------------------------------
-
-    @staticmethod
-    def _describe(target: Target) -> str:
-        via = f" via unix:{target.uds}" if target.uds else ""
-        return f"{target.key} ({target.url}{via})"
-
-    def _client(self, uds: str | None) -> httpx.AsyncClient:
-        client = self._clients.get(uds)
-        if client is None:
-            timeout = httpx.Timeout(self.config.timeout_s)
-            # trust_env=False: an operator's HTTP(S)_PROXY must not reroute scrapes of LB members.
-            client = httpx.AsyncClient(transport=self._transport_factory(uds), timeout=timeout, trust_env=False)
-            self._clients[uds] = client
-        return client
 
     def _url(self, target: Target) -> httpx.URL:
         url = httpx.URL(target.url)
@@ -157,33 +139,15 @@ class HAProxyCollector:
         return url.copy_merge_params([("scope", scope) for scope in SCOPES])
 
     async def _fetch(self, target: Target, where: str) -> str:
-        client = self._client(target.uds)
+        what = f"haproxy {where}"
+        no_tcp_netns(target, what)
         try:
             url = self._url(target)
         except (httpx.InvalidURL, TypeError) as exc:
-            raise CollectorError(f"haproxy {where}: bad URL: {exc}", reason="config") from exc
-        try:
-            # httpx's timeout is per phase (connect, each read); this bounds the whole exchange.
-            async with asyncio.timeout(self.config.timeout_s):
-                response = await client.get(url)
-        except (TimeoutError, httpx.TimeoutException) as exc:
-            raise CollectorTimeout(f"haproxy {where}: no answer within {self.config.timeout_s:g}s") from exc
-        except httpx.ConnectError as exc:
-            raise CollectorError(f"haproxy {where}: connect failed: {exc}", reason="connect") from exc
-        except httpx.UnsupportedProtocol as exc:
-            raise CollectorError(f"haproxy {where}: bad URL: {exc}", reason="config") from exc
-        except httpx.HTTPError as exc:
-            # Connection reset mid-answer, malformed HTTP, ...: the source was reached but not read.
-            raise CollectorError(f"haproxy {where}: {type(exc).__name__}: {exc}", reason="protocol") from exc
-        status = response.status_code
-        if status in (401, 403):
-            raise CollectorAuthError(f"haproxy {where}: HTTP {status}")
-        if status != 200:
-            raise CollectorError(f"haproxy {where}: HTTP {status}", reason=f"http_{status}")
-        try:
-            return response.content.decode("utf-8")
-        except UnicodeDecodeError as exc:
-            raise CollectorParseError(f"haproxy {where}: body is not UTF-8: {exc}") from exc
+            raise CollectorError(f"{what}: bad URL: {exc}", reason="config") from exc
+        response = await self._http.request("GET", url, what, uds=target.uds)
+        check_status(response, what)
+        return decode_text(response, what)
 
     def _samples(self, target: Target, where: str, series: list[PromSample], now: float, mono: float) -> list[Sample]:
         start: float | None = None
