@@ -99,6 +99,9 @@ class Engine:
             else:
                 why = f"{len(missing)} of {len(rows)} members without data: " + "; ".join(missing) if missing else ""
                 point = Point(now, value, why, complete=not missing)
+            self.metrics.input_value.labels(pool, name).set(float("nan") if point.value is None else point.value)
+            self.metrics.input_members.labels(pool, name, "ok").set(len(got))
+            self.metrics.input_members.labels(pool, name, "missing").set(len(missing))
             s = pool_series.setdefault(name, deque())
             s.append(point)
             while s and s[0].t < now - keep:

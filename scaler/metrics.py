@@ -26,6 +26,10 @@ class Metrics:
         self.collector_latency = Histogram("scaler_collector_latency_seconds", "Time to read one target",
                                            ["collector"], registry=r,
                                            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5))
+        self.input_value = Gauge("scaler_input_value", "An input's latest pool-level value (NaN: no data)",
+                                 ["pool", "input"], registry=r)
+        self.input_members = Gauge("scaler_input_members", "Members read for an input in the latest round, "
+                                   "with data (ok) and without (missing)", ["pool", "input", "state"], registry=r)
         self.router_apply = Histogram("scaler_router_apply_seconds", "Time of one router batch",
                                       registry=r, buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1,
                                                            0.25, 0.5, 1))

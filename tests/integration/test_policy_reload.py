@@ -115,6 +115,10 @@ async def test_valid_edit_applies_broken_edit_is_rejected_and_old_policy_keeps_d
         assert r.status_code == 422 and r.json()["problems"] == pols["last_reload"]["problems"]
         metrics = (await c.get("/metrics")).text
     assert "scaler_policy_valid 0.0" in metrics
+    # Collector health: every read failed with a reason, the input has no value (NaN, never 0).
+    assert 'scaler_collector_errors_total{collector="haproxy",reason="connect"}' in metrics
+    assert 'scaler_input_members{input="sessions",pool="web",state="missing"} 2.0' in metrics
+    assert 'scaler_input_value{input="sessions",pool="web"} NaN' in metrics
     assert 'scaler_policy_reloads_total{result="rejected",trigger="file"}' in metrics
     events = [e["kind"] for e in await service.get("/v1/events?pool=web")]
     assert "policy_rejected" in events
