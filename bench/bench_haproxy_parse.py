@@ -28,7 +28,9 @@ from prometheus_client.parser import text_string_to_metric_families
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from collectors.base import Target
 from collectors.haproxy import METRIC_NAMES, SCOPES
+from collectors.prometheus_scrape import PrometheusScrapeCollector, PrometheusScrapeConfig
 from collectors.promtext import parse
 
 BACKENDS = 50
@@ -116,6 +118,39 @@ def reference_parse(text: str) -> list[tuple[str, dict[str, str], float]]:
     return [(s.name, s.labels, s.value) for fam in text_string_to_metric_families(text) for s in fam.samples]
 
 
+# What an operator would select from the full answer with the generic `prometheus_scrape` collector:
+# frontend sessions and their rate, the worst backend queue, and servers that are not up.
+SCRAPE_CONFIG = {
+    "metrics": {
+        "sessions": {"name": "haproxy_frontend_current_sessions", "labels": {"proxy": "!=metrics"}},
+        "session_rate": {
+            "name": "haproxy_frontend_sessions_total",
+            "labels": {"proxy": "!=metrics"},
+            "type": "counter",
+        },
+        "queue_max": {"name": "haproxy_backend_current_queue", "aggregate": "max"},
+        "servers_down": {"name": "haproxy_server_status", "labels": {"state": "DOWN"}},
+    },
+    "start_marker": "haproxy_process_start_time_seconds",
+}
+
+
+def scrape_collector_runs(full: str) -> tuple[list[float], int]:
+    """Seconds per answer for the `prometheus_scrape` collector's CPU part (parse + select + rates)."""
+    collector = PrometheusScrapeCollector(PrometheusScrapeConfig.model_validate(SCRAPE_CONFIG))
+    names = {spec["name"] for spec in SCRAPE_CONFIG["metrics"].values()} | {SCRAPE_CONFIG["start_marker"]}
+    target = Target(key="lb1", url="http://lb1/metrics")
+    clock = [0.0]
+
+    def once() -> None:
+        clock[0] += 10.0
+        collector.samples(target, "bench", parse(full, names), 1e9 + clock[0], clock[0])
+
+    once()
+    samples = len(parse(full, names))
+    return time_runs(once, min_runs=20, max_runs=500, budget_s=2.0), samples
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=Path("bench/results"))
@@ -136,6 +171,8 @@ def main() -> int:
     ref_runs = time_runs(lambda: reference_parse(full), min_runs=3, max_runs=10, budget_s=8.0)
     scoped_ours = time_runs(lambda: parse(scoped, METRIC_NAMES), min_runs=20, max_runs=2000, budget_s=1.0)
     scoped_ref = time_runs(lambda: reference_parse(scoped), min_runs=3, max_runs=50, budget_s=3.0)
+
+    scrape_runs, scrape_samples = scrape_collector_runs(full)
 
     value_ms = statistics.median(ours_runs) * 1000
     reference_ms = statistics.median(ref_runs) * 1000
@@ -164,6 +201,13 @@ def main() -> int:
             "lines": scoped.count("\n"),
             "value_ms": round(statistics.median(scoped_ours) * 1000, 3),
             "reference_ms": round(statistics.median(scoped_ref) * 1000, 3),
+        },
+        "prometheus_scrape": {
+            "what": "prometheus_scrape collector on the full answer: parse + label matching + aggregation + rates",
+            "metrics": sorted(SCRAPE_CONFIG["metrics"]),
+            "wanted_samples": scrape_samples,
+            "value_ms": round(statistics.median(scrape_runs) * 1000, 3),
+            "ratio_vs_reference": round(reference_ms / (statistics.median(scrape_runs) * 1000), 1),
         },
         "haproxy": version,
         "python": platform.python_version(),

@@ -17,6 +17,9 @@ from pydantic import BaseModel
 from collectors.base import Collector, Sample, Target
 from collectors.errors import CollectorAuthError, CollectorError, CollectorParseError, CollectorTimeout
 from collectors.haproxy import HAProxyCollector, HAProxyCollectorConfig
+from collectors.haproxy_stats import HAProxyStatsCollector, HAProxyStatsConfig
+from collectors.prometheus_query import PrometheusQueryCollector, PrometheusQueryConfig
+from collectors.prometheus_scrape import PrometheusScrapeCollector, PrometheusScrapeConfig
 
 __all__ = [
     "COLLECTORS",
@@ -46,6 +49,9 @@ class Registration(Generic[ConfigT]):
 
 COLLECTORS: dict[str, Registration[Any]] = {
     "haproxy": Registration(HAProxyCollectorConfig, HAProxyCollector),
+    "haproxy_stats": Registration(HAProxyStatsConfig, HAProxyStatsCollector),
+    "prometheus_query": Registration(PrometheusQueryConfig, PrometheusQueryCollector),
+    "prometheus_scrape": Registration(PrometheusScrapeConfig, PrometheusScrapeCollector),
 }
 
 
