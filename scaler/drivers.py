@@ -15,6 +15,7 @@ from actuators.fake import FakeOrchestrator, FakeOrchestratorConfig, FakeRouter,
 from actuators.haproxy_runtime import HAProxyRuntime
 from actuators.kernel import KernelRouter, KernelRouterConfig
 from actuators.lab import LabOrchestrator, LabOrchestratorConfig
+from actuators.openstack import OpenStackOrchestrator, OpenStackOrchestratorConfig
 from actuators.orchestrator import Orchestrator
 from actuators.router import Router
 from collectors import Collector
@@ -24,6 +25,7 @@ from scaler.lifecycle import Drainer
 ORCHESTRATORS: dict[str, tuple[type[BaseModel], Any]] = {
     "lab": (LabOrchestratorConfig, LabOrchestrator),
     "fake": (FakeOrchestratorConfig, lambda cfg: FakeOrchestrator(cfg)),
+    "openstack": (OpenStackOrchestratorConfig, OpenStackOrchestrator),
 }
 ROUTERS: dict[str, tuple[type[BaseModel], Any]] = {
     "kernel": (KernelRouterConfig, KernelRouter),
