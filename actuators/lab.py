@@ -2,9 +2,11 @@
 
 An instance is a namespace `{lab}-i-{name}` linked to the lab's router namespace by a veth pair, with
 the VIP on its `lo`, a small backend application (`actuators.lab_backend`) on 127.0.0.1 and an
-HAProxy answering on VIP:80. Everything an instance owns lives in `{dir}/instances/{name}/`
-(meta.json first, then configuration, pidfiles, sockets), so a create retried after a crash at any
-point finishes the job from there and never makes a second instance.
+HAProxy answering on VIP:80; with `snmpd: true` also an snmpd (`actuators.snmpd`) on 127.0.0.1 and the
+instance address, port `snmp_port`, answering a v2c community and a v3 authPriv user (SHA-256 +
+AES-128) whose secrets are files of the lab directory (see `lab_snmp_secrets`). Everything an instance
+owns lives in `{dir}/instances/{name}/` (meta.json first, then configuration, pidfiles, sockets), so a
+create retried after a crash at any point finishes the job from there and never makes a second instance.
 
 It must not touch the router's VIP route (the router driver owns it), nor any namespace, link or
 process it did not create: processes are killed only by our pidfiles after checking their command
@@ -19,6 +21,7 @@ import fcntl
 import logging
 import os
 import re
+import secrets
 import shutil
 import signal
 import socket
@@ -34,6 +37,7 @@ from actuators import netns
 from actuators.errors import ActuatorError, OrchestratorError
 from actuators.haproxy_runtime import DRAIN_MAP_INITIAL, drain_config_lines, drain_map_path
 from actuators.orchestrator import Instance, InstanceSpec
+from actuators.snmpd import Snmpd, SnmpdCommunity, SnmpdConfig, SnmpdUser
 
 log = logging.getLogger(__name__)
 
@@ -256,6 +260,11 @@ class LabOrchestratorConfig(BaseModel):
     maxconn: int = Field(default=4096, ge=1)
     haproxy_bin: str = "haproxy"
     python: str = Field(default_factory=lambda: sys.executable)
+    # snmpd per instance (off by default: it adds a process to every instance).
+    snmpd: bool = False
+    snmpd_bin: str = "snmpd"
+    snmp_port: int = Field(default=161, ge=1, le=65535)
+    snmp_user: str = Field(default="scaler", pattern=r"^[A-Za-z][A-Za-z0-9_-]{0,31}$")
     command_timeout_s: float = Field(default=15.0, gt=0)
     probe_timeout_s: float = Field(default=2.0, gt=0)
 
@@ -284,6 +293,8 @@ class InstancePaths:
         self.admin_sock = self.dir / "admin.sock"
         self.metrics_sock = self.dir / "metrics.sock"
         self.drain_map = Path(drain_map_path(str(self.dir)))
+        self.snmp_dir = self.dir / "snmp"
+        self.snmpd_pid = self.snmp_dir / "snmpd.pid"      # where actuators.snmpd keeps it
 
     @property
     def marker(self) -> str:
@@ -325,6 +336,40 @@ frontend metrics
     bind {instance_address(meta.idx)}:{cfg.metrics_port}
     http-request use-service prometheus-exporter
 """
+
+
+# ---- SNMP credentials ----------------------------------------------------------------------------
+
+SNMP_SECRET_NAMES = ("community", "auth_key", "priv_key")
+
+
+def lab_snmp_secrets(lab_dir: Path) -> dict[str, Path]:
+    """Where the lab's SNMP secrets live: {"community", "auth_key", "priv_key"} -> file (mode 0600,
+    one line). The v3 user is `LabOrchestratorConfig.snmp_user` (SHA-256 auth, AES-128 priv). A
+    collector reads them as `{file: PATH}` references."""
+    return {name: lab_dir / "snmp" / name for name in SNMP_SECRET_NAMES}
+
+
+def ensure_lab_snmp_secrets(lab_dir: Path) -> dict[str, str]:
+    """Read the lab's SNMP secrets, making any that is missing (random, 0600). Call under the lab lock."""
+    out: dict[str, str] = {}
+    for name, path in lab_snmp_secrets(lab_dir).items():
+        try:
+            value = path.read_text().strip()
+        except FileNotFoundError:
+            value = ""
+        if not value:
+            value = secrets.token_hex(16)
+            path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+            tmp = path.with_name(f".{name}.tmp")
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+            with os.fdopen(fd, "w") as f:
+                f.write(value + "\n")
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        out[name] = value
+    return out
 
 
 # ---- the orchestrator ---------------------------------------------------------------------------
@@ -375,10 +420,26 @@ class LabOrchestrator:
 
     def _instance(self, meta: InstanceMeta, status: str) -> Instance:
         p = self.paths(meta.name)
-        return Instance(
-            name=meta.name, pool=meta.pool, address=instance_address(meta.idx), status=status,
-            endpoints={"metrics_url": "http://localhost/metrics", "metrics_uds": str(p.metrics_sock),
-                       "runtime_api": str(p.admin_sock)})
+        endpoints = {"metrics_url": "http://localhost/metrics", "metrics_uds": str(p.metrics_sock),
+                     "runtime_api": str(p.admin_sock)}
+        if self.cfg.snmpd:
+            # The snmp collector opens its socket inside the instance's namespace (Target.netns).
+            endpoints["netns"] = self.netns_of(meta.name)
+            endpoints["snmp_url"] = f"udp://127.0.0.1:{self.cfg.snmp_port}"
+        return Instance(name=meta.name, pool=meta.pool, address=instance_address(meta.idx), status=status,
+                        endpoints=endpoints)
+
+    def snmpd_of(self, meta: InstanceMeta, creds: dict[str, str]) -> Snmpd:
+        """The instance's snmpd, with the lab's SNMP credentials (`ensure_lab_snmp_secrets`)."""
+        p = self.paths(meta.name)
+        lab_prefix = "198.18.0.0/15"
+        return Snmpd(SnmpdConfig(
+            directory=p.snmp_dir,
+            listen=(f"127.0.0.1:{self.cfg.snmp_port}", f"{instance_address(meta.idx)}:{self.cfg.snmp_port}"),
+            communities=(SnmpdCommunity(creds["community"], "127.0.0.1"),
+                         SnmpdCommunity(creds["community"], lab_prefix)),
+            users=(SnmpdUser(self.cfg.snmp_user, creds["auth_key"], creds["priv_key"], "SHA-256", "AES"),),
+            netns=self.netns_of(meta.name), snmpd_bin=self.cfg.snmpd_bin, sys_name=meta.name))
 
     async def _ip(self, argv: list[str], *, ns: str, stdin: bytes | None = None,
                   check: bool = True) -> tuple[int, str, str]:
@@ -409,6 +470,7 @@ class LabOrchestrator:
                 await self._ensure_link(meta)
                 await self._ensure_backend(meta)
                 await self._ensure_haproxy(meta)
+                await self._ensure_snmpd(meta)
                 if not meta.complete:
                     meta = meta.model_copy(update={"complete": True})
                     write_atomic(paths.meta, meta.model_dump_json(indent=2) + "\n")
@@ -499,6 +561,22 @@ class LabOrchestrator:
             argv += ["-sf", str(pid)]
         await netns.run(argv, ns=self.netns_of(meta.name), timeout_s=self.cfg.command_timeout_s)
 
+    async def _ensure_snmpd(self, meta: InstanceMeta) -> None:
+        if not self.cfg.snmpd:
+            return
+        async with file_lock(self.cfg.lab_dir / "instances.lock"):
+            credentials = ensure_lab_snmp_secrets(self.cfg.lab_dir)
+        snmpd = self.snmpd_of(meta, credentials)
+        changed = snmpd.write_config()
+        if snmpd.running():
+            if not changed:
+                return
+            await snmpd.stop()
+        try:
+            await snmpd.start(timeout_s=self.cfg.command_timeout_s)
+        except ActuatorError as exc:
+            raise OrchestratorError(f"instance {meta.name}: {exc}") from exc
+
     # probe
 
     async def probe(self, instance: Instance) -> bool:
@@ -552,7 +630,7 @@ class LabOrchestrator:
             meta = self.read_meta(name)
         except OrchestratorError:
             meta = None     # a torn meta.json must not block deleting the rest
-        for pidfile in (p.haproxy_pid, p.backend_pid):
+        for pidfile in (p.haproxy_pid, p.backend_pid, p.snmpd_pid):
             stopped = await kill_pidfile(pidfile, p.marker)
             if stopped:
                 log.info("instance %s: stopped pid %d (%s)", name, *stopped)
@@ -584,9 +662,10 @@ class LabOrchestrator:
         p = self.paths(meta.name)
         if not netns.exists(self.netns_of(meta.name)):
             return "error"   # a directory without its namespace: a crashed create or a lost instance
+        pidfiles = (p.haproxy_pid, p.backend_pid, p.snmpd_pid) if self.cfg.snmpd else (p.haproxy_pid, p.backend_pid)
         running = all(
             (pid := read_pidfile(f)) is not None and process_matches(pid, p.marker)
-            for f in (p.haproxy_pid, p.backend_pid))
+            for f in pidfiles)
         if running:
             return "active"
         return "error" if meta.complete else "building"
@@ -596,7 +675,8 @@ class LabOrchestrator:
 
 
 __all__ = [
-    "InstanceMeta", "LabOrchestrator", "LabOrchestratorConfig", "allocate_index", "client_ns",
-    "instance_address", "instance_ifname", "instance_ns", "kill_netns_processes", "kill_pidfile",
-    "pids_in_netns", "render_haproxy_cfg", "router_address", "router_ifname", "router_ns",
+    "SNMP_SECRET_NAMES", "InstanceMeta", "LabOrchestrator", "LabOrchestratorConfig", "allocate_index", "client_ns",
+    "ensure_lab_snmp_secrets", "instance_address", "instance_ifname", "instance_ns", "kill_netns_processes",
+    "kill_pidfile", "lab_snmp_secrets", "pids_in_netns", "render_haproxy_cfg", "router_address", "router_ifname",
+    "router_ns",
 ]

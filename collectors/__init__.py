@@ -20,6 +20,7 @@ from collectors.haproxy import HAProxyCollector, HAProxyCollectorConfig
 from collectors.haproxy_stats import HAProxyStatsCollector, HAProxyStatsConfig
 from collectors.prometheus_query import PrometheusQueryCollector, PrometheusQueryConfig
 from collectors.prometheus_scrape import PrometheusScrapeCollector, PrometheusScrapeConfig
+from collectors.snmp import SnmpCollector, SnmpCollectorConfig
 
 __all__ = [
     "COLLECTORS",
@@ -32,6 +33,8 @@ __all__ = [
     "HAProxyCollectorConfig",
     "Registration",
     "Sample",
+    "SnmpCollector",
+    "SnmpCollectorConfig",
     "Target",
     "build",
 ]
@@ -52,6 +55,7 @@ COLLECTORS: dict[str, Registration[Any]] = {
     "haproxy_stats": Registration(HAProxyStatsConfig, HAProxyStatsCollector),
     "prometheus_query": Registration(PrometheusQueryConfig, PrometheusQueryCollector),
     "prometheus_scrape": Registration(PrometheusScrapeConfig, PrometheusScrapeCollector),
+    "snmp": Registration(SnmpCollectorConfig, SnmpCollector),
 }
 
 
