@@ -2,21 +2,43 @@
 
 from policies.durations import format_duration, parse_duration
 from policies.evaluate import (
+    Cause,
     Decision,
     Outcome,
-    Point,
     PoolState,
     RuleVerdict,
     Verdict,
-    aggregate,
     cooldown_left,
     evaluate,
+    history_needed,
+    is_warming,
+    remember,
+    warming_left,
     window_needed,
 )
-from policies.model import Adjustment, Aggregate, Cooldown, Input, PolicyFile, PoolPolicy, ThresholdRule
+from policies.model import (
+    ALARM_SOURCE,
+    Adjustment,
+    Aggregate,
+    AlarmRule,
+    Cooldown,
+    Input,
+    MissingData,
+    PolicyFile,
+    PoolPolicy,
+    Rule,
+    Schedule,
+    Stabilization,
+    TargetRule,
+    ThresholdRule,
+)
+from policies.schedule import Bounds, active_since, describe_schedule, effective_bounds
+from policies.series import Point, Reading, aggregate, percentile
 
 __all__ = [
-    "Adjustment", "Aggregate", "Cooldown", "Decision", "Input", "Outcome", "Point", "PolicyFile",
-    "PoolPolicy", "PoolState", "RuleVerdict", "ThresholdRule", "Verdict", "aggregate", "cooldown_left",
-    "evaluate", "format_duration", "parse_duration", "window_needed",
+    "ALARM_SOURCE", "Adjustment", "Aggregate", "AlarmRule", "Bounds", "Cause", "Cooldown", "Decision", "Input",
+    "MissingData", "Outcome", "Point", "PolicyFile", "PoolPolicy", "PoolState", "Reading", "Rule", "RuleVerdict",
+    "Schedule", "Stabilization", "TargetRule", "ThresholdRule", "Verdict", "active_since", "aggregate",
+    "cooldown_left", "describe_schedule", "effective_bounds", "evaluate", "format_duration", "history_needed",
+    "is_warming", "parse_duration", "percentile", "remember", "warming_left", "window_needed",
 ]

@@ -64,7 +64,7 @@ async def check_api(client: httpx.AsyncClient) -> None:
     assert [(p["name"], p["vip"], p["min"], p["max"], p["size"]) for p in pools] == [("web", "198.19.0.1", 1, 3, 1)]
     assert [(m["state"], m["address"]) for m in pools[0]["members"]] == [("in_service", "10.250.0.1")]
     assert pools[0]["last_decision"]["outcome"] == "hold"
-    assert "no data for input 's'" in pools[0]["last_decision"]["reason"]
+    assert "missing data for input s: no sample yet" in pools[0]["last_decision"]["reason"]
 
     decisions = (await client.get("/v1/pools/web/decisions")).json()
     assert [d["outcome"] for d in decisions] == ["hold", "scale_out"]
@@ -75,9 +75,9 @@ async def check_api(client: httpx.AsyncClient) -> None:
     blocks = why.text.split("\n\n")
     assert len(blocks) == 2
     assert blocks[0].splitlines()[0].startswith("web  ") and "  hold  size 1" in blocks[0].splitlines()[0]
-    assert "  why:    no rule fired; no data for input 's'" in blocks[0]
+    assert "  why:    missing data for input s: no sample yet" in blocks[0]
     assert "  inputs: s=no data" in blocks[0]
-    assert "  rules:  busy  no_data  no data for input 's'" in blocks[0]
+    assert "  rules:  busy  no_data  missing data for input s: no sample yet" in blocks[0]
     assert "SCALE OUT  size 0 → 1" in blocks[1] and "why:    below min: 0 < 1" in blocks[1]
     assert "operation: " in blocks[1]
 

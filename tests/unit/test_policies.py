@@ -6,8 +6,6 @@ import re
 from collections import deque
 
 import pytest
-from hypothesis import given, settings
-from hypothesis import strategies as st
 from pydantic import ValidationError
 
 from policies import (
@@ -67,32 +65,34 @@ NOW = 1000.0
                      id="a gap without data restarts the duration"),
         pytest.param(flat(2, NOW - 20, NOW), PoolState(2), Outcome.SCALE_IN, 1, "idle",
                      id="below threshold for the whole window scales in"),
-        pytest.param(flat(2, NOW - 20, NOW), PoolState(1), Outcome.HOLD, 1, "at min",
+        pytest.param(flat(2, NOW - 20, NOW), PoolState(1), Outcome.HOLD, 1, "at min (1): idle asks -1 → 0",
                      id="never below min"),
-        pytest.param(flat(30, NOW - 20, NOW), PoolState(4), Outcome.HOLD, 4, "at max",
+        pytest.param(flat(30, NOW - 20, NOW), PoolState(4), Outcome.HOLD, 4, "at max (4 of 4): busy asks +1 → 5",
                      id="never above max"),
-        pytest.param(flat(30, NOW - 20, NOW), PoolState(3, toward_max=4), Outcome.HOLD, 3, "1 failed",
+        pytest.param(flat(30, NOW - 20, NOW), PoolState(3, toward_max=4), Outcome.HOLD, 3, "at max (4 of 4, 1 failed)",
                      id="failed members count toward max"),
-        pytest.param([], PoolState(2), Outcome.HOLD, 2, "no data",
+        pytest.param([], PoolState(2), Outcome.HOLD, 2, "missing data for input sessions: no sample yet",
                      id="no data at all holds"),
-        pytest.param(flat(None, NOW - 20, NOW), PoolState(2), Outcome.HOLD, 2, "no data",
+        pytest.param(flat(None, NOW - 20, NOW), PoolState(2), Outcome.HOLD, 2,
+                     "missing data for input sessions: no value",
                      id="explicit no-data holds and is never zero"),
-        pytest.param(flat(2, NOW - 100, NOW - 40), PoolState(2), Outcome.HOLD, 2, "stale",
+        pytest.param(flat(2, NOW - 100, NOW - 40), PoolState(2), Outcome.HOLD, 2,
+                     "missing data for input sessions: stale: newest sample is 40s old",
                      id="stale data holds instead of scaling in"),
         pytest.param(flat(30, NOW - 20, NOW), PoolState(1, last_scale_out_at=NOW - 10),
-                     Outcome.HOLD, 1, "scale-out cooldown has 20s left",
+                     Outcome.HOLD, 1, "cooldown: scale-out allowed in 20s (busy asks +1 → 2)",
                      id="scale-out inside its cooldown holds with time left"),
         pytest.param(flat(30, NOW - 20, NOW), PoolState(2, last_scale_in_at=NOW - 1),
-                     Outcome.HOLD, 2, "scale-out cooldown has 29s left",
+                     Outcome.HOLD, 2, "cooldown: scale-out allowed in 29s",
                      id="scale-out right after a scale-in waits for the scale-out cooldown"),
         pytest.param(flat(30, NOW - 20, NOW), PoolState(2, last_scale_in_at=NOW - 31),
                      Outcome.SCALE_OUT, 3, "busy",
                      id="scale-out after its cooldown since a scale-in"),
         pytest.param(flat(2, NOW - 20, NOW), PoolState(3, last_scale_out_at=NOW - 50),
-                     Outcome.HOLD, 3, "scale-in cooldown has 10s left",
+                     Outcome.HOLD, 3, "cooldown: scale-in allowed in 10s (idle asks -1 → 2)",
                      id="scale-in waits for the scale-in cooldown after a scale-out"),
         pytest.param(flat(30, NOW - 20, NOW), PoolState(2, busy="scale_out op-1"),
-                     Outcome.HOLD, 2, "op-1 in progress",
+                     Outcome.HOLD, 2, "busy: scale_out op-1 in progress",
                      id="nothing starts while an operation runs"),
         pytest.param(flat(10, NOW - 20, NOW), PoolState(0), Outcome.SCALE_OUT, 1, "below min",
                      id="below min grows to min without any rule"),
@@ -144,7 +144,8 @@ def test_combining(sessions: float | None, queue: float | None, current: int, ou
 def test_partial_data_blocks_scale_in_only() -> None:
     partial = [Point(p.t, p.value, "1 of 2 members: timeout", complete=False) for p in flat(2, NOW - 20, NOW)]
     d = evaluate(policy(), {"sessions": partial}, PoolState(3), NOW)
-    assert d.outcome is Outcome.HOLD and "partial" in d.reason
+    assert d.outcome is Outcome.HOLD
+    assert d.reason.startswith("partial data for input sessions: 1 of 2 members: timeout (idle asks -1 → 2")
     busy = [Point(p.t, p.value, "1 of 2 members: timeout", complete=False) for p in flat(30, NOW - 20, NOW)]
     assert evaluate(policy(), {"sessions": busy}, PoolState(2), NOW).outcome is Outcome.SCALE_OUT
 
@@ -159,7 +160,7 @@ def test_dry_run_decides_but_does_not_act() -> None:
     d = evaluate(policy(dry_run=True), {"sessions": flat(30, NOW - 20, NOW)}, PoolState(1), NOW)
     assert d.outcome is Outcome.SCALE_OUT and d.desired == 2
     assert not d.acts
-    assert d.reason.startswith("dry-run: would scale-out to 2")
+    assert d.reason.startswith("dry-run: would scale out to 2: busy: ")
 
 
 def test_verdicts_explain_every_rule() -> None:
@@ -214,59 +215,3 @@ def test_parse_duration(text: str | int, seconds: float) -> None:
 def test_validation_errors(over: dict[str, object], message: str) -> None:
     with pytest.raises(ValidationError, match=re.escape(message)):
         policy(**over)
-
-
-# --- properties ---------------------------------------------------------------------------------
-
-values = st.one_of(st.none(), st.floats(min_value=0, max_value=100, allow_nan=False))
-
-
-@settings(max_examples=300, deadline=None)
-@given(
-    seq=st.lists(values, min_size=1, max_size=20),
-    current=st.integers(min_value=0, max_value=8),
-    lo=st.integers(min_value=0, max_value=4),
-    span=st.integers(min_value=0, max_value=4),
-)
-def test_bounds_are_never_violated(seq: list[float | None], current: int, lo: int, span: int) -> None:
-    p = policy(min=lo, max=max(1, lo + span))
-    series = [Point(NOW - 2 * (len(seq) - i - 1), v) for i, v in enumerate(seq)]
-    d = evaluate(p, {"sessions": series}, PoolState(current), NOW)
-    if d.outcome is Outcome.SCALE_OUT:
-        assert d.desired <= p.max and d.desired > current
-    if d.outcome is Outcome.SCALE_IN:
-        assert d.desired >= p.min and d.desired < current
-    if p.min <= current <= p.max:
-        assert p.min <= d.desired <= p.max
-
-
-@settings(max_examples=300, deadline=None)
-@given(seq=st.lists(values, min_size=1, max_size=20), current=st.integers(min_value=2, max_value=4))
-def test_missing_data_never_scales_in(seq: list[float | None], current: int) -> None:
-    p = policy(**TWO_INPUTS, max=10)
-    series = [Point(NOW - 2 * (len(seq) - i - 1), v) for i, v in enumerate(seq)]
-    d = evaluate(p, {"sessions": series, "queue": flat(None, NOW - 20, NOW)}, PoolState(current), NOW)
-    assert d.outcome is not Outcome.SCALE_IN
-
-
-@settings(max_examples=50, deadline=None)
-@given(period=st.integers(min_value=2, max_value=60), cooldown=st.integers(min_value=5, max_value=60))
-def test_square_wave_actions_bounded_by_cooldown(period: int, cooldown: int) -> None:
-    """A square wave of period P over T seconds causes at most ceil(T / cooldown) actions."""
-    p = policy(min=1, max=1000, cooldown={"scale_out": cooldown, "scale_in": cooldown},
-               rules=[{"name": "busy", "input": "sessions", "above": 20, "adjust": "+1"},
-                      {"name": "idle", "input": "sessions", "below": 5, "adjust": "-1"}])
-    size, last_out, last_in, actions, pts = 5, None, None, 0, []
-    total = 600
-    for t in range(0, total, 2):
-        pts.append(Point(float(t), 30.0 if (t // period) % 2 == 0 else 0.0))
-        d = evaluate(p, {"sessions": pts[-50:]},
-                     PoolState(size, last_scale_out_at=last_out, last_scale_in_at=last_in), float(t))
-        if d.acts:
-            actions += 1
-            if d.outcome is Outcome.SCALE_OUT:
-                last_out = float(t)
-            else:
-                last_in = float(t)
-            size = d.desired
-    assert actions <= -(-total // cooldown)
