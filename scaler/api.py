@@ -20,6 +20,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel, Field
 
 from policies import PoolPolicy
+from scaler.alerts import AlertsConfig, alerts_router
 from scaler.config import PoolConfig
 from scaler.explain import explain
 from scaler.metrics import Metrics
@@ -33,6 +34,7 @@ class ServiceView(Protocol):
     metrics: Metrics
     pools: dict[str, PoolConfig]
     policies: dict[str, PoolPolicy]
+    alerts: AlertsConfig
 
     @property
     def last_reload(self) -> Any: ...
@@ -66,6 +68,8 @@ class DecisionOut(BaseModel):
     inputs: dict[str, float | None]
     verdicts: list[dict[str, Any]]
     operation: str | None
+    context: dict[str, Any] = Field(default_factory=dict, description="cause, recommended size, bounds in "
+                                    "force, members warming up, alarm signals")
 
 
 class OperationOut(BaseModel):
@@ -118,7 +122,7 @@ class EventOut(BaseModel):
 def decision_out(d: DecisionRow) -> DecisionOut:
     return DecisionOut(id=d.id, at=iso(d.at), outcome=d.outcome, current=d.current, desired=d.desired,
                        rule=d.rule, reason=d.reason, dry_run=d.dry_run, inputs=json.loads(d.inputs),
-                       verdicts=json.loads(d.verdicts), operation=d.op_id)
+                       verdicts=json.loads(d.verdicts), operation=d.op_id, context=json.loads(d.context or "{}"))
 
 
 def reload_out(r: Any) -> ReloadOut:
@@ -146,6 +150,10 @@ def create_app(service: ServiceView, clock: Callable[[], float] = time.time) -> 
                 reason=op.reason, started=iso(op.created_at), finished=iso(op.finished_at), error=op.error),
             last_decision=decision_out(last[0]) if last else None,
         )
+
+    # Alarm receivers: they only record alarms (durably) and never scale inside a request.
+    app.include_router(alerts_router(service.store, lambda: service.alerts, lambda: set(service.pools),
+                                     service.metrics.registry, clock))
 
     def known(pool: str) -> None:
         if pool not in service.pools:

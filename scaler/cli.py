@@ -118,6 +118,26 @@ def cmd_reload(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_signal_url(args: argparse.Namespace) -> int:
+    import time
+
+    from policies import parse_duration
+    from scaler.alerts import signal_url_for
+    from scaler.config import ServiceConfig
+
+    cfg = _service_config(args.config, required=True)
+    assert isinstance(cfg, ServiceConfig)
+    if args.pool not in cfg.pools:
+        raise ScalerError(f"unknown pool {args.pool!r} (pools: {', '.join(sorted(cfg.pools))})")
+    base = args.base_url or f"http://{cfg.api.host}:{cfg.api.port}"
+    try:
+        ttl = parse_duration(args.ttl) if args.ttl else None
+    except ValueError as exc:
+        raise ConfigError([f"--ttl: {exc}"]) from None
+    print(signal_url_for(cfg.alerts.signals, base, args.pool, args.action, time.time(), ttl_s=ttl, key_id=args.key))
+    return 0
+
+
 def cmd_lab(args: argparse.Namespace) -> int:
     from scaler import lab
 
@@ -188,6 +208,18 @@ def main(argv: list[str] | None = None) -> int:
     rl.add_argument("-c", "--config", default="scaler.yaml", help="to find the API address")
     rl.add_argument("--api", default=None, help="the API's base URL (instead of -c)")
     rl.set_defaults(fn=cmd_reload)
+
+    su = sub.add_parser("signal-url", help="print a signed URL that asks a pool to scale (for Aodh/Heat-style "
+                        "alarms and scripts)")
+    su.add_argument("pool")
+    su.add_argument("action", choices=["scale-out", "scale-in"])
+    su.add_argument("--ttl", default=None, help="how long the URL stays valid, e.g. 30d (default: alerts.signals."
+                    "default_ttl)")
+    su.add_argument("--base-url", default=None, help="how callers reach the API, e.g. https://scaler.example:8750 "
+                    "(default: api.host:port from the config)")
+    su.add_argument("--key", default=None, help="sign with this key id (default: the first of alerts.signals.keys)")
+    su.add_argument("-c", "--config", default="scaler.yaml")
+    su.set_defaults(fn=cmd_signal_url)
 
     lab = sub.add_parser("lab", help="the network-namespace lab: up, down, status, load")
     lab.add_argument("lab_cmd", choices=["up", "down", "status", "load"])

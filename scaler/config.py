@@ -18,6 +18,7 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationEr
 
 from policies import PolicyFile, PoolPolicy, parse_duration
 from scaler import yamlconf
+from scaler.alerts.config import AlertsConfig
 from scaler.errors import ConfigError
 
 Duration = Annotated[float, BeforeValidator(parse_duration)]
@@ -87,6 +88,8 @@ class ServiceConfig(Strict):
     router: DriverConfig
     collectors: dict[str, CollectorConfig] = Field(min_length=1)
     pools: dict[PoolName, PoolConfig] = Field(min_length=1)
+    # Alarm webhooks (Alertmanager, Grafana) and signed scale signals: who may signal which pool.
+    alerts: AlertsConfig = AlertsConfig()
     # Set by load_config: where the file was, for resolving relative paths and for messages.
     source: Path = Path("scaler.yaml")
 
@@ -137,6 +140,10 @@ def load_config(path: Path, registries: Registries) -> ServiceConfig:
     problems += _check_driver("router", cfg.router, registries.routers, path, doc, ("router",))
     for name, col in cfg.collectors.items():
         problems += _check_driver("collector", col, registries.collectors, path, doc, ("collectors", name))
+    for pool in sorted(cfg.alerts.pools_named() - set(cfg.pools)):
+        line, column, _ = yamlconf.position(doc, ("alerts",))
+        problems.append(f"{path}:{line}:{column}: alerts: names pool {pool!r}, which is not under pools: "
+                        f"({', '.join(sorted(cfg.pools))})")
     if problems:
         raise ConfigError(problems)
     return cfg
@@ -183,7 +190,7 @@ def load_policy_file(path: Path, cfg: ServiceConfig) -> dict[str, PoolPolicy]:
             problems.append(f"{path}:{line}:{col}: pools.{name}: unknown pool {name!r} "
                             f"(pools in {cfg.source.name}: {known})")
         for iname, inp in pol.inputs.items():
-            if inp.source not in cfg.collectors:
+            if not inp.is_alarm and inp.source not in cfg.collectors:
                 line, col, _ = yamlconf.position(doc, ("pools", name, "inputs", iname, "source"))
                 known = ", ".join(sorted(cfg.collectors))
                 problems.append(f"{path}:{line}:{col}: pools.{name}.inputs.{iname}.source: unknown "

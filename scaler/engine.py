@@ -13,14 +13,40 @@ import time
 from collections import deque
 from collections.abc import Callable, Mapping, MutableMapping
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from collectors import Collector, CollectorError, Sample, Target
-from policies import Decision, Outcome, Point, PoolPolicy, PoolState, aggregate, evaluate, window_needed
+from policies import (
+    Decision,
+    Outcome,
+    Point,
+    PoolPolicy,
+    PoolState,
+    aggregate,
+    evaluate,
+    is_warming,
+    remember,
+    window_needed,
+)
 from scaler.config import CollectorConfig, PoolConfig
 from scaler.metrics import Metrics
 from scaler.store import CAPACITY, DecisionRow, Member, MemberState, Store, StoreError, dumps
 
 log = logging.getLogger("scaler.engine")
+
+
+class AlarmView(Protocol):
+    """What the engine reads of an alarm's state (scaler.alerts.AlarmState satisfies it)."""
+
+    @property
+    def value(self) -> float | None: ...
+
+    @property
+    def source(self) -> str: ...
+
+
+# (pool, now) → {alarm name: state}: the alarms received for a pool (webhooks, signed signals).
+AlarmSource = Callable[[str, float], Mapping[str, AlarmView]]
 
 
 class _Blank(dict[str, str]):
@@ -52,7 +78,11 @@ class Engine:
     collect_timeout_s: float = 5.0
     decisions_kept: int = 5000
     on_operation: Callable[[], None] | None = None
+    alarms: AlarmSource | None = None
     series: dict[str, dict[str, deque[Point]]] = field(default_factory=dict)
+    # Per pool: (t, recommended size) of recent evaluations, for scale-in stabilization windows.
+    # In memory on purpose: after a restart the first scale-in is merely less stabilized.
+    history: dict[str, tuple[tuple[float, int], ...]] = field(default_factory=dict)
 
     # --- collection -------------------------------------------------------------------------------
 
@@ -77,23 +107,31 @@ class Engine:
             self.metrics.collector_latency.labels(source).observe(time.perf_counter() - t0)
         return {s.metric: s.value for s in samples}, None
 
-    async def _collect_pool(self, pool: str, members: list[Member]) -> None:
+    async def _collect_pool(self, pool: str, serving: list[Member]) -> None:
         policy = self.policies[pool]
-        sources = sorted({i.source for i in policy.inputs.values()})
+        now = self.clock()
+        # Members still warming up are left out of the aggregates: a cold member's metrics would
+        # pull an average down right after a scale-out and invite a scale-in.
+        members = [m for m in serving if not is_warming(policy, m.state_since, now)]
+        warming = len(serving) - len(members)
+        sources = sorted({i.source for i in policy.inputs.values() if not i.is_alarm})
         reads = await asyncio.gather(*(self._read(src, m) for src in sources for m in members))
         now = self.clock()
         by_source: dict[str, list[tuple[Member, dict[str, float], str | None]]] = {s: [] for s in sources}
         for (src, m), (values, err) in zip(((s, m) for s in sources for m in members), reads, strict=True):
             by_source[src].append((m, values, err))
-        pool_series = self.series.setdefault(pool, {})
         keep = window_needed(policy)
+        alarms = self._alarm_states(pool, now) if policy.alarm_inputs() else {}
         for name, inp in policy.inputs.items():
+            if inp.is_alarm:
+                self._append_alarm(pool, name, inp.alarm or name, alarms, now)
+                continue
             rows = by_source[inp.source]
             got = [v[inp.metric] for _, v, _ in rows if inp.metric in v]
             missing = [err or f"{m.instance}: no {inp.metric!r} yet" for m, v, err in rows if inp.metric not in v]
             value = aggregate(got, inp.aggregate)
             if not members:
-                point = Point(now, None, "no member in service")
+                point = Point(now, None, f"{warming} members warming up" if warming else "no member in service")
             elif value is None:
                 point = Point(now, None, "; ".join(missing))
             else:
@@ -102,10 +140,34 @@ class Engine:
             self.metrics.input_value.labels(pool, name).set(float("nan") if point.value is None else point.value)
             self.metrics.input_members.labels(pool, name, "ok").set(len(got))
             self.metrics.input_members.labels(pool, name, "missing").set(len(missing))
-            s = pool_series.setdefault(name, deque())
-            s.append(point)
-            while s and s[0].t < now - keep:
-                s.popleft()
+            self._append(pool, name, point, keep)
+
+    def _append(self, pool: str, name: str, point: Point, keep: float) -> None:
+        s = self.series.setdefault(pool, {}).setdefault(name, deque())
+        s.append(point)
+        # The newest point always stays, whatever its age: an alarm's state holds until it changes.
+        while len(s) > 1 and s[0].t < point.t - keep:
+            s.popleft()
+
+    def _alarm_states(self, pool: str, now: float) -> Mapping[str, AlarmView]:
+        if self.alarms is None:
+            return {}
+        try:
+            return self.alarms(pool, now)
+        except Exception as exc:
+            # Unknown alarm state is missing data (blocks scale-in), never "not firing".
+            log.error("%s: reading alarm states failed: %s", pool, exc)
+            return {"": _UNKNOWN}
+
+    def _append_alarm(self, pool: str, name: str, alarm: str, states: Mapping[str, AlarmView], now: float) -> None:
+        state = states.get(alarm)
+        if state is None and "" in states:
+            state = states[""]
+        if state is None:
+            return      # never received: an empty series means "not firing", not "missing"
+        value = state.value
+        why = "alarm state unknown" if value is None else f"{'firing' if value else 'resolved'} via {state.source}"
+        self._append(pool, name, Point(now, value, why), window_needed(self.policies[pool]))
 
     # --- evaluation -------------------------------------------------------------------------------
 
@@ -117,7 +179,9 @@ class Engine:
         return PoolState(current=current, toward_max=current + failed,
                          busy=f"{op.kind.replace('_', '-')} {op.id}" if op else None,
                          last_scale_out_at=row.last_scale_out_at if row else None,
-                         last_scale_in_at=row.last_scale_in_at if row else None)
+                         last_scale_in_at=row.last_scale_in_at if row else None,
+                         in_service_since=tuple(m.state_since for m in members if m.state == MemberState.IN_SERVICE),
+                         recommendations=self.history.get(pool, ()))
 
     def evaluate(self) -> dict[str, Decision]:
         now = self.clock()
@@ -126,6 +190,7 @@ class Engine:
         for pool, policy in list(self.policies.items()):
             mine = [m for m in members if m.pool == pool]
             decision = evaluate(policy, self.series.get(pool, {}), self.pool_state(pool, mine), now)
+            self.history[pool] = remember(policy, self.history.get(pool, ()), now, decision)
             out[pool] = decision
             self._record(pool, decision, mine, now)
         return out
@@ -138,7 +203,8 @@ class Engine:
         row = DecisionRow(pool=pool, at=now, outcome=str(d.outcome), current=d.current, desired=d.desired,
                           rule=d.rule, reason=d.reason, dry_run=d.dry_run, inputs=dumps(dict(d.inputs)),
                           verdicts=dumps([{"rule": v.rule, "verdict": str(v.verdict), "step": v.step,
-                                           "detail": v.detail} for v in d.verdicts]))
+                                           "detail": v.detail} for v in d.verdicts]),
+                          context=dumps(self._context(pool, d)))
         try:
             if d.acts and d.outcome is Outcome.SCALE_OUT:
                 self.store.start_scale_out(pool, d.desired - d.current, d.current, d.reason, now, row)
@@ -156,6 +222,23 @@ class Engine:
         log.info("%s: %s %d → %d: %s", pool, d.outcome, d.current, d.desired, d.reason)
         if self.on_operation is not None:
             self.on_operation()
+
+    def _context(self, pool: str, d: Decision) -> dict[str, object]:
+        ctx: dict[str, object] = {"cause": str(d.cause), "recommended": d.recommended}
+        if d.bounds is not None:
+            ctx["bounds"] = str(d.bounds)
+        if d.warming:
+            ctx["warming"] = d.warming
+        policy = self.policies.get(pool)
+        signals = []
+        for name, alarm in (policy.alarm_inputs() if policy else {}).items():
+            series = self.series.get(pool, {}).get(name)
+            if series:
+                p = series[-1]
+                signals.append(f"{name}: {alarm} {p.why}")
+        if signals:
+            ctx["signals"] = signals
+        return ctx
 
     @staticmethod
     def victims(members: list[Member], count: int) -> list[Member]:
@@ -182,4 +265,18 @@ class Engine:
             c.forget(m.id)
 
 
-__all__ = ["Engine", "target_for"]
+class _Unknown:
+    """The state of every alarm when the alarm store could not be read: unknown (missing data)."""
+
+    @property
+    def value(self) -> float | None:
+        return None
+
+    @property
+    def source(self) -> str:
+        return "alarm store"
+
+
+_UNKNOWN = _Unknown()
+
+__all__ = ["AlarmSource", "AlarmView", "Engine", "target_for"]

@@ -54,8 +54,14 @@ def explain_one(pool: str, d: Mapping[str, Any], now: float | None = None) -> st
     lines = [f"{pool}  {_when(d.get('at'), now)}  {outcome}  {size}"]
     lines.append(f"  why:    {d.get('reason', '')}")
     ctx: Mapping[str, Any] = d.get("context") or {}
+    if ctx.get("cause"):
+        asked = ctx.get("recommended")
+        extra = f"; rules recommend size {asked}" if asked not in (None, d.get("current"), d.get("desired")) else ""
+        lines.append(f"  cause:  {ctx['cause']}{extra}")
     if ctx.get("bounds"):
         lines.append(f"  bounds: {ctx['bounds']}")
+    if ctx.get("warming"):
+        lines.append(f"  warm-up: {ctx['warming']} members warming (left out of the inputs)")
     if ctx.get("signals"):
         lines.append("  signals: " + "; ".join(str(s) for s in ctx["signals"]))
     inputs: Mapping[str, Any] = d.get("inputs") or {}

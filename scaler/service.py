@@ -28,6 +28,8 @@ from actuators.router import Router
 from collectors import Collector
 from policies import PoolPolicy
 from scaler import drivers
+from scaler.alerts import alarm_states
+from scaler.alerts import prune as prune_alerts
 from scaler.api import create_app
 from scaler.config import ServiceConfig, load_config, load_policies, policy_fingerprint
 from scaler.engine import Engine
@@ -37,6 +39,8 @@ from scaler.metrics import Metrics
 from scaler.store import Store
 
 log = logging.getLogger("scaler")
+
+ALERTS_KEPT_S = 7 * 86400.0
 
 
 class _Server(uvicorn.Server):
@@ -74,9 +78,11 @@ class Service:
         self.metrics = metrics or Metrics()
         self.clock = clock
         self.lifecycle = Lifecycle(store, orchestrator, router, drainer, self.pools, self.metrics, clock)
+        self.alerts = cfg.alerts
         self.engine = Engine(store, collectors, cfg.collectors, self.pools, self.policies, self.metrics, clock,
                              collect_timeout_s=max(0.5, cfg.intervals.collect * 0.8),
-                             decisions_kept=cfg.store.decisions_kept, on_operation=self.wake)
+                             decisions_kept=cfg.store.decisions_kept, on_operation=self.wake,
+                             alarms=lambda pool, now: alarm_states(store, pool, now))
         self.lifecycle.on_deleted = self.engine.forget
         self.scheduler = AsyncIOScheduler()
         self.server: _Server | None = None
@@ -134,6 +140,12 @@ class Service:
         self.last_reload = result
         return result
 
+    def prune(self) -> None:
+        self.engine.prune()
+        # Alarm records older than a week: far above any Alertmanager repeat_interval, so a repeat
+        # is still recognised as a duplicate.
+        prune_alerts(self.store, self.clock(), ALERTS_KEPT_S)
+
     def _watch_policies(self) -> None:
         if policy_fingerprint(self.cfg) != self._policy_fp:
             self.reload_policies("file")
@@ -185,7 +197,7 @@ class Service:
         self.scheduler.add_job(self._job, "interval", seconds=iv.reconcile,
                                args=["reconcile", self.lifecycle.reconcile], id="reconcile",
                                max_instances=1, coalesce=True, misfire_grace_time=1)
-        self.scheduler.add_job(self._job, "interval", seconds=300, args=["prune", self.engine.prune], id="prune")
+        self.scheduler.add_job(self._job, "interval", seconds=300, args=["prune", self.prune], id="prune")
         if iv.policy_watch > 0:
             self.scheduler.add_job(self._job, "interval", seconds=iv.policy_watch,
                                    args=["policy_watch", self._watch_policies], id="policy_watch",

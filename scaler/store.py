@@ -134,6 +134,8 @@ class DecisionRow(SQLModel, table=True):
     inputs: str = "{}"                       # JSON {input: value|null}
     verdicts: str = "[]"                     # JSON [{rule, verdict, step, detail}]
     op_id: str | None = None
+    # JSON {cause, recommended, bounds, warming, signals}: the rest of the explanation.
+    context: str = "{}"
 
 
 class EventRow(SQLModel, table=True):
