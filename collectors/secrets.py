@@ -5,7 +5,10 @@ An SNMP community, a USM key or a bearer token is configured as a *reference*:
     community: {file: /etc/scaler/snmp-community}      # first line of the file, stripped
     auth_key:  {env: SCALER_SNMP_AUTH_KEY}
 
-and resolved once when the collector is built. The resolved value is a `pydantic.SecretStr`: its
+and resolved once when the configuration is validated. A relative `file` is relative to the
+`base_dir` given in the validation context (the service passes the directory of scaler.yaml, as
+Prometheus does for its `*_file` settings), else to the working directory. The resolved value is a
+`pydantic.SecretStr`: its
 `repr`/`str` print `**********`, so it cannot leak into a log line, an exception message or an API
 answer by accident; call `.get_secret_value()` only where the protocol needs the bytes.
 """
@@ -16,7 +19,7 @@ import os
 from pathlib import Path
 from typing import Annotated, Any
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, SecretStr, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, SecretStr, ValidationInfo, model_validator
 
 __all__ = ["Secret", "SecretRef", "resolve_secret"]
 
@@ -38,7 +41,7 @@ class SecretRef(BaseModel):
     def describe(self) -> str:
         return f"file {self.file}" if self.file is not None else f"env ${self.env}"
 
-    def read(self) -> SecretStr:
+    def read(self, base_dir: Path | None = None) -> SecretStr:
         """The secret's value. Raises ValueError naming the file or variable (never the value)."""
         if self.env is not None:
             value = os.environ.get(self.env)
@@ -46,10 +49,11 @@ class SecretRef(BaseModel):
                 raise ValueError(f"environment variable {self.env} is not set")
         else:
             assert self.file is not None
+            path = self.file if self.file.is_absolute() or base_dir is None else base_dir / self.file
             try:
-                text = self.file.read_text(encoding="utf-8")
+                text = path.read_text(encoding="utf-8")
             except OSError as exc:
-                raise ValueError(f"cannot read secret file {self.file}: {exc.strerror or exc}") from None
+                raise ValueError(f"cannot read secret file {path}: {exc.strerror or exc}") from None
             lines = text.splitlines()
             value = lines[0].strip() if lines else ""
         if not value:
@@ -57,14 +61,15 @@ class SecretRef(BaseModel):
         return SecretStr(value)
 
 
-def resolve_secret(value: Any) -> Any:
+def resolve_secret(value: Any, info: ValidationInfo) -> Any:
     """Pydantic before-validator: `{file: …}` / `{env: …}` → SecretStr. A plain string is refused so
     that no credential ends up in a config file (or in its version control)."""
     if isinstance(value, SecretStr):
         return value
     if isinstance(value, str):
         raise ValueError("write credentials as {file: PATH} or {env: VARIABLE}, not inline")
-    return SecretRef.model_validate(value).read()
+    base = (info.context or {}).get("base_dir") if info.context is not None else None
+    return SecretRef.model_validate(value).read(Path(base) if base is not None else None)
 
 
 # A config field holding a credential: `community: Secret`.

@@ -122,7 +122,7 @@ def _check_driver(kind: str, section: Any, registry: Mapping[str, type[BaseModel
         return [f"{path}:{line}:{col}: {'.'.join(loc)}.driver: unknown {kind} driver "
                 f"{section.driver!r} (known: {known})"]
     try:
-        registry[section.driver].model_validate(section.options)
+        registry[section.driver].model_validate(section.options, context={"base_dir": path.parent})
     except ValidationError as exc:
         return yamlconf.problems_of(exc, path, doc, prefix=(*loc, "options"))
     return []
@@ -133,7 +133,7 @@ def load_config(path: Path, registries: Registries) -> ServiceConfig:
     doc = yamlconf.load(path)
     if doc is None:
         raise ConfigError([f"{path}:1:1: the file is empty"])
-    cfg = yamlconf.validate(ServiceConfig, path, doc)
+    cfg = yamlconf.validate(ServiceConfig, path, doc, context={"base_dir": path.parent})
     cfg = cfg.model_copy(update={"source": path})
     problems = _check_driver("orchestrator", cfg.orchestrator, registries.orchestrators, path, doc,
                              ("orchestrator",))
@@ -149,9 +149,12 @@ def load_config(path: Path, registries: Registries) -> ServiceConfig:
     return cfg
 
 
-def driver_options(section: DriverConfig | CollectorConfig, registry: Mapping[str, type[BaseModel]]) -> Any:
-    """The validated options model of a section already checked by load_config."""
-    return registry[section.driver].model_validate(section.options)
+def driver_options(section: DriverConfig | CollectorConfig, registry: Mapping[str, type[BaseModel]],
+                   base_dir: Path | None = None) -> Any:
+    """The validated options model of a section already checked by load_config. Relative secret
+    files are relative to `base_dir` (scaler.yaml's directory)."""
+    context = {"base_dir": base_dir} if base_dir is not None else None
+    return registry[section.driver].model_validate(section.options, context=context)
 
 
 def policy_files(directory: Path) -> list[Path]:

@@ -26,6 +26,7 @@ import httpx
 from ruamel.yaml import YAML
 
 from actuators import netns
+from actuators.lab import lab_snmp_secrets
 from scaler.lab import LabConfig, LoadRun, lab_down, lab_up
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "deploy" / "examples"
@@ -77,6 +78,11 @@ def write_config(lab: LabConfig, port: int, *, policy: Path | None = None,
     opts["lab"], opts["dir"], opts["backend_delay_ms"] = lab.name, str(lab.lab_dir), lab.backend_delay_ms
     opts["keepalive_timeout_s"] = lab.keepalive_timeout_s
     doc["router"]["options"]["netns"] = lab.router_ns
+    snmp = doc["collectors"].get("snmp")
+    if snmp is not None:
+        for key, path in lab_snmp_secrets(lab.lab_dir).items():
+            if key in snmp["options"]:
+                snmp["options"][key] = {"file": str(path)}
     doc["pools"]["web"]["vip"] = str(lab.vip)
     for dotted, value in (overrides or {}).items():
         node = doc

@@ -67,8 +67,9 @@ class HAProxyDrainer:
 def build_all(cfg: ServiceConfig) -> tuple[Orchestrator, Router, Drainer, dict[str, Collector]]:
     _, o_factory = ORCHESTRATORS[cfg.orchestrator.driver]
     _, r_factory = ROUTERS[cfg.router.driver]
-    orchestrator = o_factory(driver_options(cfg.orchestrator, REGISTRIES.orchestrators))
-    router = r_factory(driver_options(cfg.router, REGISTRIES.routers))
-    built = {name: collectors.COLLECTORS[c.driver].factory(driver_options(c, REGISTRIES.collectors))
+    base = cfg.source.parent
+    orchestrator = o_factory(driver_options(cfg.orchestrator, REGISTRIES.orchestrators, base))
+    router = r_factory(driver_options(cfg.router, REGISTRIES.routers, base))
+    built = {name: collectors.COLLECTORS[c.driver].factory(driver_options(c, REGISTRIES.collectors, base))
              for name, c in cfg.collectors.items()}
     return orchestrator, router, HAProxyDrainer(), built

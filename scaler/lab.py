@@ -38,6 +38,7 @@ from actuators.lab import (
     LAB_NAME_PATTERN,
     LabOrchestratorConfig,
     client_ns,
+    ensure_lab_snmp_secrets,
     kill_netns_processes,
     kill_pidfile,
     process_matches,
@@ -125,6 +126,9 @@ async def lab_up(cfg: LabConfig) -> dict[str, Any]:
     lab_dir = cfg.lab_dir
     lab_dir.mkdir(parents=True, exist_ok=True)
     (lab_dir / "instances").mkdir(exist_ok=True)
+    # The SNMP credentials every instance's snmpd gets: made now so that a scaler.yaml referring to
+    # them ({file: …/snmp/auth_key}) validates before the first instance exists.
+    ensure_lab_snmp_secrets(lab_dir)
     rns, cns = cfg.router_ns, cfg.client_ns
     for ns in (rns, cns):
         if not netns.exists(ns):

@@ -23,6 +23,7 @@ from actuators.lab import LabOrchestrator
 from scaler.demo import EXAMPLES, ServiceProcess, fib_next_hops, free_port, run_scenario, write_config
 from scaler.lab import LabConfig, lab_down, lab_namespaces, lab_up
 from scaler.store import MemberState, Store
+from tests.examples import example_config_text
 
 pytestmark = [
     pytest.mark.integration,
@@ -160,16 +161,17 @@ def test_broken_config_stops_run_naming_file_line_and_key(tmp_path: Path) -> Non
     (tmp_path / "policies").mkdir()
     (tmp_path / "policies" / "web.yaml").write_text((EXAMPLES / "policies" / "web.yaml").read_text())
     config = tmp_path / "scaler.yaml"
-    config.write_text((EXAMPLES / "scaler.yaml").read_text().replace("    idle_timer_s: 5", "    idle_timer: 5"))
+    example = example_config_text(tmp_path / "snmp")
+    config.write_text(example.replace("    idle_timer_s: 5", "    idle_timer: 5"))
     run = subprocess.run([sys.executable, "-m", "scaler", "run", "-c", str(config)], capture_output=True,
                          text=True, timeout=60)
     assert run.returncode == 2
-    assert f"{config}:34:5: router.options.idle_timer: unknown key" in run.stderr
+    assert f"{config}:36:5: router.options.idle_timer: unknown key" in run.stderr
 
-    config.write_text((EXAMPLES / "scaler.yaml").read_text())
+    config.write_text(example)
     policy = tmp_path / "policies" / "web.yaml"
     policy.write_text(policy.read_text().replace("for: 6s", "for: soon"))
     run = subprocess.run([sys.executable, "-m", "scaler", "run", "-c", str(config)], capture_output=True,
                          text=True, timeout=60)
     assert run.returncode == 2
-    assert f"{policy}:18:9: pools.web.rules.0.for: not a duration: 'soon'" in run.stderr
+    assert f"{policy}:22:9: pools.web.rules.0.for: not a duration: 'soon'" in run.stderr

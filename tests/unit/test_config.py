@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 import pytest
@@ -11,12 +10,12 @@ from scaler import drivers
 from scaler.config import load_config, load_policies
 from scaler.errors import ConfigError
 
-EXAMPLES = Path(__file__).resolve().parents[2] / "deploy" / "examples"
+from tests.examples import copy_examples
 
 
 @pytest.fixture
 def conf(tmp_path: Path) -> Path:
-    shutil.copytree(EXAMPLES, tmp_path, dirs_exist_ok=True)
+    copy_examples(tmp_path)
     return tmp_path
 
 
@@ -37,15 +36,15 @@ def test_the_shipped_example_is_valid(conf: Path) -> None:
     [
         pytest.param("policy_dir: policies", "policy_dri: policies", ":15:1: policy_dri: unknown key",
                      id="unknown top-level key"),
-        pytest.param("vip: 198.19.0.1", "vip: 198.19.0.300", ":49:5: pools.web.vip: Input is not a valid IPv4 address",
+        pytest.param("vip: 198.19.0.1", "vip: 198.19.0.300", ":67:5: pools.web.vip: Input is not a valid IPv4 address",
                      id="bad VIP"),
-        pytest.param("driver: kernel ", "driver: bgp ", ":30:3: router.driver: unknown router driver 'bgp' "
+        pytest.param("driver: kernel ", "driver: bgp ", ":32:3: router.driver: unknown router driver 'bgp' "
                      "(known: fake, kernel)", id="unknown driver"),
-        pytest.param("    buckets: 128", "    buckets: many", ":33:5: router.options.buckets: Input should be a "
+        pytest.param("    buckets: 128", "    buckets: many", ":35:5: router.options.buckets: Input should be a "
                      "valid integer", id="driver option of the wrong type"),
         pytest.param("  collect: 2s", "  collect: 2 seconds", ":18:3: intervals.collect: not a duration",
                      id="bad duration"),
-        pytest.param("boot_timeout: 60s", "boot_timeout: 60s\n    boot_timout: 1m", ":51:5: "
+        pytest.param("boot_timeout: 60s", "boot_timeout: 60s\n    boot_timout: 1m", ":69:5: "
                      "pools.web.boot_timout: unknown key", id="typo in a pool"),
     ],
 )
@@ -61,11 +60,11 @@ def test_service_config_errors(conf: Path, old: str, new: str, expected: str) ->
     ("old", "new", "expected"),
     [
         pytest.param("  web:", "  api:", ":4:3: pools.api: unknown pool 'api'", id="pool not in scaler.yaml"),
-        pytest.param("source: haproxy", "source: snmp", ":9:9: pools.web.inputs.sessions.source: unknown "
-                     "collector 'snmp'", id="unknown collector"),
+        pytest.param("source: haproxy", "source: snmpx", ":9:9: pools.web.inputs.sessions.source: unknown "
+                     "collector 'snmpx'", id="unknown collector"),
         pytest.param("    max: 3", "    max: 0", ":6:5: pools.web.max: Input should be greater than or equal to 1",
                      id="max below one"),
-        pytest.param("adjust: +1", "adjust: +one", ":19:9: pools.web.rules.0.adjust: adjust must look like",
+        pytest.param("adjust: +1", "adjust: +one", ":23:9: pools.web.rules.0.adjust: adjust must look like",
                      id="bad adjustment"),
         pytest.param("    min: 1 ", "    min: 5 ", ":4:3: pools.web: min (5) is greater than max (3)",
                      id="min above max"),

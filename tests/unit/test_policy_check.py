@@ -3,14 +3,13 @@ every file as FILE:LINE:COL: message — the same validation the service runs on
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 import pytest
 
 from scaler.cli import main
 
-EXAMPLES = Path(__file__).resolve().parents[2] / "deploy" / "examples"
+from tests.examples import copy_examples
 
 GOOD = """\
 pools:
@@ -30,8 +29,7 @@ pools:
 
 @pytest.fixture
 def conf(tmp_path: Path) -> Path:
-    shutil.copytree(EXAMPLES, tmp_path / "etc")
-    return tmp_path / "etc" / "scaler.yaml"
+    return copy_examples(tmp_path / "etc")
 
 
 def write(tmp_path: Path, name: str, old: str, new: str) -> Path:

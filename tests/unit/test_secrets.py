@@ -42,3 +42,13 @@ def test_empty_secret_file_is_an_error(tmp_path):
     f.write_text("\n")
     with pytest.raises(ValidationError, match="is empty"):
         Conf.model_validate({"token": {"file": str(f)}})
+
+
+def test_a_relative_secret_file_is_relative_to_the_base_dir(tmp_path, monkeypatch):
+    (tmp_path / "secrets").mkdir()
+    (tmp_path / "secrets" / "token").write_text("rel\n")
+    monkeypatch.chdir("/")
+    conf = Conf.model_validate({"token": {"file": "secrets/token"}}, context={"base_dir": tmp_path})
+    assert conf.token.get_secret_value() == "rel"
+    with pytest.raises(ValidationError, match="cannot read secret file secrets/token"):
+        Conf.model_validate({"token": {"file": "secrets/token"}})

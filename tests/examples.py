@@ -1,0 +1,27 @@
+"""The shipped examples (deploy/examples) as a test sees them: copied to a directory of its own, with
+the lab's SNMP secret files (which `scaler lab up` makes under /run/scaler-lab) replaced by files in
+that directory, so the examples validate without a lab and without touching /run."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+EXAMPLES = Path(__file__).resolve().parents[1] / "deploy" / "examples"
+LAB_SECRETS = "/run/scaler-lab/scl/snmp/"
+
+
+def example_config_text(secrets_dir: Path) -> str:
+    """deploy/examples/scaler.yaml with its secret files under `secrets_dir` (made here)."""
+    secrets_dir.mkdir(parents=True, exist_ok=True)
+    for name in ("auth_key", "priv_key", "community"):
+        (secrets_dir / name).write_text(f"test-{name}-0123456789\n")
+    return (EXAMPLES / "scaler.yaml").read_text().replace(LAB_SECRETS, f"{secrets_dir}/")
+
+
+def copy_examples(dst: Path) -> Path:
+    """Copy deploy/examples to `dst`; returns the path of its scaler.yaml. Line numbers are unchanged."""
+    shutil.copytree(EXAMPLES, dst, dirs_exist_ok=True)
+    config = dst / "scaler.yaml"
+    config.write_text(example_config_text(dst / "snmp"))
+    return config
