@@ -9,7 +9,6 @@ import pytest
 from scaler import drivers
 from scaler.config import load_config, load_policies
 from scaler.errors import ConfigError
-
 from tests.examples import copy_examples
 
 

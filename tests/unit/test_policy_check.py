@@ -8,7 +8,6 @@ from pathlib import Path
 import pytest
 
 from scaler.cli import main
-
 from tests.examples import copy_examples
 
 GOOD = """\
