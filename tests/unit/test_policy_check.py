@@ -60,6 +60,8 @@ def test_every_problem_of_every_file_with_file_line_and_text(tmp_path: Path, con
         "collector": write(tmp_path, "collector.yaml", "source: haproxy", "source: snmpx"),
         "input": write(tmp_path, "input.yaml", "        input: sessions", "        input: session"),
         "syntax": write(tmp_path, "syntax.yaml", "    max: 3", "    max: [3"),
+        "cron": write(tmp_path, "cron.yaml", "        adjust: +1\n", "        adjust: +1\n    schedules:\n"
+                      "      - {name: morning, cron: '0 25 * * *', duration: 1h, min: 2, timezone: Mars/Olympus}\n"),
     }
     code = main(["policy", "check", "-c", str(conf), *map(str, files.values())])
     out = capsys.readouterr().out.splitlines()
@@ -73,6 +75,8 @@ def test_every_problem_of_every_file_with_file_line_and_text(tmp_path: Path, con
         f"{files['collector']}:6:18: pools.web.inputs.sessions.source: unknown collector 'snmpx'",
         f"{files['input']}:2:3: pools.web: rule 'busy' uses unknown input 'session' (inputs: sessions)",
         f"{files['syntax']}:",
+        f"{files['cron']}:14:25: pools.web.schedules.0.cron: not a cron expression: '0 25 * * *'",
+        f"{files['cron']}:14:67: pools.web.schedules.0.timezone: unknown timezone 'Mars/Olympus'",
     ]
     for want in expected:
         assert any(line.startswith(want) for line in out), f"{want!r} not in:\n" + "\n".join(out)
