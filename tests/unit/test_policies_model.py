@@ -214,7 +214,7 @@ def test_the_reference_example_is_valid_and_uses_every_feature() -> None:
 
 def test_the_shipped_policy_stays_valid() -> None:
     web = load(EXAMPLES / "policies" / "web.yaml").pools["web"]
-    assert (web.min, web.max, [r.name for r in web.rules]) == (1, 3, ["busy", "idle"])
+    assert (web.min, web.max, [r.name for r in web.rules]) == (1, 3, ["busy", "hot-host", "idle"])
 
 
 def test_the_example_in_the_model_docstring_is_valid() -> None:
