@@ -21,6 +21,7 @@ from pydantic import BaseModel, Field
 
 from policies import PoolPolicy
 from scaler.alerts import AlertsConfig, alerts_router
+from scaler.breaker import BreakerOut, breaker_out, breaker_state, reset_breaker
 from scaler.config import PoolConfig
 from scaler.explain import explain
 from scaler.metrics import Metrics
@@ -94,6 +95,7 @@ class PoolOut(BaseModel):
     members: list[MemberOut]
     operation: OperationOut | None
     last_decision: DecisionOut | None
+    launch_breaker: BreakerOut
 
 
 class ReloadOut(BaseModel):
@@ -149,6 +151,7 @@ def create_app(service: ServiceView, clock: Callable[[], float] = time.time) -> 
                 id=op.id, kind=op.kind, state=op.state, from_size=op.from_size, to_size=op.to_size,
                 reason=op.reason, started=iso(op.created_at), finished=iso(op.finished_at), error=op.error),
             last_decision=decision_out(last[0]) if last else None,
+            launch_breaker=breaker_out(breaker_state(service.store, name, clock()), clock()),
         )
 
     # Alarm receivers: they only record alarms (durably) and never scale inside a request.
@@ -190,8 +193,18 @@ def create_app(service: ServiceView, clock: Callable[[], float] = time.time) -> 
     def why(pool: str, limit: int = Query(5, ge=1, le=200)) -> PlainTextResponse:
         """The latest evaluations of the pool as text: decision, reason, inputs, each rule's verdict."""
         known(pool)
+        now = clock()
         rows = [decision_out(d).model_dump() for d in service.store.decisions(pool, limit)]
-        return PlainTextResponse(explain(pool, rows, clock()))
+        st = breaker_state(service.store, pool, now)
+        head = f"{pool}: {st.summary(now)}\n\n" if st.status != "closed" else ""
+        return PlainTextResponse(head + explain(pool, rows, now))
+
+    @app.post("/v1/pools/{pool}/breaker/reset")
+    def breaker_reset(pool: str) -> BreakerOut:
+        """Close the pool's launch circuit breaker and forget its failures (`scaler breaker reset`)."""
+        known(pool)
+        now = clock()
+        return breaker_out(reset_breaker(service.store, pool, now, by="api"), now)
 
     @app.get("/v1/policies")
     def policies() -> PoliciesOut:

@@ -138,6 +138,24 @@ def cmd_signal_url(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_breaker(args: argparse.Namespace) -> int:
+    import httpx
+
+    base = _api_base(args)
+    try:
+        if args.breaker_cmd == "reset":
+            r = httpx.post(f"{base}/v1/pools/{args.pool}/breaker/reset", timeout=10, trust_env=False)
+        else:
+            r = httpx.get(f"{base}/v1/pools/{args.pool}", timeout=10, trust_env=False)
+    except httpx.HTTPError as exc:
+        raise ScalerError(f"cannot reach the scaler API at {base}: {exc}") from exc
+    if r.status_code != 200:
+        raise ScalerError(f"{base}: HTTP {r.status_code}: {r.text.strip()}")
+    body = r.json()
+    print((body if args.breaker_cmd == "reset" else body["launch_breaker"])["summary"])
+    return 0
+
+
 def cmd_lab(args: argparse.Namespace) -> int:
     from scaler import lab
 
@@ -220,6 +238,18 @@ def main(argv: list[str] | None = None) -> int:
     su.add_argument("--key", default=None, help="sign with this key id (default: the first of alerts.signals.keys)")
     su.add_argument("-c", "--config", default="scaler.yaml")
     su.set_defaults(fn=cmd_signal_url)
+
+    from scaler.simulate import add_arguments as add_simulate
+
+    add_simulate(sub.add_parser("simulate", help="replay recorded metrics through a policy: timeline, summary, "
+                                "plot"))
+
+    br = sub.add_parser("breaker", help="a pool's launch circuit breaker: show or reset (asks the running service)")
+    br.add_argument("breaker_cmd", choices=["show", "reset"])
+    br.add_argument("pool")
+    br.add_argument("-c", "--config", default="scaler.yaml", help="to find the API address")
+    br.add_argument("--api", default=None, help="the API's base URL (instead of -c)")
+    br.set_defaults(fn=cmd_breaker)
 
     lab = sub.add_parser("lab", help="the network-namespace lab: up, down, status, load")
     lab.add_argument("lab_cmd", choices=["up", "down", "status", "load"])

@@ -19,6 +19,7 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationEr
 from policies import PolicyFile, PoolPolicy, parse_duration
 from scaler import yamlconf
 from scaler.alerts.config import AlertsConfig
+from scaler.breaker import LaunchBreakerConfig
 from scaler.errors import ConfigError
 
 Duration = Annotated[float, BeforeValidator(parse_duration)]
@@ -47,6 +48,9 @@ class Intervals(Strict):
     # How often the policy directory is checked for edits (0 = never; SIGHUP and POST /v1/reload
     # still reload).
     policy_watch: Duration = Field(default=2.0, ge=0)
+    # How often instances are compared with the orchestrator (unknown servers, vanished members);
+    # 0 = only at start.
+    audit: Duration = Field(default=60.0, ge=0)
 
 
 class DriverConfig(Strict):
@@ -77,6 +81,9 @@ class PoolConfig(Strict):
     instance: dict[str, Any] = Field(default_factory=dict, description="passed to the orchestrator")
     boot_timeout: Duration = 300.0
     drain_timeout: Duration = 120.0
+    # After `failures` launches in a row that never became healthy, stop creating members for
+    # `cool_off` (0: until `scaler breaker reset POOL`).
+    launch_breaker: LaunchBreakerConfig = LaunchBreakerConfig()
 
 
 class ServiceConfig(Strict):

@@ -28,6 +28,7 @@ from policies import (
     remember,
     window_needed,
 )
+from scaler.breaker import breaker_state, hold_for_breaker
 from scaler.config import CollectorConfig, PoolConfig
 from scaler.metrics import Metrics
 from scaler.store import CAPACITY, DecisionRow, Member, MemberState, Store, StoreError, dumps
@@ -190,6 +191,7 @@ class Engine:
         for pool, policy in list(self.policies.items()):
             mine = [m for m in members if m.pool == pool]
             decision = evaluate(policy, self.series.get(pool, {}), self.pool_state(pool, mine), now)
+            decision = hold_for_breaker(decision, breaker_state(self.store, pool, now))
             self.history[pool] = remember(policy, self.history.get(pool, ()), now, decision)
             out[pool] = decision
             self._record(pool, decision, mine, now)

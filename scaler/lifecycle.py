@@ -10,6 +10,21 @@ Each transition is written to the store before the side effect that follows it, 
 effect is idempotent, so a pass interrupted anywhere (crash, SIGKILL) is simply resumed by the next
 pass of a restarted scaler. The route of a member exists only in states announcing, in_service and
 draining, so no state can leave a route to a deleted instance.
+
+Failures (`actuators.errors`): any error of an early step (creating, booting, healthy) fails the
+member, and a failed member is withdrawn (it never had a route) and deleted — server and ports —
+so a refused, unanswered or broken launch leaves nothing behind. Two exceptions while booting:
+an error *asking* about the instance (API timeout, 5xx) is not an answer about it, so the member
+keeps booting and its `boot_timeout` bounds the wait; and launches that will never serve
+(`LaunchFailed`: ERROR, BUILD past the driver's build timeout) or that expire their `boot_timeout`
+are counted by the pool's launch circuit breaker (`scaler.breaker`), which, once open, makes this
+module fail new members of the pool without launching them. Quota, conflict and timeout errors
+of a create fail the member but are not counted: nothing was launched.
+
+`audit()` compares the orchestrator's instances of each pool with the store: instances nobody
+knows are reported (never adopted, never deleted), instances of members the store says are
+deleted are deleted again, and members whose instance vanished are failed (draining ones
+withdrawn) so their route goes in the same call.
 """
 
 from __future__ import annotations
@@ -18,14 +33,25 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from ipaddress import IPv4Address
 from typing import Protocol
 
-from actuators.errors import ActuatorError
+from sqlmodel import col, select
+
+from actuators.errors import ActuatorError, BuildTimeout, InstanceNotFound, LaunchFailed
 from actuators.orchestrator import Instance, InstanceSpec, Orchestrator
 from actuators.router import ApplyResult, DesiredRoutes, HopState, NextHop, Router, RouteStatus
 from policies import format_duration
+from scaler.breaker import (
+    BreakerMetrics,
+    LaunchBreakerConfig,
+    breaker_state,
+    breaker_states,
+    note_cool_off,
+    record_launch_failure,
+    record_launch_success,
+)
 from scaler.config import PoolConfig
 from scaler.metrics import Metrics
 from scaler.store import Member, MemberState, OpKind, OpState, Store, dumps
@@ -34,6 +60,12 @@ log = logging.getLogger("scaler.lifecycle")
 
 ROUTED = {MemberState.ANNOUNCING: HopState.ACTIVE, MemberState.IN_SERVICE: HopState.ACTIVE,
           MemberState.DRAINING: HopState.DRAINING}
+# Steps before service: an error here fails the member (it never served).
+EARLY = frozenset({MemberState.CREATING, MemberState.BOOTING, MemberState.HEALTHY})
+# Members whose instance must exist in the orchestrator (the audit checks them).
+EXISTING = frozenset({MemberState.BOOTING, MemberState.HEALTHY, MemberState.ANNOUNCING, MemberState.IN_SERVICE,
+                      MemberState.DRAINING})
+AUDIT_KINDS = ("unknown_instance", "leftover", "vanished", "missing", "inconsistent", "list_failed")
 
 
 class Drainer(Protocol):
@@ -71,6 +103,25 @@ def desired_routes(pools: Mapping[str, PoolConfig], members: list[Member]) -> di
     return {vip: frozenset(hops) for vip, hops in out.items()}
 
 
+@dataclass(frozen=True, slots=True)
+class Finding:
+    """One discrepancy the audit found between the orchestrator and the store.
+
+    kind: `unknown_instance` (an instance of the pool no member ever had: reported, left alone),
+    `leftover` (the instance of a member the store says is deleted: deleted again), `vanished`
+    (a member's instance is gone: member failed, or withdrawn if it was draining), `missing` (not
+    listed, not confirmed gone yet: checked again at the next audit), `inconsistent` (not listed,
+    yet it answers: nothing done), `list_failed` (the orchestrator could not list the pool).
+    action: what was done: `reported`, `deleted`, `failed`, `withdrawn`, `confirming`, `none`.
+    """
+
+    pool: str
+    kind: str
+    instance: str | None
+    action: str
+    message: str
+
+
 @dataclass
 class Lifecycle:
     store: Store
@@ -82,10 +133,15 @@ class Lifecycle:
     clock: Callable[[], float] = time.time
     action_timeout_s: float = 120.0
     on_deleted: Callable[[Member], None] | None = None
+    # Each pool's launch circuit breaker settings (PoolConfig.launch_breaker); missing: defaults.
+    breakers: Mapping[str, LaunchBreakerConfig] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self._lock = asyncio.Lock()
         self.last_apply: ApplyResult | None = None
+        self.breaker_metrics = BreakerMetrics.of(self.metrics.registry)
+        self._missing: dict[str, float] = {}         # member id → audit time its instance was first missed
+        self._reported: set[tuple[str, str, str]] = set()   # (pool, kind, instance) already in the events
 
     async def reconcile(self) -> None:
         """One pass. Passes never overlap: a second caller waits for the running one."""
@@ -108,6 +164,7 @@ class Lifecycle:
             desired = now_desired
         self._finish_operations()
         self._export_sizes(members)
+        self._export_breakers()
 
     async def _apply_routes(self, desired: DesiredRoutes) -> dict[IPv4Address, RouteStatus] | None:
         try:
@@ -141,26 +198,66 @@ class Lifecycle:
         pool = self.pools.get(m.pool)
         if pool is None:
             return      # a pool removed from the config: its members are left for an operator
+        state = MemberState(m.state)
         try:
             await asyncio.wait_for(self._step(m, pool, statuses), self.action_timeout_s)
+        except LaunchFailed as exc:
+            # The instance exists but will never serve (ERROR, BUILD past the build timeout).
+            self._error(m, str(exc))
+            if state in EARLY:
+                self._launch_failed(m, str(exc), "build_timeout" if isinstance(exc, BuildTimeout) else "error")
         except (ActuatorError, TimeoutError) as exc:
             what = str(exc) or f"no result after {self.action_timeout_s:.0f}s"
-            log.warning("%s (%s): %s", m.instance, m.state, what)
-            self.metrics.actions.labels(m.pool, str(m.state), "error").inc()
-            self.store.add_event(m.pool, "error", f"{m.instance} ({m.state}): {what}", self.clock(),
-                                 member=m.instance)
-            self._maybe_fail(m, what)
+            self._error(m, what)
+            if state is MemberState.BOOTING and not isinstance(exc, InstanceNotFound):
+                # Asking failed (API timeout, 5xx): no answer about the instance. Keep booting;
+                # boot_timeout bounds the wait.
+                self._check_boot_timeout(m, pool, self.clock())
+            else:
+                self._maybe_fail(m, what)
+
+    def _error(self, m: Member, what: str) -> None:
+        log.warning("%s (%s): %s", m.instance, m.state, what)
+        self.metrics.actions.labels(m.pool, str(m.state), "error").inc()
+        self.store.add_event(m.pool, "error", f"{m.instance} ({m.state}): {what}", self.clock(), member=m.instance)
 
     def _maybe_fail(self, m: Member, what: str) -> None:
-        state = MemberState(m.state)
-        if state in (MemberState.CREATING, MemberState.BOOTING, MemberState.HEALTHY):
+        if MemberState(m.state) in EARLY:
             self.store.transition(m.id, MemberState.FAILED, self.clock(), error=what)
+
+    def _breaker_config(self, pool: str) -> LaunchBreakerConfig:
+        return self.breakers.get(pool) or LaunchBreakerConfig()
+
+    def _launch_failed(self, m: Member, what: str, kind: str) -> None:
+        """A launch that will never serve: counted by the pool's breaker, then the member fails.
+
+        Counted first: the breaker counts each member once, so a crash between the two writes makes
+        the next pass see the same failure again without counting it twice."""
+        now = self.clock()
+        state, opened = record_launch_failure(self.store, m.pool, self._breaker_config(m.pool), m.instance,
+                                              what, now)
+        self.breaker_metrics.failed_launches.labels(m.pool, kind).inc()
+        if opened:
+            self.breaker_metrics.trips.labels(m.pool).inc()
+            log.warning("pool %s: %s", m.pool, state.summary(now))
+        self.breaker_metrics.export(state)
+        self.store.transition(m.id, MemberState.FAILED, now, error=what)
+
+    def _check_boot_timeout(self, m: Member, pool: PoolConfig, now: float) -> None:
+        if now - m.state_since > pool.boot_timeout:
+            self._launch_failed(m, f"not healthy after {format_duration(pool.boot_timeout)}", "boot_timeout")
 
     async def _step(self, m: Member, pool: PoolConfig, statuses: dict[IPv4Address, RouteStatus] | None) -> None:
         state = MemberState(m.state)
         now = self.clock()
         hops = statuses.get(pool.vip) if statuses is not None else None
         if state is MemberState.CREATING:
+            breaker = breaker_state(self.store, m.pool, now)
+            if breaker.open:
+                # Launches of this pool stop: the member fails without being launched (its delete
+                # still removes anything an earlier, crashed attempt made).
+                self.store.transition(m.id, MemberState.FAILED, now, error=f"not launched: {breaker.summary()}")
+                return
             spec = InstanceSpec(m.pool, pool.vip, pool.instance)
             inst = await self.orchestrator.create(spec, m.instance)
             self.metrics.actions.labels(m.pool, "create", "ok").inc()
@@ -173,9 +270,9 @@ class Lifecycle:
                 self.store.transition(m.id, MemberState.HEALTHY, now, detail=f"HAProxy answers on the VIP "
                                       f"after {waited}")
                 self.store.transition(m.id, MemberState.ANNOUNCING, self.clock())
-            elif now - m.state_since > pool.boot_timeout:
-                self.store.transition(m.id, MemberState.FAILED, now,
-                                      error=f"not healthy after {format_duration(pool.boot_timeout)}")
+                self.breaker_metrics.export(record_launch_success(self.store, m.pool, m.instance, now))
+            else:
+                self._check_boot_timeout(m, pool, now)
         elif state is MemberState.HEALTHY:
             self.store.transition(m.id, MemberState.ANNOUNCING, now)
         elif state is MemberState.ANNOUNCING:
@@ -258,4 +355,129 @@ class Lifecycle:
                     self.metrics.members.labels(name, state).set(n)
 
 
-__all__ = ["Drainer", "Lifecycle", "NoDrainer", "desired_routes", "instance_of"]
+    def _export_breakers(self) -> None:
+        now = self.clock()
+        for name, state in breaker_states(self.store, list(self.pools), now).items():
+            self.breaker_metrics.export(state)
+            if state.half_open:
+                note_cool_off(self.store, name, now)
+
+    # --- audit: the orchestrator's instances against the store -----------------------------------
+
+    async def audit(self) -> list[Finding]:
+        """Compare every pool's instances with the store's members and resolve what differs.
+
+        Run it at start (after the first pass) and periodically. Listing happens outside the pass
+        lock (a slow cloud must not stall routing); decisions are taken under it, only about
+        members that were already in their state when the listing began, so a member that moved
+        meanwhile is never mistaken for a vanished one. A member whose instance is not listed is
+        confirmed gone by a probe answering "not found", or by a second audit still missing it.
+        Members failed or withdrawn here lose their route before this returns.
+        """
+        findings: list[Finding] = []
+        for pool in self.pools:
+            findings += await self._audit_pool(pool)
+        self._report(findings)
+        return findings
+
+    async def _audit_pool(self, pool: str) -> list[Finding]:
+        started = self.clock()
+        try:
+            listed = {i.name: i for i in await asyncio.wait_for(self.orchestrator.list(pool), self.action_timeout_s)}
+        except (ActuatorError, TimeoutError) as exc:
+            return [Finding(pool, "list_failed", None, "none", f"listing the instances of pool {pool} failed: "
+                            f"{exc or 'timeout'}; nothing checked")]
+        out: list[Finding] = []
+        async with self._lock:
+            live = {m.instance: m for m in self.store.members(pool)}
+            strangers = [n for n in listed if n not in live]
+            leftovers = self._deleted_members(strangers)
+            for name in sorted(strangers):
+                if name not in leftovers:
+                    out.append(Finding(pool, "unknown_instance", name, "reported",
+                                       f"instance {name} of pool {pool} is not in the store: left alone, not "
+                                       f"routed (delete it in the cloud, or let it be if someone else owns it)"))
+            acted = False
+            for m in live.values():
+                if m.instance in listed:
+                    self._missing.pop(m.id, None)
+                    continue
+                if MemberState(m.state) not in EXISTING or m.state_since >= started:
+                    continue
+                finding = await self._vanished(pool, m)
+                out.append(finding)
+                acted = acted or finding.action in ("failed", "withdrawn")
+            if acted:
+                await self._pass()          # withdraw their routes now, not at the next tick
+        # Outside the lock: a delete waits for the cloud to drop the server.
+        for name, m in sorted(leftovers.items()):
+            out.append(await self._delete_leftover(pool, name, m))
+        return out
+
+    def _deleted_members(self, names: list[str]) -> dict[str, Member]:
+        if not names:
+            return {}
+        with self.store.session() as s:
+            rows = s.exec(select(Member).where(col(Member.instance).in_(names),
+                                               Member.state == MemberState.DELETED))
+            return {m.instance: m for m in rows}
+
+    async def _delete_leftover(self, pool: str, name: str, m: Member) -> Finding:
+        # Our own instance (our name, our member), whose delete the store recorded as done: e.g. a
+        # create answered too late for the delete that followed it. Finishing that delete is safe:
+        # names carry the operation id, so no live member can have this one.
+        try:
+            await asyncio.wait_for(self.orchestrator.delete(name), self.action_timeout_s)
+        except (ActuatorError, TimeoutError) as exc:
+            return Finding(pool, "leftover", name, "none", f"instance {name} of member {m.id} (deleted in the "
+                           f"store) still exists; deleting it failed: {exc or 'timeout'}")
+        self.metrics.actions.labels(pool, "delete", "ok").inc()
+        return Finding(pool, "leftover", name, "deleted", f"instance {name} of member {m.id} (deleted in the store) "
+                       f"still existed: deleted it again")
+
+    async def _vanished(self, pool: str, m: Member) -> Finding:
+        now = self.clock()
+        try:
+            serving = await asyncio.wait_for(self.orchestrator.probe(instance_of(m)), self.action_timeout_s)
+            gone = False
+        except InstanceNotFound:
+            serving, gone = False, True
+        except (ActuatorError, TimeoutError):
+            serving, gone = False, False
+        if serving:
+            self._missing.pop(m.id, None)
+            return Finding(pool, "inconsistent", m.instance, "none", f"{m.instance} ({m.state}) is not in the "
+                           f"orchestrator's list but answers its probe: nothing done")
+        if not gone and m.id not in self._missing:
+            self._missing[m.id] = now
+            return Finding(pool, "missing", m.instance, "confirming", f"{m.instance} ({m.state}) is not in the "
+                           f"orchestrator's list; checking again at the next audit")
+        since = self._missing.pop(m.id, now)
+        why = ("its instance is gone" if gone else
+               f"its instance has not been listed for {format_duration(now - since)}")
+        if MemberState(m.state) is MemberState.DRAINING:
+            self.store.transition(m.id, MemberState.WITHDRAWN, now, detail=f"audit: {why}")
+            action = "withdrawn"
+        else:
+            self.store.transition(m.id, MemberState.FAILED, now, error=f"audit: {why}")
+            action = "failed"
+        return Finding(pool, "vanished", m.instance, action, f"{m.instance} ({m.state}): {why}: {action}, its "
+                       f"route removed")
+
+    def _report(self, findings: list[Finding]) -> None:
+        now = self.clock()
+        counts = {(p, k): 0 for p in self.pools for k in AUDIT_KINDS}
+        for f in findings:
+            counts[(f.pool, f.kind)] = counts.get((f.pool, f.kind), 0) + 1
+            key = (f.pool, f.kind, f.instance or "")
+            if f.kind in ("unknown_instance", "inconsistent", "missing") and key in self._reported:
+                continue        # said once per process; the metric keeps counting them
+            self._reported.add(key)
+            (log.error if f.kind == "list_failed" else log.warning)("audit: %s", f.message)
+            kind = "unknown_instance" if f.kind == "unknown_instance" else "audit"
+            self.store.add_event(f.pool, kind, f.message, now, member=f.instance)
+        for (p, k), n in counts.items():
+            self.breaker_metrics.findings.labels(p, k).set(n)
+
+
+__all__ = ["EARLY", "EXISTING", "Drainer", "Finding", "Lifecycle", "NoDrainer", "desired_routes", "instance_of"]

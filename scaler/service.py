@@ -77,7 +77,8 @@ class Service:
         self.collectors = collectors
         self.metrics = metrics or Metrics()
         self.clock = clock
-        self.lifecycle = Lifecycle(store, orchestrator, router, drainer, self.pools, self.metrics, clock)
+        self.lifecycle = Lifecycle(store, orchestrator, router, drainer, self.pools, self.metrics, clock,
+                                   breakers={n: p.launch_breaker for n, p in self.pools.items()})
         self.alerts = cfg.alerts
         self.engine = Engine(store, collectors, cfg.collectors, self.pools, self.policies, self.metrics, clock,
                              collect_timeout_s=max(0.5, cfg.intervals.collect * 0.8),
@@ -187,7 +188,7 @@ class Service:
             self.store.ensure_pool(name, str(pool.vip), now)
         await self.lifecycle.reconcile()        # resume half-done work, re-program the router
         self.last_run["reconcile"] = self.clock()
-        await self._report_unknown_instances()
+        await self.lifecycle.audit()            # unknown servers reported, vanished members failed
         iv = self.cfg.intervals
         self.scheduler.add_listener(self._on_job_event, EVENT_JOB_MISSED | EVENT_JOB_MAX_INSTANCES | EVENT_JOB_ERROR)
         self.scheduler.add_job(self._job, "interval", seconds=iv.collect, args=["collect", self.engine.collect],
@@ -198,6 +199,9 @@ class Service:
                                args=["reconcile", self.lifecycle.reconcile], id="reconcile",
                                max_instances=1, coalesce=True, misfire_grace_time=1)
         self.scheduler.add_job(self._job, "interval", seconds=300, args=["prune", self.prune], id="prune")
+        if iv.audit > 0:
+            self.scheduler.add_job(self._job, "interval", seconds=iv.audit, args=["audit", self.lifecycle.audit],
+                                   id="audit", max_instances=1, coalesce=True, misfire_grace_time=1)
         if iv.policy_watch > 0:
             self.scheduler.add_job(self._job, "interval", seconds=iv.policy_watch,
                                    args=["policy_watch", self._watch_policies], id="policy_watch",
@@ -206,20 +210,6 @@ class Service:
         self.started_at = self.clock()
         log.info("scaler started: pools %s, store %s", ", ".join(sorted(self.pools)), self.cfg.store_url()
                  if self.cfg.store_url().startswith("sqlite") else "(database URL hidden)")
-
-    async def _report_unknown_instances(self) -> None:
-        known = {m.instance for m in self.store.members(include_deleted=True)}
-        for name in self.pools:
-            try:
-                instances = await self.orchestrator.list(name)
-            except Exception as exc:
-                log.error("listing instances of pool %s failed: %s", name, exc)
-                continue
-            for inst in instances:
-                if inst.name not in known:
-                    msg = f"instance {inst.name} of pool {name} is not in the store: left alone, not routed"
-                    log.warning(msg)
-                    self.store.add_event(name, "unknown_instance", msg, self.clock(), member=inst.name)
 
     async def serve(self) -> None:
         """Run until SIGTERM/SIGINT or stop()."""

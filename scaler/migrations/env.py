@@ -5,8 +5,10 @@ from __future__ import annotations
 from alembic import context
 from sqlmodel import SQLModel
 
+# Imported for their side effect: they register their tables on SQLModel.metadata.
 import scaler.alerts.store
-import scaler.store  # noqa: F401  (registers the tables on SQLModel.metadata)
+import scaler.breaker
+import scaler.store  # noqa: F401
 
 config = context.config
 engine = config.attributes["engine"]
