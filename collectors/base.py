@@ -6,6 +6,7 @@ returns timestamped samples. An empty list means "no data" and is never turned i
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -36,6 +37,17 @@ class Sample:
     value: float
     timestamp: float
     labels: Mapping[str, str] = field(default_factory=dict)
+
+
+# What a collector may call a sample it returns (policies refer to it as `metric:`).
+OUTPUT_NAME = re.compile(r"[a-zA-Z_][a-zA-Z0-9_]*\Z")
+
+
+def check_output_names(names: Mapping[str, object]) -> None:
+    """Raise ValueError for the first configured output name that is not letters, digits and '_'."""
+    for name in names:
+        if not OUTPUT_NAME.match(name):
+            raise ValueError(f"output metric name {name!r} must be letters, digits and '_'")
 
 
 class Collector(Protocol):

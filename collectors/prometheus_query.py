@@ -31,7 +31,7 @@ from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from collectors.base import Sample, Target
+from collectors.base import Sample, Target, check_output_names
 from collectors.errors import CollectorAuthError, CollectorError, CollectorParseError
 from collectors.httpfetch import (
     HttpFetcher,
@@ -42,6 +42,7 @@ from collectors.httpfetch import (
     redact_url,
 )
 from collectors.prometheus_scrape import aggregate
+from collectors.promtext import LABEL_NAME
 
 __all__ = [
     "ABSENCE_REASONS",
@@ -58,8 +59,6 @@ __all__ = [
 # Placeholders every template may use, besides the target's labels (`${pool}`, `${member}`).
 PLACEHOLDERS = ("key", "url", "host", "port", "netloc")
 _PLACEHOLDER = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
-_LABEL_NAME = re.compile(r"[a-zA-Z_][a-zA-Z0-9_]*\Z")
-_OUT_NAME = re.compile(r"[a-zA-Z_][a-zA-Z0-9_]*\Z")
 # Reasons a metric is absent (the source answered, but not with a value for this member); they are
 # also the `reason` of the CollectorError raised when every metric is absent for the same one.
 ABSENCE_REASONS = ("empty", "no_match", "stale", "not_finite", "ambiguous")
@@ -122,7 +121,7 @@ class QuerySpec(BaseModel):
     @field_validator("member_label")
     @classmethod
     def _label_name(cls, value: str | None) -> str | None:
-        if value is not None and not _LABEL_NAME.match(value):
+        if value is not None and not LABEL_NAME.match(value):
             raise ValueError(f"{value!r} is not a label name")
         return value
 
@@ -166,15 +165,13 @@ class PrometheusQueryConfig(HttpOptions):
     @field_validator("metrics")
     @classmethod
     def _output_names(cls, value: dict[str, QuerySpec]) -> dict[str, QuerySpec]:
-        for name in value:
-            if not _OUT_NAME.match(name):
-                raise ValueError(f"output metric name {name!r} must be letters, digits and '_'")
+        check_output_names(value)
         return value
 
     @field_validator("member_label")
     @classmethod
     def _label_name(cls, value: str | None) -> str | None:
-        if value is not None and not _LABEL_NAME.match(value):
+        if value is not None and not LABEL_NAME.match(value):
             raise ValueError(f"{value!r} is not a label name")
         return value
 

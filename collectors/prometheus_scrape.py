@@ -22,7 +22,7 @@ from typing import Literal, Self
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from collectors.base import Sample, Target
+from collectors.base import Sample, Target, check_output_names
 from collectors.errors import CollectorError, CollectorParseError
 from collectors.httpfetch import (
     HttpFetcher,
@@ -34,7 +34,7 @@ from collectors.httpfetch import (
     describe,
     no_tcp_netns,
 )
-from collectors.promtext import PromSample, PromTextError, parse
+from collectors.promtext import LABEL_NAME, METRIC_NAME, PromSample, PromTextError, parse
 from collectors.rates import RateTracker
 
 __all__ = [
@@ -57,9 +57,6 @@ AGGREGATES: dict[str, Callable[[list[float]], float]] = {
 # Absence reasons that only mean "a rate needs another reading": not worth an error on their own.
 RATE_WARMUP = frozenset({"first", "reset", "gap", "clock"})
 
-_METRIC_NAME = re.compile(r"[a-zA-Z_:][a-zA-Z0-9_:]*\Z")
-_LABEL_NAME = re.compile(r"[a-zA-Z_][a-zA-Z0-9_]*\Z")
-_OUT_NAME = re.compile(r"[a-zA-Z_][a-zA-Z0-9_]*\Z")
 
 
 def aggregate(how: str, values: list[float]) -> float:
@@ -119,7 +116,7 @@ class SeriesSpec(BaseModel):
     @field_validator("name")
     @classmethod
     def _metric_name(cls, value: str) -> str:
-        if not _METRIC_NAME.match(value):
+        if not METRIC_NAME.match(value):
             raise ValueError(f"{value!r} is not a metric name")
         return value
 
@@ -127,7 +124,7 @@ class SeriesSpec(BaseModel):
     @classmethod
     def _matchers(cls, value: dict[str, str]) -> dict[str, str]:
         for label, text in value.items():
-            if not _LABEL_NAME.match(label):
+            if not LABEL_NAME.match(label):
                 raise ValueError(f"{label!r} is not a label name")
             LabelMatcher.parse(text)  # raises on a bad regex
         return value
@@ -159,15 +156,13 @@ class PrometheusScrapeConfig(HttpOptions):
     @field_validator("metrics")
     @classmethod
     def _output_names(cls, value: dict[str, SeriesSpec]) -> dict[str, SeriesSpec]:
-        for name in value:
-            if not _OUT_NAME.match(name):
-                raise ValueError(f"output metric name {name!r} must be letters, digits and '_'")
+        check_output_names(value)
         return value
 
     @field_validator("start_marker")
     @classmethod
     def _marker_name(cls, value: str | None) -> str | None:
-        if value is not None and not _METRIC_NAME.match(value):
+        if value is not None and not METRIC_NAME.match(value):
             raise ValueError(f"{value!r} is not a metric name")
         return value
 

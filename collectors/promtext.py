@@ -16,11 +16,12 @@ import re
 from collections.abc import Iterable
 from typing import NamedTuple
 
-__all__ = ["PromSample", "PromTextError", "parse"]
+__all__ = ["LABEL_NAME", "METRIC_NAME", "PromSample", "PromTextError", "parse"]
 
 # Metric and label names, as in the exposition format.
 _NAME = re.compile(r"[a-zA-Z_:][a-zA-Z0-9_:]*")
-_LABEL_NAME = re.compile(r"[a-zA-Z_][a-zA-Z0-9_]*\Z")
+METRIC_NAME = re.compile(r"[a-zA-Z_:][a-zA-Z0-9_:]*\Z")
+LABEL_NAME = re.compile(r"[a-zA-Z_][a-zA-Z0-9_]*\Z")
 _ESCAPES = {"\\": "\\", '"': '"', "n": "\n"}
 
 
@@ -138,7 +139,7 @@ def _parse_labels(line: str, pos: int) -> tuple[dict[str, str], int]:
         if eq < 0:
             raise _LineError("expected '=' in label set")
         label = line[pos:eq].strip()
-        if not _LABEL_NAME.match(label):
+        if not LABEL_NAME.match(label):
             raise _LineError(f"bad label name {label!r}")
         pos = eq + 1
         while pos < end and line[pos] in " \t":
