@@ -2,7 +2,8 @@
 
 For unit tests of the lifecycle and for dry runs. They keep the contracts of the real drivers
 (idempotent create/delete by name, desired-state apply with diff) and can be told to fail or to be
-slow, so tests exercise the caller's error paths without patching anything.
+slow, so tests exercise the caller's error paths without patching anything. The router can also
+be told to drain like a BGP router (`FakeRouterConfig.drain_mode`).
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from pydantic import BaseModel, ConfigDict
 
 from actuators.errors import OrchestratorError, RouterError
 from actuators.orchestrator import Instance, InstanceSpec
-from actuators.router import ApplyResult, DesiredRoutes, HopState, HopStatus, NextHop, RouteStatus
+from actuators.router import ApplyResult, DesiredRoutes, DrainMode, HopState, HopStatus, NextHop, RouteStatus
 
 
 class FakeOrchestratorConfig(BaseModel):
@@ -65,6 +66,9 @@ class FakeOrchestrator:
 class FakeRouterConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
     drain_buckets: int = 0        # buckets a draining hop keeps (0: drained at once)
+    # WITHDRAW behaves like a BGP router: no weights, so DRAINING is held and reported as ACTIVE
+    # and no hop has a bucket count.
+    drain_mode: DrainMode = DrainMode.WEIGHT
 
 
 @dataclass
@@ -73,6 +77,10 @@ class FakeRouter:
     routes: dict[IPv4Address, dict[IPv4Address, HopState]] = field(default_factory=dict)
     batches: list[ApplyResult] = field(default_factory=list)
     fail: bool = False
+    drain_mode: DrainMode = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.drain_mode = self.config.drain_mode
 
     async def apply(self, desired: DesiredRoutes) -> ApplyResult:
         if self.fail:
@@ -80,7 +88,7 @@ class FakeRouter:
         added, removed, reweighted = [], [], []
         for vip, hops in desired.items():
             have = self.routes.get(vip, {})
-            want = {h.address: h.state for h in hops}
+            want = {h.address: self._held(h.state) for h in hops}
             added += [(vip, a) for a in want if a not in have]
             removed += [(vip, a) for a in have if a not in want]
             reweighted += [(vip, a) for a in want if a in have and have[a] != want[a]]
@@ -98,9 +106,15 @@ class FakeRouter:
         if self.fail:
             raise RouterError(f"status {vip}: router unreachable (fake)")
         hops = self.routes.get(vip, {})
+        if self.drain_mode is DrainMode.WITHDRAW:
+            return RouteStatus(vip, tuple(HopStatus(a, s, None) for a, s in sorted(hops.items())))
         return RouteStatus(vip, tuple(
             HopStatus(a, s, self.config.drain_buckets if s is HopState.DRAINING else 64)
             for a, s in sorted(hops.items())))
+
+    def _held(self, state: HopState) -> HopState:
+        # A router without weights cannot tell a draining hop from an active one.
+        return HopState.ACTIVE if self.drain_mode is DrainMode.WITHDRAW else state
 
     async def replay(self, desired: DesiredRoutes) -> ApplyResult:
         return await self.apply(desired)

@@ -37,7 +37,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from actuators import netlink as nl
 from actuators.errors import RouterConflict, RouterError
-from actuators.router import ApplyResult, DesiredRoutes, HopState, HopStatus, NextHop, RouteStatus
+from actuators.router import ApplyResult, DesiredRoutes, DrainMode, HopState, HopStatus, NextHop, RouteStatus
 
 log = logging.getLogger(__name__)
 
@@ -288,6 +288,9 @@ def _shadow_for(gateway: IPv4Address, vip: IPv4Address, snap: Snapshot, ours: in
 
 class KernelRouter:
     """Router driver for Linux resilient nexthop groups in one network namespace (see module doc)."""
+
+    # A draining member keeps its busy buckets at `draining_weight` and gets (almost) no new flows.
+    drain_mode = DrainMode.WEIGHT
 
     def __init__(self, config: KernelRouterConfig, *, client: nl.NetlinkClient | None = None) -> None:
         self.config = config

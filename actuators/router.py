@@ -16,7 +16,25 @@ from typing import Protocol
 
 class HopState(enum.StrEnum):
     ACTIVE = "active"        # full weight: receives its share of new flows
-    DRAINING = "draining"    # lowest weight: keeps its busy flows, (almost) no new ones
+    # Leaving. WEIGHT routers: lowest weight, keeps its busy flows, (almost) no new ones.
+    # WITHDRAW routers have no weights: still a full next hop until it is removed (see DrainMode).
+    DRAINING = "draining"
+
+
+class DrainMode(enum.StrEnum):
+    """How a router can stop new flows reaching a leaving next hop, which decides how it is drained.
+
+    WEIGHT: the router can lower a hop's weight so it keeps its established flows and gets (almost)
+    no new ones (Linux resilient nexthop groups). Draining waits until the hop holds no flow
+    (buckets) and its HAProxy no connection, then the hop is removed without breaking anything.
+    WITHDRAW: no weights (plain ECMP over BGP): a draining hop keeps its full share of new flows until
+    it is withdrawn, and the withdraw moves every flow it still has — to another LB, which resets
+    it. Draining can only shorten that list: HAProxy closes keep-alive connections after their
+    current response, and the hop is withdrawn after a short grace.
+    """
+
+    WEIGHT = "weight"
+    WITHDRAW = "withdraw"
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,10 +86,18 @@ class Router(Protocol):
     Guarantees the caller can rely on:
     - `apply(desired)` is idempotent: applying the same desired state twice changes nothing the
       second time. VIPs not present in `desired` are left untouched; a VIP mapped to an empty set
-      is removed entirely. Changes go out as one batch; on return they are in the router's FIB.
+      is removed entirely. Changes go out as one batch; on return the router has them (kernel: in
+      the FIB; bgp: acknowledged by the speaker, and in `status()` once they can be in the routers' FIB).
     - `status(vip)` reads the router, not a cache. A VIP without a route has no hops.
     - Every failure raises `RouterError` naming the VIP or next hop.
+
+    `drain_mode` says how the driver drains (`DrainMode`); the lifecycle picks its drain from it.
+    Both kinds receive hops in state DRAINING in the desired state: a WEIGHT router lowers their
+    weight (and reports their remaining `buckets` in `status()`), a WITHDRAW router may treat them
+    like ACTIVE (and report them so) until they leave the desired state.
     """
+
+    drain_mode: DrainMode
 
     async def apply(self, desired: DesiredRoutes) -> ApplyResult: ...
 

@@ -14,9 +14,9 @@ from ipaddress import IPv4Address
 from pathlib import Path
 from typing import Annotated, Any
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
 
-from policies import PolicyFile, PoolPolicy, parse_duration
+from policies import PolicyFile, PoolPolicy, format_duration, parse_duration
 from scaler import yamlconf
 from scaler.alerts.config import AlertsConfig
 from scaler.breaker import LaunchBreakerConfig
@@ -80,10 +80,32 @@ class PoolConfig(Strict):
     vip: IPv4Address
     instance: dict[str, Any] = Field(default_factory=dict, description="passed to the orchestrator")
     boot_timeout: Duration = 300.0
+    # Longest a member drains: at this point it is withdrawn whatever it still carries.
     drain_timeout: Duration = 120.0
+    # Only used when the router drains by withdrawing (BGP, no weights): how long after HAProxy was
+    # asked to close keep-alive connections the member is withdrawn (earlier if it has none left).
+    # Clients still connected then are reset, and new ones keep arriving until then: keep it short.
+    # Never past drain_timeout: with the default and a shorter drain_timeout, drain_timeout wins.
+    drain_grace: Duration = 5.0
     # After `failures` launches in a row that never became healthy, stop creating members for
     # `cool_off` (0: until `scaler breaker reset POOL`).
     launch_breaker: LaunchBreakerConfig = LaunchBreakerConfig()
+
+    @field_validator("drain_grace")
+    @classmethod
+    def _grace_within_deadline(cls, grace: float, info: ValidationInfo) -> float:
+        # A field validator, so the error names the drain_grace line. It runs only on a grace the
+        # operator wrote: a drain_timeout below the default grace is valid on its own (the deadline
+        # withdraws first). drain_timeout is declared above, so it is validated already (absent if
+        # invalid: that error is reported on its own).
+        deadline = info.data.get("drain_timeout")
+        if deadline is not None and grace > deadline:
+            g, d = format_duration(grace), format_duration(deadline)
+            if g == d:          # rounded to the same text: show the exact seconds
+                g, d = f"{grace:g}s", f"{deadline:g}s"
+            raise ValueError(f"drain_grace ({g}) is longer than drain_timeout ({d}); a member is withdrawn "
+                             f"at drain_timeout anyway: make drain_grace at most {d}")
+        return grace
 
 
 class ServiceConfig(Strict):

@@ -11,6 +11,13 @@ effect is idempotent, so a pass interrupted anywhere (crash, SIGKILL) is simply 
 pass of a restarted scaler. The route of a member exists only in states announcing, in_service and
 draining, so no state can leave a route to a deleted instance.
 
+Draining follows the router's `DrainMode`. Both start by asking the member's HAProxy to close
+keep-alive connections after their current response. WEIGHT (resilient nexthop groups): the
+member's weight drops, and it is withdrawn once its buckets and connections reach 0, so no flow
+breaks. WITHDRAW (BGP, no weights): the member keeps receiving new flows until its route goes, so
+it is withdrawn after the pool's `drain_grace` (or as soon as it has no connection), and flows it
+still carries are reset. `drain_timeout` bounds both.
+
 Failures (`actuators.errors`): any error of an early step (creating, booting, healthy) fails the
 member, and a failed member is withdrawn (it never had a route) and deleted — server and ports —
 so a refused, unanswered or broken launch leaves nothing behind. Two exceptions while booting:
@@ -41,7 +48,7 @@ from sqlmodel import col, select
 
 from actuators.errors import ActuatorError, BuildTimeout, InstanceNotFound, LaunchFailed
 from actuators.orchestrator import Instance, InstanceSpec, Orchestrator
-from actuators.router import ApplyResult, DesiredRoutes, HopState, NextHop, Router, RouteStatus
+from actuators.router import ApplyResult, DesiredRoutes, DrainMode, HopState, NextHop, Router, RouteStatus
 from policies import format_duration
 from scaler.breaker import (
     BreakerMetrics,
@@ -303,12 +310,16 @@ class Lifecycle:
                 await self.drainer.drain(endpoints)
                 self.metrics.actions.labels(m.pool, "drain", "ok").inc()
             except ActuatorError as exc:
-                # Still drained by the router; only keep-alive clients lose their shortcut.
+                # WEIGHT: still drained by the router; only keep-alive clients lose their shortcut.
+                # WITHDRAW: keep-alive clients still connected at the withdraw are reset.
                 self.metrics.actions.labels(m.pool, "drain", "error").inc()
                 self.store.add_event(m.pool, "error", f"{m.instance}: drain request failed: {exc}", now,
                                      member=m.instance)
         if hops is None:
             return      # the router could not be read: we cannot know whether flows still reach it
+        if getattr(self.router, "drain_mode", DrainMode.WEIGHT) is DrainMode.WITHDRAW:
+            await self._drain_by_withdraw(m, pool, now)
+            return
         hop = next((h for h in hops.hops if m.address and h.address == IPv4Address(m.address)), None)
         if hop is not None and hop.state is not HopState.DRAINING:
             return      # the weight change is not in the router yet
@@ -325,6 +336,41 @@ class Lifecycle:
                       f"drain deadline {format_duration(pool.drain_timeout)} reached with "
                       f"{conns if conns is not None else '?'} connections and {buckets} buckets left")
             self.store.transition(m.id, MemberState.WITHDRAWN, now, detail=detail)
+
+    async def _drain_by_withdraw(self, m: Member, pool: PoolConfig, now: float) -> None:
+        """A router without weights: the member keeps getting new flows until its route goes, so
+        waiting for its connections to reach 0 may never end. HAProxy was asked to close keep-alive
+        connections; after `drain_grace` (or as soon as none is left) the member is withdrawn, and
+        whatever it still carries is reset."""
+        try:
+            conns = await self.drainer.connections(m.endpoint_map())
+        except ActuatorError:
+            conns = None
+        elapsed = now - m.state_since
+        if conns == 0:
+            detail = f"no connections left after {format_duration(elapsed)}: withdrawn"
+        elif elapsed >= pool.drain_grace and self._asked_before(m, now - pool.drain_grace):
+            detail = f"grace {format_duration(pool.drain_grace)} over: {self._cut(conns)}"
+        elif elapsed >= pool.drain_timeout:
+            detail = f"drain deadline {format_duration(pool.drain_timeout)} reached: {self._cut(conns)}"
+        else:
+            return
+        self.metrics.drain_seconds.labels(m.pool).observe(elapsed)
+        self.store.transition(m.id, MemberState.WITHDRAWN, now, detail=detail)
+
+    def _asked_before(self, m: Member, t: float) -> bool:
+        """Whether HAProxy was asked to drain at `t` or earlier. Normally it was asked in the pass
+        that found the member draining; after a scaler outage it may have been asked much later,
+        and its clients get their grace from then."""
+        return any(s.at <= t for s in self.store.steps(m.op_id)
+                   if s.member_id == m.id and s.name == "drain_haproxy")
+
+    @staticmethod
+    def _cut(conns: int | None) -> str:
+        if conns is None:
+            return "withdrawn; HAProxy's open connections unknown (any still open are reset by the withdraw)"
+        return (f"withdrawn with {conns} connection{'' if conns == 1 else 's'} still open "
+                f"(the withdraw resets them)")
 
     def _finish_operations(self) -> None:
         now = self.clock()

@@ -7,10 +7,11 @@ from ipaddress import IPv4Address
 from pathlib import Path
 
 import pytest
+from pydantic import ValidationError
 
 from actuators.fake import FakeOrchestrator, FakeOrchestratorConfig, FakeRouter, FakeRouterConfig
 from actuators.orchestrator import InstanceSpec
-from actuators.router import HopState
+from actuators.router import ApplyResult, DesiredRoutes, HopState, RouteStatus
 from scaler.config import PoolConfig
 from scaler.lifecycle import Lifecycle
 from scaler.metrics import Metrics
@@ -185,3 +186,196 @@ async def test_router_down_blocks_route_dependent_steps_but_loses_nothing(store:
     router.fail = False
     await lc.reconcile()
     assert states(store) == ["in_service"]
+
+
+# --- drain by withdrawing: routers without weights (BGP) ------------------------------------------
+
+
+class RouteWatchingDrainer(CountingDrainer):
+    """Records, at each drain request, whether the member's route was still in the router."""
+
+    def __init__(self, router: FakeRouter, conns: int | None = 0) -> None:
+        super().__init__(conns)
+        self.router = router
+        self.routed_at_request: list[bool] = []
+
+    async def drain(self, endpoints: Mapping[str, str]) -> None:
+        await super().drain(endpoints)
+        addr = IPv4Address(endpoints["metrics_url"].split("//")[1].split(":")[0])
+        self.routed_at_request.append(addr in self.router.hops(VIP))
+
+
+class RouterWithoutDrainMode:
+    """A router driver written before `drain_mode` existed: the lifecycle must drain it by weight."""
+
+    def __init__(self, inner: FakeRouter) -> None:
+        self.inner = inner
+
+    async def apply(self, desired: DesiredRoutes) -> ApplyResult:
+        return await self.inner.apply(desired)
+
+    async def status(self, vip: IPv4Address) -> RouteStatus:
+        return await self.inner.status(vip)
+
+    async def replay(self, desired: DesiredRoutes) -> ApplyResult:
+        return await self.inner.replay(desired)
+
+    async def close(self) -> None:
+        await self.inner.close()
+
+
+async def serve_two_and_drain_one(store: Store, lc: Lifecycle, clock: Clock) -> str:
+    """Two members in service, then a scale-in of the newest; returns its id. No pass run after."""
+    store.start_scale_out("web", 2, 0, "below min", clock())
+    for _ in range(3):
+        await lc.reconcile()
+    assert states(store) == ["in_service", "in_service"]
+    victim = store.members("web")[-1]
+    store.start_scale_in("web", [victim], 2, "idle", clock())
+    return victim.id
+
+
+def withdrawn_detail(store: Store, member_id: str) -> str:
+    m = store.member(member_id)
+    return next(s.detail for s in store.steps(m.op_id) if s.member_id == member_id and s.name == "withdrawn")
+
+
+def drain_observations(lc: Lifecycle) -> tuple[float | None, float | None]:
+    r = lc.metrics.registry
+    return (r.get_sample_value("scaler_drain_seconds_count", {"pool": "web"}),
+            r.get_sample_value("scaler_drain_seconds_sum", {"pool": "web"}))
+
+
+@pytest.mark.parametrize(("pool", "conns", "withdraw_at", "detail"), [
+    pytest.param({"drain_grace": "10s"}, 3, 10.0,
+                 "grace 10s over: withdrawn with 3 connections still open (the withdraw resets them)",
+                 id="grace over with connections open: withdrawn, the detail says how many are reset"),
+    pytest.param({}, 1, 5.0, "grace 5s over: withdrawn with 1 connection still open (the withdraw resets them)",
+                 id="default grace is 5s"),
+    pytest.param({}, None, 5.0, "grace 5s over: withdrawn; HAProxy's open connections unknown",
+                 id="connection count unknown: withdrawn at the grace"),
+    pytest.param({"drain_timeout": "2s"}, 3, 2.0,
+                 "drain deadline 2s reached: withdrawn with 3 connections still open (the withdraw resets them)",
+                 id="drain_timeout shorter than the default grace wins"),
+])
+async def test_withdraw_mode_withdraws_after_the_grace_not_before(store: Store, pool: dict[str, str],
+                                                                  conns: int | None, withdraw_at: float,
+                                                                  detail: str) -> None:
+    clock, orch = Clock(), FakeOrchestrator(FakeOrchestratorConfig(boot_probes=0))
+    router = FakeRouter(FakeRouterConfig(drain_mode="withdraw"))
+    drainer = CountingDrainer(conns=conns)
+    lc = make(store, orch, router, clock, drainer, **pool)
+    victim = await serve_two_and_drain_one(store, lc, clock)
+    addr = IPv4Address(store.member(victim).address)
+    start = clock()
+    await lc.reconcile()                                   # HAProxy asked; still routed, full share
+    assert store.member(victim).state == MemberState.DRAINING and addr in router.hops(VIP)
+    assert len(drainer.drained) == 1
+    clock.t = start + withdraw_at - 0.5
+    await lc.reconcile()                                   # connections open, grace not over: keep it
+    assert store.member(victim).state == MemberState.DRAINING and addr in router.hops(VIP)
+    assert drain_observations(lc) == (None, None)
+    clock.t = start + withdraw_at
+    await lc.reconcile()                                   # withdrawn → route removed → deleting
+    assert store.member(victim).state == MemberState.DELETING
+    assert addr not in router.hops(VIP)
+    assert detail in withdrawn_detail(store, victim)
+    assert drain_observations(lc) == (1.0, withdraw_at)
+    assert len(drainer.drained) == 1                       # asked once, not every pass
+
+
+async def test_withdraw_mode_withdraws_at_once_when_no_connection_is_left(store: Store) -> None:
+    clock, orch = Clock(), FakeOrchestrator(FakeOrchestratorConfig(boot_probes=0))
+    router, drainer = FakeRouter(FakeRouterConfig(drain_mode="withdraw")), CountingDrainer(conns=4)
+    lc = make(store, orch, router, clock, drainer, drain_grace="20s")
+    victim = await serve_two_and_drain_one(store, lc, clock)
+    await lc.reconcile()
+    assert store.member(victim).state == MemberState.DRAINING
+    clock.t += 2
+    drainer.conns = 0                                      # the keep-alive clients went elsewhere
+    await lc.reconcile()
+    assert store.member(victim).state == MemberState.DELETING
+    assert IPv4Address(store.member(victim).address) not in router.hops(VIP)
+    assert withdrawn_detail(store, victim) == "no connections left after 2s: withdrawn"
+
+
+async def test_withdraw_mode_asks_haproxy_first_and_gives_the_grace_from_then(store: Store) -> None:
+    """The request comes before the withdraw, while the member is still routed. A scaler that
+    comes back 7s after the scale-in (grace 5s) asks HAProxy then, and withdraws 5s later."""
+    clock, orch = Clock(), FakeOrchestrator(FakeOrchestratorConfig(boot_probes=0))
+    router = FakeRouter(FakeRouterConfig(drain_mode="withdraw"))
+    drainer = RouteWatchingDrainer(router, conns=2)
+    lc = make(store, orch, router, clock, drainer)
+    victim = await serve_two_and_drain_one(store, lc, clock)
+    start = clock()
+    clock.t = start + 7
+    await lc.reconcile()
+    assert drainer.routed_at_request == [True]
+    assert store.member(victim).state == MemberState.DRAINING
+    clock.t = start + 11
+    await lc.reconcile()
+    assert store.member(victim).state == MemberState.DRAINING
+    clock.t = start + 12
+    await lc.reconcile()
+    assert store.member(victim).state == MemberState.DELETING
+    assert "grace 5s over: withdrawn with 2 connections" in withdrawn_detail(store, victim)
+    steps = [s.name for s in store.steps(store.member(victim).op_id)]
+    assert steps == ["draining", "drain_haproxy", "withdrawn", "deleting"]
+    assert drainer.routed_at_request == [True]
+
+
+async def test_withdraw_mode_waits_while_the_router_cannot_be_read(store: Store) -> None:
+    clock, orch = Clock(), FakeOrchestrator(FakeOrchestratorConfig(boot_probes=0))
+    router, drainer = FakeRouter(FakeRouterConfig(drain_mode="withdraw")), CountingDrainer(conns=0)
+    lc = make(store, orch, router, clock, drainer)
+    victim = await serve_two_and_drain_one(store, lc, clock)
+    router.fail = True
+    await lc.reconcile()                                   # asked, but the withdraw could not be sent
+    clock.t += 6
+    await lc.reconcile()
+    assert len(drainer.drained) == 1
+    assert store.member(victim).state == MemberState.DRAINING
+    router.fail = False
+    await lc.reconcile()
+    assert store.member(victim).state == MemberState.DELETING
+
+
+@pytest.mark.parametrize("wrap", [
+    pytest.param(False, id="FakeRouter in weight mode"),
+    pytest.param(True, id="a router without drain_mode drains by weight"),
+])
+async def test_weight_mode_ignores_the_grace_and_waits_for_buckets(store: Store, wrap: bool) -> None:
+    clock, orch = Clock(), FakeOrchestrator(FakeOrchestratorConfig(boot_probes=0))
+    router, drainer = FakeRouter(FakeRouterConfig(drain_buckets=3)), CountingDrainer(conns=0)
+    lc = make(store, orch, RouterWithoutDrainMode(router) if wrap else router, clock, drainer)  # type: ignore[arg-type]
+    victim = await serve_two_and_drain_one(store, lc, clock)
+    await lc.reconcile()
+    assert router.routes[VIP][IPv4Address(store.member(victim).address)] is HopState.DRAINING
+    clock.t += 6                                           # past the default grace, buckets left
+    await lc.reconcile()
+    assert store.member(victim).state == MemberState.DRAINING
+    router.config.drain_buckets = 0
+    await lc.reconcile()
+    assert store.member(victim).state == MemberState.DELETING
+    assert withdrawn_detail(store, victim) == "drained in 6s"
+
+
+@pytest.mark.parametrize(("pool", "problem"), [
+    pytest.param({"drain_grace": "1m", "drain_timeout": "30s"},
+                 "drain_grace (1m) is longer than drain_timeout (30s)", id="grace longer than the deadline"),
+    pytest.param({"drain_grace": "5.4s", "drain_timeout": "5s"},
+                 "drain_grace (5.4s) is longer than drain_timeout (5s)", id="exact seconds when both round alike"),
+    pytest.param({"drain_grace": "30s", "drain_timeout": "30s"}, None, id="grace equal to the deadline is valid"),
+    pytest.param({"drain_grace": "3m"}, "drain_grace (3m) is longer than drain_timeout (2m)",
+                 id="checked against the default drain_timeout too"),
+    pytest.param({"drain_timeout": "1s"}, None, id="a short drain_timeout alone keeps the default grace"),
+])
+def test_drain_grace_must_fit_in_drain_timeout(pool: dict[str, str], problem: str | None) -> None:
+    doc = {"vip": str(VIP), **pool}
+    if problem is None:
+        PoolConfig.model_validate(doc)
+        return
+    with pytest.raises(ValidationError, match=r"drain_grace .* drain_timeout") as exc:
+        PoolConfig.model_validate(doc)
+    assert problem in str(exc.value)
+    assert [e["loc"] for e in exc.value.errors()] == [("drain_grace",)]    # the line an operator fixes
