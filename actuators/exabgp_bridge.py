@@ -20,7 +20,7 @@ import socket
 import sys
 import time
 
-CONNECT_ATTEMPTS = 50        # × 0.1 s: the driver listens before it starts ExaBGP; this only covers a race
+CONNECT_ATTEMPTS = 50        # times 0.1 s: the driver listens before it starts ExaBGP; this only covers a race
 CHUNK = 65536
 
 

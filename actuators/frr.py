@@ -144,7 +144,10 @@ class Frr:
                 (self.dir / f"{daemon}.pid").unlink()
             rc, _, err = await netns.run(self.argv(daemon), ns=self.config.netns, timeout_s=timeout_s, check=False)
             if rc != 0:
-                raise FrrError(f"{daemon} in {self.config.netns or 'this namespace'} exited {rc}: {err.strip()}")
+                hint = (f" (user frr must be able to reach {self.dir}: every parent directory needs o+x)"
+                        if "Permission denied" in err else "")
+                raise FrrError(f"{daemon} in {self.config.netns or 'this namespace'} exited {rc}: "
+                               f"{err.strip()}{hint}")
             await self._wait(lambda d=daemon: self.pid(d) is not None and (self.dir / f"{d}.vty").exists(),
                              timeout_s, f"{daemon} did not start (see {self.dir}/{daemon}.log)")
 
@@ -158,14 +161,10 @@ class Frr:
             stopped = True
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGTERM)
-            deadline = time.monotonic() + timeout_s
-            while not _gone(pid) and time.monotonic() < deadline:
-                await asyncio.sleep(0.02)
-            if not _gone(pid):
+            if not await _wait_gone(pid, timeout_s):
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(pid, signal.SIGKILL)
-                while not _gone(pid):
-                    await asyncio.sleep(0.02)
+                await _wait_gone(pid, 5.0)
         return stopped
 
     async def kill_bgpd(self) -> None:
@@ -174,8 +173,7 @@ class Frr:
         if pid is None:
             raise FrrError("bgpd is not running")
         os.kill(pid, signal.SIGKILL)
-        while not _gone(pid):
-            await asyncio.sleep(0.01)
+        await _wait_gone(pid, 5.0)
 
     # ---- queries -------------------------------------------------------------------------------
 
@@ -216,6 +214,14 @@ class Frr:
             if time.monotonic() > deadline:
                 raise FrrError(what)
             await asyncio.sleep(0.02)
+
+
+async def _wait_gone(pid: int, timeout_s: float) -> bool:
+    for _ in range(max(1, int(timeout_s / 0.02))):
+        if _gone(pid):
+            return True
+        await asyncio.sleep(0.02)
+    return _gone(pid)
 
 
 def _frr_ids() -> tuple[int, int]:

@@ -42,6 +42,8 @@ class ServiceView(Protocol):
 
     def health(self) -> dict[str, Any]: ...
 
+    def router_health(self) -> dict[str, Any]: ...
+
     def reload_policies(self, trigger: str) -> Any: ...
 
 
@@ -172,6 +174,12 @@ def create_app(service: ServiceView, clock: Callable[[], float] = time.time) -> 
     @app.get("/metrics", response_class=Response)
     def metrics() -> Response:
         return Response(generate_latest(service.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+    @app.get("/v1/router")
+    def router_state() -> dict[str, Any]:
+        """The router driver: for `bgp`, the speaker process and each router session (state, since,
+        flaps, replays and the last replay's size and duration)."""
+        return service.router_health()
 
     @app.get("/v1/pools")
     def pools() -> list[PoolOut]:

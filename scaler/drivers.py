@@ -10,6 +10,7 @@ from typing import Any
 from pydantic import BaseModel
 
 import collectors
+from actuators.bgp import BgpRouter, BgpRouterConfig
 from actuators.errors import ActuatorError
 from actuators.fake import FakeOrchestrator, FakeOrchestratorConfig, FakeRouter, FakeRouterConfig
 from actuators.haproxy_runtime import HAProxyRuntime
@@ -29,6 +30,7 @@ ORCHESTRATORS: dict[str, tuple[type[BaseModel], Any]] = {
 }
 ROUTERS: dict[str, tuple[type[BaseModel], Any]] = {
     "kernel": (KernelRouterConfig, KernelRouter),
+    "bgp": (BgpRouterConfig, BgpRouter),
     "fake": (FakeRouterConfig, lambda cfg: FakeRouter(cfg)),
 }
 

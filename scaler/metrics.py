@@ -6,7 +6,14 @@ tests independent of each other.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
+from typing import Any
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+SESSION_STATES = ("down", "connected", "up", "synced")
 
 
 class Metrics:
@@ -48,3 +55,43 @@ class Metrics:
                                    "When the running policy was loaded", registry=r)
         self.drain_seconds = Histogram("scaler_drain_seconds", "Time from drain start to withdrawal",
                                        ["pool"], registry=r, buckets=(1, 2, 5, 10, 20, 30, 60, 120, 300))
+
+
+class RouterHealthMetrics(Collector):
+    """The router driver's sessions and speaker, read from its `health()` at scrape time.
+
+    Only drivers with sessions report these (today `bgp`): per peer, the session state (one series
+    per state, 1 for the current one), flaps, replays and the last replay's size and duration; the
+    speaker process's restarts and whether its API is connected; the paths it holds.
+    """
+
+    def __init__(self, health: Callable[[], dict[str, Any]]) -> None:
+        self.health = health
+
+    def collect(self) -> Iterator[Metric]:
+        h = self.health()
+        state = GaugeMetricFamily("scaler_bgp_session_state", "1 for the state each router session is in "
+                                  "(synced: full desired state and End-of-RIB sent)", labels=["peer", "state"])
+        flaps = CounterMetricFamily("scaler_bgp_session_downs", "Times each session went down", labels=["peer"])
+        replays = CounterMetricFamily("scaler_bgp_replays", "Full replays (desired state + End-of-RIB) per "
+                                      "router session", labels=["peer"])
+        paths = GaugeMetricFamily("scaler_bgp_last_replay_paths", "Paths sent by the last replay", labels=["peer"])
+        took = GaugeMetricFamily("scaler_bgp_last_replay_seconds", "Time from the replay's first command to "
+                                 "its last acknowledgement", labels=["peer"])
+        for s in h.get("sessions", []):
+            for st in SESSION_STATES:
+                state.add_metric([s["peer"], st], 1.0 if s["state"] == st else 0.0)
+            flaps.add_metric([s["peer"]], s["downs"])
+            replays.add_metric([s["peer"]], s["replays"])
+            paths.add_metric([s["peer"]], s["last_replay_paths"])
+            took.add_metric([s["peer"]], s["last_replay_s"])
+        yield from (state, flaps, replays, paths, took)
+        sp = h.get("speaker") or {}
+        restarts = CounterMetricFamily("scaler_bgp_speaker_restarts", "Restarts of the BGP speaker (ExaBGP) "
+                                       "after it exited")
+        restarts.add_metric([], sp.get("restarts", 0))
+        up = GaugeMetricFamily("scaler_bgp_speaker_connected", "1 while the speaker's API is connected")
+        up.add_metric([], 1.0 if sp.get("connected") else 0.0)
+        held = GaugeMetricFamily("scaler_bgp_paths", "Paths the speaker holds (acknowledged announcements)")
+        held.add_metric([], h.get("paths", 0))
+        yield from (restarts, up, held)

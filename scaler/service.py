@@ -35,7 +35,7 @@ from scaler.config import ServiceConfig, load_config, load_policies, policy_fing
 from scaler.engine import Engine
 from scaler.errors import ConfigError
 from scaler.lifecycle import Drainer, Lifecycle
-from scaler.metrics import Metrics
+from scaler.metrics import Metrics, RouterHealthMetrics
 from scaler.store import Store
 
 log = logging.getLogger("scaler")
@@ -77,6 +77,8 @@ class Service:
         self.collectors = collectors
         self.metrics = metrics or Metrics()
         self.clock = clock
+        if callable(getattr(router, "health", None)):
+            self.metrics.registry.register(RouterHealthMetrics(self.router_health))
         self.lifecycle = Lifecycle(store, orchestrator, router, drainer, self.pools, self.metrics, clock,
                                    breakers={n: p.launch_breaker for n, p in self.pools.items()})
         self.alerts = cfg.alerts
@@ -171,6 +173,13 @@ class Service:
     def _on_job_event(self, ev: JobExecutionEvent) -> None:
         if ev.code in (EVENT_JOB_MISSED, EVENT_JOB_MAX_INSTANCES):
             self.metrics.jobs_missed.labels(ev.job_id).inc()
+
+    def router_health(self) -> dict[str, Any]:
+        """The router driver's own view (sessions, speaker) if it has one; always names the driver."""
+        fn = getattr(self.router, "health", None)
+        out: dict[str, Any] = dict(fn()) if callable(fn) else {}
+        out.setdefault("driver", self.cfg.router.driver)
+        return out
 
     def health(self) -> dict[str, Any]:
         now = self.clock()

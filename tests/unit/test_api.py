@@ -18,6 +18,16 @@ from scaler.lifecycle import Lifecycle, NoDrainer
 from scaler.metrics import Metrics
 from scaler.store import Store
 
+BGP_HEALTH: dict[str, Any] = {
+    "driver": "bgp", "paths": 4, "paths_maybe_held": 4,
+    "speaker": {"running": True, "connected": True, "pid": 42, "starts": 3, "restarts": 2, "last_exit": "killed by "
+                "signal 9", "next_start_in_s": None},
+    "sessions": [
+        {"peer": "tor1", "address": "198.18.255.1", "state": "synced", "since": 1.0, "ups": 3, "downs": 2,
+         "replays": 3, "last_replay_paths": 4, "last_replay_s": 0.0021},
+        {"peer": "tor2", "address": "198.18.254.1", "state": "connected", "since": 2.0, "ups": 0, "downs": 1,
+         "replays": 0, "last_replay_paths": 0, "last_replay_s": 0.0}]}
+
 
 class View:
     def __init__(self, store: Store, policies: dict[str, PoolPolicy]) -> None:
@@ -29,6 +39,9 @@ class View:
 
     def health(self) -> dict[str, Any]:
         return {"ok": True}
+
+    def router_health(self) -> dict[str, Any]:
+        return BGP_HEALTH
 
     def reload_policies(self, trigger: str) -> Any:
         raise AssertionError("not called by these tests")
@@ -91,3 +104,26 @@ async def check_api(client: httpx.AsyncClient) -> None:
     assert (await client.get("/v1/pools/nope")).status_code == 404
     assert (await client.get("/healthz")).json() == {"ok": True}
     assert "/v1/pools/{pool}/decisions" in (await client.get("/openapi.json")).json()["paths"]
+
+
+async def test_router_sessions_in_the_api_and_the_metrics(view: View) -> None:
+    from prometheus_client import generate_latest
+
+    from scaler.metrics import RouterHealthMetrics
+
+    view.metrics.registry.register(RouterHealthMetrics(view.router_health))
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=create_app(view)), base_url="http://api") as c:
+        got = (await c.get("/v1/router")).json()
+        assert got["sessions"][0]["state"] == "synced" and got["speaker"]["restarts"] == 2
+        text = (await c.get("/metrics")).text
+    assert text == generate_latest(view.metrics.registry).decode()
+    for line in ('scaler_bgp_session_state{peer="tor1",state="synced"} 1.0',
+                 'scaler_bgp_session_state{peer="tor1",state="down"} 0.0',
+                 'scaler_bgp_session_state{peer="tor2",state="connected"} 1.0',
+                 'scaler_bgp_session_downs_total{peer="tor1"} 2.0',
+                 'scaler_bgp_replays_total{peer="tor1"} 3.0',
+                 'scaler_bgp_last_replay_paths{peer="tor1"} 4.0',
+                 "scaler_bgp_speaker_restarts_total 2.0",
+                 "scaler_bgp_speaker_connected 1.0",
+                 "scaler_bgp_paths 4.0"):
+        assert line in text, line

@@ -37,8 +37,8 @@ def test_the_shipped_example_is_valid(conf: Path) -> None:
                      id="unknown top-level key"),
         pytest.param("vip: 198.19.0.1", "vip: 198.19.0.300", ":67:5: pools.web.vip: Input is not a valid IPv4 address",
                      id="bad VIP"),
-        pytest.param("driver: kernel ", "driver: bgp ", ":32:3: router.driver: unknown router driver 'bgp' "
-                     "(known: fake, kernel)", id="unknown driver"),
+        pytest.param("driver: kernel ", "driver: ospf ", ":32:3: router.driver: unknown router driver 'ospf' "
+                     "(known: bgp, fake, kernel)", id="unknown driver"),
         pytest.param("    buckets: 128", "    buckets: many", ":35:5: router.options.buckets: Input should be a "
                      "valid integer", id="driver option of the wrong type"),
         pytest.param("  collect: 2s", "  collect: 2 seconds", ":18:3: intervals.collect: not a duration",
