@@ -11,12 +11,12 @@ EXAMPLES = Path(__file__).resolve().parents[1] / "deploy" / "examples"
 LAB_SECRETS = "/run/scaler-lab/scl/snmp/"
 
 
-def example_config_text(secrets_dir: Path) -> str:
-    """deploy/examples/scaler.yaml with its secret files under `secrets_dir` (made here)."""
+def example_config_text(secrets_dir: Path, name: str = "scaler.yaml") -> str:
+    """deploy/examples/NAME with its secret files under `secrets_dir` (made here)."""
     secrets_dir.mkdir(parents=True, exist_ok=True)
-    for name in ("auth_key", "priv_key", "community"):
-        (secrets_dir / name).write_text(f"test-{name}-0123456789\n")
-    return (EXAMPLES / "scaler.yaml").read_text().replace(LAB_SECRETS, f"{secrets_dir}/")
+    for secret in ("auth_key", "priv_key", "community"):
+        (secrets_dir / secret).write_text(f"test-{secret}-0123456789\n")
+    return (EXAMPLES / name).read_text().replace(LAB_SECRETS, f"{secrets_dir}/")
 
 
 def copy_examples(dst: Path) -> Path:
@@ -24,4 +24,5 @@ def copy_examples(dst: Path) -> Path:
     shutil.copytree(EXAMPLES, dst, dirs_exist_ok=True)
     config = dst / "scaler.yaml"
     config.write_text(example_config_text(dst / "snmp"))
+    (dst / "scaler-bgp.yaml").write_text(example_config_text(dst / "snmp", "scaler-bgp.yaml"))
     return config

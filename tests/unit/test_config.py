@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from scaler import drivers
-from scaler.config import load_config, load_policies
+from scaler.config import driver_options, load_config, load_policies
 from scaler.errors import ConfigError
 from tests.examples import copy_examples
 
@@ -28,6 +28,13 @@ def test_the_shipped_example_is_valid(conf: Path) -> None:
     cfg = load_config(conf / "scaler.yaml", drivers.REGISTRIES)
     policies = load_policies(cfg)
     assert set(policies) == {"web"} and str(cfg.pools["web"].vip) == "198.19.0.1"
+
+
+def test_the_shipped_bgp_example_is_valid(conf: Path) -> None:
+    cfg = load_config(conf / "scaler-bgp.yaml", drivers.REGISTRIES)
+    options = driver_options(cfg.router, drivers.REGISTRIES.routers, conf)
+    assert cfg.router.driver == "bgp" and [str(p.address) for p in options.peers] == ["198.18.255.1"]
+    assert cfg.pools["web"].drain_grace == 5.0
 
 
 @pytest.mark.parametrize(
