@@ -547,8 +547,8 @@ class BgpRouter:
         self._acks.extend(futures)
         writer.write(("\n".join(lines) + "\n").encode())
         try:
-            await writer.drain()
             async with asyncio.timeout(self.config.ack_timeout_s):
+                await writer.drain()
                 return [await f for f in futures]
         except TimeoutError:
             got = sum(1 for f in futures if f.done())
