@@ -21,7 +21,7 @@ Restarts, the reason this driver exists:
 - A router restarts: its session goes down and up; the same replay runs for it.
 - The scaler restarts: ExaBGP is its child and goes with it (an ExaBGP orphaned by a SIGKILL of the
   scaler is found by its pidfile and stopped). The paths possibly held by routers are kept in
-  `DIR/paths.json`, so the first replay withdraws those no longer wanted. No replay (and no EoR)
+  `DIR/paths.txt`, so the first replay withdraws those no longer wanted. No replay (and no EoR)
   happens before the first `apply()`: until the caller has said what it wants, the routers keep
   the stale paths rather than being told "nothing".
 
@@ -66,6 +66,8 @@ log = logging.getLogger(__name__)
 BRIDGE = Path(__file__).with_name("exabgp_bridge.py")
 UNIX_PATH_MAX = 107
 PR_SET_PDEATHSIG = 1
+PATHS_FILE = "paths.txt"
+NLRI_PER_COMMAND = 200          # ~3.5 kB per command line
 _LIBC = ctypes.CDLL(None, use_errno=True)
 Path_ = tuple[IPv4Address, IPv4Address]         # (vip, next hop)
 
@@ -91,7 +93,7 @@ class BgpPeer(BaseModel):
 
 class BgpRouterConfig(BaseModel):
     """How the scaler speaks BGP. `dir` holds ExaBGP's configuration, log, pidfile, API socket and
-    `paths.json`; it must be private to this scaler."""
+    `paths.txt`; it must be private to this scaler."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -226,9 +228,9 @@ class BgpRouter:
         self._desired: dict[IPv4Address, dict[IPv4Address, HopState]] = {}
         self._have_desired = False
         self._waited_first_session = False
-        # What the running ExaBGP holds: path → (state, monotonic time of its ack).
-        self._sent: dict[Path_, tuple[HopState, float]] = {}
-        self._withdrawn_at: dict[Path_, float] = {}
+        # What the running ExaBGP holds: VIP → next hop → (state, monotonic time of its ack).
+        self._sent: dict[IPv4Address, dict[IPv4Address, tuple[HopState, float]]] = {}
+        self._withdrawn_at: dict[IPv4Address, dict[IPv4Address, float]] = {}
         self._maybe_held: set[Path_] = self._load_paths()
         self._lock = asyncio.Lock()
         self._acks: deque[asyncio.Future[str]] = deque()
@@ -259,7 +261,7 @@ class BgpRouter:
         async with self._lock:
             if self._writer is None:
                 raise RouterError(self._down_reason() + "; the desired state is kept and replayed when it is back")
-            result = await self._send_diff()
+            result = await self._send_diff(list(desired))
             await self._replay_pending()
             return result
 
@@ -282,11 +284,10 @@ class BgpRouter:
                               f"({self.describe_sessions()}): what the routers hold is unknown")
         now = self.clock()
         settle = self.config.settle_s
-        hops = [HopStatus(hop, state) for (v, hop), (state, at) in self._sent.items()
-                if v == vip and now - at >= settle]
+        hops = [HopStatus(hop, state) for hop, (state, at) in self._sent.get(vip, {}).items() if now - at >= settle]
         # A withdraw is not in the routers' FIB at the ack either.
-        hops += [HopStatus(hop, HopState.DRAINING) for (v, hop), at in self._withdrawn_at.items()
-                 if v == vip and now - at < settle and (v, hop) not in self._sent]
+        hops += [HopStatus(hop, HopState.DRAINING) for hop, at in self._withdrawn_at.get(vip, {}).items()
+                 if now - at < settle and hop not in self._sent.get(vip, {})]
         return RouteStatus(vip, tuple(sorted(hops, key=lambda h: h.address)))
 
     async def close(self) -> None:
@@ -318,7 +319,7 @@ class BgpRouter:
     def health(self) -> dict[str, Any]:
         return {"driver": "bgp", "speaker": self.speaker.as_dict(),
                 "sessions": [s.as_dict() for s in self.sessions.values()],
-                "paths": len(self._sent), "paths_maybe_held": len(self._maybe_held)}
+                "paths": sum(len(h) for h in self._sent.values()), "paths_maybe_held": len(self._maybe_held)}
 
     async def wait_synced(self, timeout_s: float = 30.0, *, peers: Iterable[IPv4Address] | None = None) -> None:
         """Wait until the given peers (default all) are synced; for tests, tools and the lab."""
@@ -564,36 +565,69 @@ class BgpRouter:
     def _desired_paths(self) -> dict[Path_, HopState]:
         return {(vip, hop): state for vip, hops in self._desired.items() for hop, state in hops.items()}
 
-    async def _send_diff(self) -> ApplyResult:
+    def _mark_sent(self, path: Path_, state: HopState, now: float) -> None:
+        self._sent.setdefault(path[0], {})[path[1]] = (state, now)
+        self._withdrawn_at.get(path[0], {}).pop(path[1], None)
+
+    def _mark_withdrawn(self, path: Path_, now: float) -> None:
+        hops = self._sent.get(path[0])
+        if hops is not None:
+            hops.pop(path[1], None)
+            if not hops:
+                del self._sent[path[0]]
+        self._withdrawn_at.setdefault(path[0], {})[path[1]] = now
+
+    def _forget_settled_withdraws(self, now: float) -> None:
+        settle = self.config.settle_s
+        for vip in list(self._withdrawn_at):
+            left = {h: t for h, t in self._withdrawn_at[vip].items() if now - t < settle}
+            if left:
+                self._withdrawn_at[vip] = left
+            else:
+                del self._withdrawn_at[vip]
+
+    async def _send_diff(self, vips: list[IPv4Address]) -> ApplyResult:
+        """Send what differs for these VIPs (the others are not looked at): one burst of commands."""
         t0 = time.perf_counter()
-        want = self._desired_paths()
-        add = sorted(p for p in want if p not in self._sent)
-        remove = sorted(p for p in self._sent if p not in want)
-        for p in want.keys() & self._sent.keys():
-            _, at = self._sent[p]
-            self._sent[p] = (want[p], at)      # draining or not: nothing to tell a plain-ECMP router
+        add: list[Path_] = []
+        remove: list[Path_] = []
+        for vip in vips:
+            want = self._desired.get(vip, {})
+            have = self._sent.get(vip, {})
+            add += [(vip, h) for h in want if h not in have]
+            remove += [(vip, h) for h in have if h not in want]
+            for h in want.keys() & have.keys():
+                have[h] = (want[h], have[h][1])    # draining or not: nothing to tell a plain-ECMP router
         if not add and not remove:
             return ApplyResult()
-        if add:
-            self._remember_held(self._maybe_held | set(add))     # before the routers can have them
-        lines = [route_line("announce", v, h) for v, h in add] + [route_line("withdraw", v, h) for v, h in remove]
-        acks = await self._send(lines)
+        add.sort()
+        remove.sort()
+        new = [p for p in add if p not in self._maybe_held]
+        if new:
+            self._remember_held(self._maybe_held | set(new))     # before the routers can have them
+        commands = group_commands("announce", add) + group_commands("withdraw", remove)
+        acks = await self._send([c.line for c in commands])
         now = self.clock()
-        failed = []
-        for (v, h), ack, line in zip([*add, *remove], acks, lines, strict=True):
+        self._forget_settled_withdraws(now)
+        failed: list[str] = []
+        withdrawn: list[Path_] = []
+        for c, ack in zip(commands, acks, strict=True):
             if ack != "done":
-                failed.append(line)
-            elif (v, h) in want:
-                self._sent[(v, h)] = (want[(v, h)], now)
-                self._withdrawn_at.pop((v, h), None)
-            else:
-                self._sent.pop((v, h), None)
-                self._withdrawn_at[(v, h)] = now
+                failed.append(c.line)
+                continue
+            for path in c.paths:
+                if c.verb == "announce":
+                    self._mark_sent(path, self._desired[path[0]][path[1]], now)
+                else:
+                    self._mark_withdrawn(path, now)
+                    withdrawn.append(path)
         if failed:
-            raise RouterError(f"ExaBGP refused {len(failed)} of {len(lines)} commands, first: {failed[0]!r}")
-        if all(s.state == "synced" for s in self.sessions.values()):
-            self._remember_held(set(want))
-        return ApplyResult(tuple(add), tuple(remove), (), messages=len(lines), elapsed_s=time.perf_counter() - t0)
+            raise RouterError(f"ExaBGP refused {len(failed)} of {len(commands)} commands, first: "
+                              f"{failed[0][:200]!r}")
+        if withdrawn and all(s.state == "synced" for s in self.sessions.values()):
+            self._remember_held(self._maybe_held - set(withdrawn))   # every router was told
+        return ApplyResult(tuple(add), tuple(remove), (), messages=len(commands),
+                           elapsed_s=time.perf_counter() - t0)
 
     async def _replay_pending(self) -> None:
         peers = [s for s in self.sessions.values() if s.state == "up"]
@@ -606,34 +640,34 @@ class BgpRouter:
         want = self._desired_paths()
         stale = sorted(self._maybe_held - want.keys())
         self._remember_held(self._maybe_held | want.keys())
-        lines = ([route_line("announce", v, h) for v, h in sorted(want)]
-                 + [route_line("withdraw", v, h) for v, h in stale]
-                 + [eor_line(s.address) for s in peers])
+        commands = group_commands("announce", sorted(want)) + group_commands("withdraw", stale)
+        lines = [c.line for c in commands] + [eor_line(s.address) for s in peers]
         acks = await self._send(lines)
         now = self.clock()
         elapsed = time.perf_counter() - t0
-        n_routes = len(lines) - len(peers)
-        bad = [line for line, ack in zip(lines[:n_routes], acks[:n_routes], strict=True) if ack != "done"]
-        for p, state in want.items():
-            if p not in self._sent:
-                self._sent[p] = (state, now)
-        for p in stale:
-            self._sent.pop(p, None)
-            self._withdrawn_at[p] = now
+        self._forget_settled_withdraws(now)
+        bad = [c.line for c, ack in zip(commands, acks, strict=False) if ack != "done"]
+        for c, ack in zip(commands, acks, strict=False):
+            if ack == "done":
+                for path in c.paths:
+                    if c.verb == "announce":
+                        self._mark_sent(path, want[path], now)
+                    else:
+                        self._mark_withdrawn(path, now)
         # An EoR refused means that peer went down meanwhile: it will be replayed at its next up.
-        for s, ack in zip(peers, acks[n_routes:], strict=True):
+        for s, ack in zip(peers, acks[len(commands):], strict=True):
             if ack == "done" and s.state == "up":
                 s.state, s.since = "synced", time.time()
                 s.replays += 1
                 s.last_replay_paths, s.last_replay_s = len(want), elapsed
         log.info("replayed %d paths and withdrew %d stale ones to %s in one batch of %d commands (%.1f ms)",
                  len(want), len(stale), ", ".join(s.peer for s in peers), len(lines), elapsed * 1000)
-        if all(s.state == "synced" for s in self.sessions.values()):
+        if not bad and all(s.state == "synced" for s in self.sessions.values()):
             self._remember_held(set(want))
         result = ApplyResult(tuple(sorted(want)), tuple(stale), (), messages=len(lines), elapsed_s=elapsed)
         self.last_replay = result
         if bad:
-            raise RouterError(f"replay: ExaBGP refused {len(bad)} of {len(lines)} commands, first: {bad[0]!r}")
+            raise RouterError(f"replay: ExaBGP refused {len(bad)} of {len(lines)} commands, first: {bad[0][:200]!r}")
         return result
 
     def _down_reason(self) -> str:
@@ -646,24 +680,59 @@ class BgpRouter:
     # ---- paths possibly held by the routers ----------------------------------------------------
 
     def _load_paths(self) -> set[Path_]:
+        path = self.dir / PATHS_FILE
         try:
-            data = json.loads((self.dir / "paths.json").read_text())
-            return {(IPv4Address(v), IPv4Address(h)) for v, h in data["paths"]}
+            text = path.read_text()
         except FileNotFoundError:
             return set()
-        except (OSError, ValueError, KeyError, TypeError) as exc:
-            log.error("%s unreadable (%s): stale paths of an earlier run cannot be withdrawn explicitly",
-                      self.dir / "paths.json", exc)
+        except OSError as exc:
+            log.error("%s unreadable (%s): stale paths of an earlier run cannot be withdrawn explicitly", path, exc)
             return set()
+        out: set[Path_] = set()
+        for n, line in enumerate(text.splitlines(), 1):
+            try:
+                vip, hop = line.split()
+                out.add((IPv4Address(vip), IPv4Address(hop)))
+            except ValueError:
+                log.error("%s:%d unreadable (%r): that stale path cannot be withdrawn explicitly", path, n, line)
+        return out
 
     def _remember_held(self, paths: set[Path_]) -> None:
+        """Write the paths the routers may hold: "VIP NEXT_HOP" per line, replaced atomically."""
         if paths == self._maybe_held:
             return
         self._maybe_held = set(paths)
         self.dir.mkdir(parents=True, exist_ok=True)
-        tmp = self.dir / "paths.json.tmp"
-        tmp.write_text(json.dumps({"paths": sorted([str(v), str(h)] for v, h in paths)}))
-        os.replace(tmp, self.dir / "paths.json")
+        tmp = self.dir / (PATHS_FILE + ".tmp")
+        tmp.write_text("".join(f"{v} {h}\n" for v, h in paths))
+        os.replace(tmp, self.dir / PATHS_FILE)
+
+
+@dataclass(frozen=True, slots=True)
+class Command:
+    verb: str
+    paths: tuple[Path_, ...]
+    line: str
+
+
+def group_commands(verb: str, paths: list[Path_]) -> list[Command]:
+    """One command per next hop for up to NLRI_PER_COMMAND VIPs (`announce attributes … nlri …`),
+    the plain `announce route` form for a single path. ExaBGP handles a grouped command about 1.4 times
+    faster per path, and a burst has far fewer lines and acknowledgements."""
+    by_hop: dict[IPv4Address, list[IPv4Address]] = {}
+    for vip, hop in paths:
+        by_hop.setdefault(hop, []).append(vip)
+    out: list[Command] = []
+    for hop, vips in by_hop.items():
+        for i in range(0, len(vips), NLRI_PER_COMMAND):
+            chunk = vips[i:i + NLRI_PER_COMMAND]
+            if len(chunk) == 1:
+                out.append(Command(verb, ((chunk[0], hop),), route_line(verb, chunk[0], hop)))
+            else:
+                nlri = " ".join(f"{v}/32" for v in chunk)
+                out.append(Command(verb, tuple((v, hop) for v in chunk),
+                                   f"{verb} attributes next-hop {hop} path-information {hop} nlri {nlri}"))
+    return out
 
 
 def _cmdline(pid: int) -> str:

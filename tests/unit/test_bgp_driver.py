@@ -18,7 +18,15 @@ import pytest
 from pydantic import ValidationError
 
 from actuators import exabgp_bridge
-from actuators.bgp import BRIDGE, BgpRouter, BgpRouterConfig, eor_line, render_exabgp_conf, route_line
+from actuators.bgp import (
+    BRIDGE,
+    BgpRouter,
+    BgpRouterConfig,
+    eor_line,
+    group_commands,
+    render_exabgp_conf,
+    route_line,
+)
 from actuators.errors import RouterError
 
 BASE: dict[str, Any] = {"local_as": 65001, "router_id": "198.18.255.2", "local_address": "198.18.255.2",
@@ -81,11 +89,25 @@ async def test_status_before_any_session_says_why_it_cannot_answer(tmp_path: Pat
         "replays": 0, "last_replay_paths": 0, "last_replay_s": 0.0}
 
 
-def test_an_unreadable_paths_file_is_reported_and_not_fatal(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
-    (tmp_path / "paths.json").write_text("{not json")
+def test_a_damaged_line_of_the_paths_file_is_reported_and_the_others_kept(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    (tmp_path / "paths.txt").write_text("198.19.0.1 198.18.1.2\nhalf a line\n198.19.0.1 198.18.2.2\n")
     r = BgpRouter(BgpRouterConfig.model_validate(BASE | {"dir": str(tmp_path)}))
-    assert r.health()["paths_maybe_held"] == 0
-    assert "paths.json unreadable" in caplog.text
+    assert r.health()["paths_maybe_held"] == 2
+    assert "paths.txt:2 unreadable ('half a line')" in caplog.text
+
+
+def test_commands_are_grouped_by_next_hop_and_a_single_path_keeps_the_plain_form() -> None:
+    vips = [IPv4Address("198.19.0.0") + i for i in range(450)]
+    a, b = IPv4Address("198.18.1.2"), IPv4Address("198.18.2.2")
+    paths = [(v, a) for v in vips] + [(vips[0], b)]
+    cmds = group_commands("announce", paths)
+    assert [len(c.paths) for c in cmds] == [200, 200, 50, 1]
+    assert cmds[0].line.startswith("announce attributes next-hop 198.18.1.2 path-information 198.18.1.2 nlri "
+                                   "198.19.0.0/32 198.19.0.1/32 ")
+    assert cmds[-1].line == route_line("announce", vips[0], b)
+    assert sorted(p for c in cmds for p in c.paths) == sorted(paths), "every path in exactly one command"
+    assert group_commands("withdraw", []) == []
 
 
 def test_the_bridge_copies_both_ways_and_exits_when_exabgp_closes_its_stdin(tmp_path: Path) -> None:
