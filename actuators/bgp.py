@@ -231,6 +231,7 @@ class BgpRouter:
         # What the running ExaBGP holds: VIP → next hop → (state, monotonic time of its ack).
         self._sent: dict[IPv4Address, dict[IPv4Address, tuple[HopState, float]]] = {}
         self._withdrawn_at: dict[IPv4Address, dict[IPv4Address, float]] = {}
+        self._log_lines = 0
         self._maybe_held: set[Path_] = self._load_paths()
         self._lock = asyncio.Lock()
         self._acks: deque[asyncio.Future[str]] = deque()
@@ -680,6 +681,7 @@ class BgpRouter:
     # ---- paths possibly held by the routers ----------------------------------------------------
 
     def _load_paths(self) -> set[Path_]:
+        """Read `paths.txt`: a log of "+ VIP NEXT_HOP" / "- VIP NEXT_HOP" lines, compacted now and then."""
         path = self.dir / PATHS_FILE
         try:
             text = path.read_text()
@@ -689,23 +691,40 @@ class BgpRouter:
             log.error("%s unreadable (%s): stale paths of an earlier run cannot be withdrawn explicitly", path, exc)
             return set()
         out: set[Path_] = set()
-        for n, line in enumerate(text.splitlines(), 1):
+        lines = text.splitlines()
+        for n, line in enumerate(lines, 1):
             try:
-                vip, hop = line.split()
-                out.add((IPv4Address(vip), IPv4Address(hop)))
+                op, vip, hop = line.split()
+                p = (IPv4Address(vip), IPv4Address(hop))
+                if op not in "+-":
+                    raise ValueError(op)
             except ValueError:
                 log.error("%s:%d unreadable (%r): that stale path cannot be withdrawn explicitly", path, n, line)
+                continue
+            if op == "+":
+                out.add(p)
+            else:
+                out.discard(p)
+        self._log_lines = len(lines)
         return out
 
     def _remember_held(self, paths: set[Path_]) -> None:
-        """Write the paths the routers may hold: "VIP NEXT_HOP" per line, replaced atomically."""
-        if paths == self._maybe_held:
+        """Record what the routers may hold (before they can have it): appended to `paths.txt`, which is
+        rewritten compactly once the log is much longer than the set. O(change), not O(table)."""
+        added, gone = paths - self._maybe_held, self._maybe_held - paths
+        if not added and not gone:
             return
         self._maybe_held = set(paths)
         self.dir.mkdir(parents=True, exist_ok=True)
-        tmp = self.dir / (PATHS_FILE + ".tmp")
-        tmp.write_text("".join(f"{v} {h}\n" for v, h in paths))
-        os.replace(tmp, self.dir / PATHS_FILE)
+        if self._log_lines + len(added) + len(gone) > 2 * len(paths) + 1000:
+            tmp = self.dir / (PATHS_FILE + ".tmp")
+            tmp.write_text("".join(f"+ {v} {h}\n" for v, h in paths))
+            os.replace(tmp, self.dir / PATHS_FILE)
+            self._log_lines = len(paths)
+            return
+        with (self.dir / PATHS_FILE).open("a") as f:
+            f.write("".join([f"+ {v} {h}\n" for v, h in added] + [f"- {v} {h}\n" for v, h in gone]))
+        self._log_lines += len(added) + len(gone)
 
 
 @dataclass(frozen=True, slots=True)

@@ -5,6 +5,10 @@
 2. 1,000 next-hop changes (500 VIPs x 2 members: 1,000 nexthops, 500 groups, 500 routes = 2,000
    messages) as one apply() batch, against one apply() per hop change (`reference`); as extra
    fields, the same 2,000 messages on the wire alone: one batch vs one send()/ACK each.
+   For both, and for the withdraw of all 1,000 as one batch, also the time until the last change
+   is in the FIB, in the shape bench_bgp_router.py reports it: one route dump started the moment
+   apply() returns (the driver returns after the kernel's ACK) must already show the whole desired
+   state, and the time is taken when that dump has been read.
 
 Writes one JSON file per benchmark to --out. Creates only the namespace `sclk<random>b`, uses only
 addresses of 198.18.0.0/15 inside it, sends no traffic, and deletes the namespace when done.
@@ -21,6 +25,7 @@ import os
 import platform
 import secrets
 import statistics
+import struct
 import subprocess
 import sys
 import time
@@ -58,6 +63,58 @@ def make_router_ns(name: str) -> None:
     sh(*ip, "link", "set", "bm1", "up")
 
 
+RTA_MULTIPATH = 9
+_RTNH = struct.Struct("=HBBi")     # struct rtnexthop: len, flags, hops, ifindex; its attributes follow
+_RTMSG_LEN = 12                     # struct rtmsg
+
+Path_ = tuple[IPv4Address, IPv4Address]     # (VIP, next hop)
+
+
+def fib_paths(client: nl.NetlinkClient, protocol: int, *, table: int = nl.RT_TABLE_MAIN) -> set[Path_]:
+    """Every (destination, gateway) pair of the FIB's /32 routes of `protocol`, from one route dump.
+
+    Routes that point at nexthop objects (the kernel driver's resilient groups, FRR's groups) come
+    with their members expanded into RTA_MULTIPATH as long as net.ipv4.nexthop_compat_mode is 1 (the
+    default), so one dump shows what packets would use without reading the nexthop objects.
+    """
+    out: set[Path_] = set()
+    for msg in client.dump(nl.dump_routes(table=table, protocol=protocol)):
+        if msg.type != nl.RTM_NEWROUTE or msg.payload[1] != 32:
+            continue
+        attrs = nl.parse_nlas(msg.payload[_RTMSG_LEN:])
+        if nl.RTA_DST not in attrs:
+            continue
+        dst = IPv4Address(attrs[nl.RTA_DST])
+        if nl.RTA_GATEWAY in attrs:
+            out.add((dst, IPv4Address(attrs[nl.RTA_GATEWAY])))
+        mp = attrs.get(RTA_MULTIPATH, b"")
+        pos = 0
+        while pos + _RTNH.size <= len(mp):
+            length = _RTNH.unpack_from(mp, pos)[0]
+            if length < _RTNH.size:
+                break
+            inner = nl.parse_nlas(mp[pos + _RTNH.size:pos + length])
+            if nl.RTA_GATEWAY in inner:
+                out.add((dst, IPv4Address(inner[nl.RTA_GATEWAY])))
+            pos += (length + 3) & ~3
+    return out
+
+
+def paths_of(desired: DesiredRoutes) -> set[Path_]:
+    return {(vip, hop.address) for vip, hops in desired.items() for hop in hops}
+
+
+def print_table(title: str, rows: Sequence[tuple[str, Sequence[float], str]]) -> None:
+    """One line per measure: every run, the median and the spread (max - min)."""
+    print(f"-- {title}")
+    width = max(len(name) for name, _, _ in rows)
+    for name, values, unit in rows:
+        runs = "  ".join(f"{v:9.3f}" for v in values)
+        spread = max(values) - min(values) if values else 0.0
+        med = statistics.median(values) if values else float("nan")
+        print(f"  {name:<{width}}  {runs}   median {med:9.3f}  spread {spread:8.3f} {unit}")
+
+
 def percentile(values: Sequence[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
@@ -71,7 +128,9 @@ def summary(values: Sequence[float]) -> dict[str, float]:
 def write(out: Path, result: dict[str, Any]) -> None:
     out.mkdir(parents=True, exist_ok=True)
     result |= {"kernel": platform.release(), "python": platform.python_version(),
-               "cpus": os.cpu_count(), "timestamp": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+               "cpus": os.cpu_count(), "timestamp": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+               # Other work on the box skews every time here: the 1-minute load average when written.
+               "loadavg_1m": round(os.getloadavg()[0], 2)}
     path = out / f"{result['name']}.json"
     path.write_text(json.dumps(result, indent=2) + "\n")
     print(f"{path}: {result['name']} = {result['value']:.3f} {result['unit']}")
@@ -136,22 +195,35 @@ def emptied(desired: DesiredRoutes) -> dict[IPv4Address, frozenset[NextHop]]:
     return dict.fromkeys(desired, frozenset())
 
 
-async def bench_batch(ns: str, out: Path, vips: int, runs: int) -> None:
+async def bench_batch(ns: str, out: Path, vips: int, runs: int, reference_runs: int) -> None:
     cfg = KernelRouterConfig(netns=ns)
     router = KernelRouter(cfg)
     client = nl.NetlinkClient(ns)
     desired = desired_all(vips)
     batch: list[float] = []
+    batch_fib: list[float] = []
+    withdraw: list[float] = []
+    withdraw_fib: list[float] = []
+    complete_at_return: list[bool] = []
+    want = paths_of(desired)
     messages = 0
     wire: dict[str, list[float]] = {"batch": [], "batch_ack_each": [], "one_by_one": []}
+    references: list[float] = []
+    reference_fib: list[float] = []
     try:
         for _ in range(runs):
             t0 = time.perf_counter()
             result = await router.apply(desired)
             batch.append(time.perf_counter() - t0)
+            complete_at_return.append(fib_paths(client, cfg.protocol, table=cfg.table) == want)
+            batch_fib.append(time.perf_counter() - t0)
             messages = result.messages
             assert len(result.added) == 2 * vips
+            t0 = time.perf_counter()
             await router.apply(emptied(desired))
+            withdraw.append(time.perf_counter() - t0)
+            complete_at_return.append(not fib_paths(client, cfg.protocol, table=cfg.table))
+            withdraw_fib.append(time.perf_counter() - t0)
 
         # Wire level: the very messages apply() sends, without its dumps, lookups and planning.
         # The plan is built from the empty router exactly as apply() builds it; that is not timed.
@@ -172,19 +244,34 @@ async def bench_batch(ns: str, out: Path, vips: int, runs: int) -> None:
 
         # Reference: one apply() per hop change (first member of every VIP, then the second), as a
         # caller that does not batch would do it; each apply() reads the router first.
-        t0 = time.perf_counter()
-        for member in (0, 1):
-            for vip, hops in desired.items():
-                ordered = sorted(hops, key=lambda h: h.address)
-                await router.apply({vip: frozenset(ordered[:member + 1])})
-        reference = time.perf_counter() - t0
-        assert (await router.apply(desired)).messages == 0
-        await router.apply(emptied(desired))
+        for _ in range(reference_runs):
+            t0 = time.perf_counter()
+            for member in (0, 1):
+                for vip, hops in desired.items():
+                    ordered = sorted(hops, key=lambda h: h.address)
+                    await router.apply({vip: frozenset(ordered[:member + 1])})
+            references.append(time.perf_counter() - t0)
+            complete_at_return.append(fib_paths(client, cfg.protocol, table=cfg.table) == want)
+            reference_fib.append(time.perf_counter() - t0)
+            assert (await router.apply(desired)).messages == 0
+            await router.apply(emptied(desired))
     finally:
         client.close()
         await router.close()
+    if not all(complete_at_return):
+        raise RuntimeError(f"the FIB was not complete when apply() returned in "
+                           f"{complete_at_return.count(False)} of {len(complete_at_return)} checks")
     value = statistics.median(batch)
+    reference = statistics.median(references)
     w = {mode: statistics.median(times) for mode, times in wire.items()}
+    print_table(f"kernel: {2 * vips} next-hop changes ({vips} VIPs x 2), seconds", [
+        ("(a) one apply(): returned", batch, "s"),
+        ("(a) one apply(): last change in FIB", batch_fib, "s"),
+        (f"(b) {2 * vips} apply(): returned", references, "s"),
+        (f"(b) {2 * vips} apply(): last change in FIB", reference_fib, "s"),
+        ("withdraw all, one apply(): returned", withdraw, "s"),
+        ("withdraw all, one apply(): FIB empty", withdraw_fib, "s"),
+    ])
     write(out, {
         "name": f"kernel_batch_{2 * vips}_hops",
         "value": value, "unit": "s", "runs": runs,
@@ -196,6 +283,19 @@ async def bench_batch(ns: str, out: Path, vips: int, runs: int) -> None:
         "ratio_what": "reference / value",
         "messages": messages,
         **summary(batch),
+        "reference_runs": references,
+        "fib_s": statistics.median(batch_fib),
+        "fib_runs": batch_fib,
+        "reference_fib_s": statistics.median(reference_fib),
+        "reference_fib_runs": reference_fib,
+        "fib_ratio": statistics.median(reference_fib) / statistics.median(batch_fib),
+        "withdraw_s": statistics.median(withdraw),
+        "withdraw_fib_s": statistics.median(withdraw_fib),
+        "complete_at_return": all(complete_at_return),
+        "fib_what": "from the start of the first apply() until a route dump taken right after the last "
+                    "apply() returned has been read and shows every (VIP, next hop) pair (withdraw: none); "
+                    "complete_at_return: every such dump was already complete (the driver returns after "
+                    "the kernel's ACK, so there is nothing to poll for); fib_ratio = reference_fib_s / fib_s",
         "wire_batch_s": w["batch"],
         "wire_batch_ack_each_s": w["batch_ack_each"],
         "wire_one_by_one_s": w["one_by_one"],
@@ -211,6 +311,8 @@ async def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=Path("bench/results"))
     parser.add_argument("--runs", type=int, default=50, help="runs of the apply→FIB benchmark")
     parser.add_argument("--batch-runs", type=int, default=5, help="runs of the batched variants")
+    parser.add_argument("--reference-runs", type=int, default=2,
+                        help="runs of the 1,000 apply() calls (each ~20 s on 2 cores)")
     parser.add_argument("--vips", type=int, default=500)
     args = parser.parse_args(argv)
     if os.geteuid() != 0:
@@ -220,7 +322,7 @@ async def main(argv: Sequence[str] | None = None) -> int:
     try:
         make_router_ns(ns)
         await bench_fib(ns, args.out, args.runs)
-        await bench_batch(ns, args.out, args.vips, args.batch_runs)
+        await bench_batch(ns, args.out, args.vips, args.batch_runs, args.reference_runs)
     finally:
         sh_quiet("ip", "netns", "del", ns)
     return 0

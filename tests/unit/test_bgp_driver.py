@@ -91,10 +91,29 @@ async def test_status_before_any_session_says_why_it_cannot_answer(tmp_path: Pat
 
 def test_a_damaged_line_of_the_paths_file_is_reported_and_the_others_kept(
         tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
-    (tmp_path / "paths.txt").write_text("198.19.0.1 198.18.1.2\nhalf a line\n198.19.0.1 198.18.2.2\n")
+    (tmp_path / "paths.txt").write_text("+ 198.19.0.1 198.18.1.2\nhalf a line\n+ 198.19.0.1 198.18.2.2\n"
+                                        "+ 198.19.0.2 198.18.2.2\n- 198.19.0.1 198.18.1.2\n")
     r = BgpRouter(BgpRouterConfig.model_validate(BASE | {"dir": str(tmp_path)}))
     assert r.health()["paths_maybe_held"] == 2
     assert "paths.txt:2 unreadable ('half a line')" in caplog.text
+
+
+def test_the_paths_log_is_appended_then_compacted_and_reads_back_the_same(tmp_path: Path) -> None:
+    cfg = BgpRouterConfig.model_validate(BASE | {"dir": str(tmp_path)})
+    r = BgpRouter(cfg)
+    vip = IPv4Address("198.19.0.1")
+    held: set[tuple[IPv4Address, IPv4Address]] = set()
+    for k in range(1, 1200):          # add, then remove, one path at a time: the log grows, then compacts
+        hop = IPv4Address("10.0.0.0") + k
+        held.add((vip, hop))
+        r._remember_held(set(held))
+        if k % 3 == 0:
+            held.discard((vip, hop))
+            r._remember_held(set(held))
+    lines = (tmp_path / "paths.txt").read_text().splitlines()
+    assert len(lines) < 2 * len(held) + 1000 + 2, "compacted"
+    assert BgpRouter(cfg).health()["paths_maybe_held"] == len(held)
+    assert BgpRouter(cfg)._maybe_held == held
 
 
 def test_commands_are_grouped_by_next_hop_and_a_single_path_keeps_the_plain_form() -> None:
