@@ -473,6 +473,7 @@ class BgpRouter:
             fut = self._acks.popleft()
             if not fut.done():
                 fut.set_exception(RouterError(f"ExaBGP went away before acknowledging: {why}"))
+                fut.exception()     # the sender may have given up (timeout, close): no "never retrieved"
         for s in self.sessions.values():
             if s.state != "down":
                 s.state, s.since = "down", time.time()
