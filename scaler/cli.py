@@ -156,13 +156,32 @@ def cmd_breaker(args: argparse.Namespace) -> int:
     return 0
 
 
+def _lab_name(value: str) -> str:
+    """--name: checked here so a bad one is a usage error, not a traceback."""
+    import re
+
+    from actuators.lab import LAB_NAME_PATTERN
+
+    if not re.match(LAB_NAME_PATTERN, value):
+        raise argparse.ArgumentTypeError(f"{value!r}: a lab name is 1-6 lowercase letters or digits, "
+                                         "starting with a letter")
+    return value
+
+
 def cmd_lab(args: argparse.Namespace) -> int:
     from scaler import lab
 
-    cfg = lab.LabConfig(name=args.name)
+    cfg = lab.LabConfig(name=args.name, router=args.router)
     if args.lab_cmd == "up":
         asyncio.run(lab.lab_up(cfg))
-        print(f"lab {cfg.name} is up (files in {cfg.dir})")
+        print(f"lab {cfg.name} is up (files in {cfg.dir}, router {cfg.router})")
+        if cfg.router == "bgp":
+            print(f"FRR (AS {lab.BGP_ROUTER_ASN}, {lab.BGP_ROUTER_ADDRESS}) runs in {cfg.router_ns}; the scaler's "
+                  f"speaker belongs in {cfg.ctl_ns} ({lab.BGP_SPEAKER_ADDRESS}, AS {lab.BGP_SPEAKER_ASN}). "
+                  "For scaler.yaml:")
+            from ruamel.yaml import YAML
+
+            YAML(typ="rt").dump({"router": {"driver": "bgp", "options": cfg.bgp_router_options()}}, sys.stdout)
     elif args.lab_cmd == "down":
         removed = asyncio.run(lab.lab_down(cfg))
         print(f"lab {cfg.name} is down; removed: {removed}")
@@ -191,7 +210,7 @@ async def _lab_load(lab: object, cfg: object, args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from scaler.demo import demo
 
-    return asyncio.run(demo(router=args.router, keep=args.keep))
+    return asyncio.run(demo(router=args.router, keep=args.keep, name=args.name))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -253,14 +272,21 @@ def main(argv: list[str] | None = None) -> int:
 
     lab = sub.add_parser("lab", help="the network-namespace lab: up, down, status, load")
     lab.add_argument("lab_cmd", choices=["up", "down", "status", "load"])
-    lab.add_argument("--name", default="scl", help="lab name: prefix of every namespace (default scl)")
+    lab.add_argument("--name", type=_lab_name, default="scl",
+                     help="lab name: prefix of every namespace (default scl)")
+    lab.add_argument("--router", choices=["kernel", "bgp"], default="kernel",
+                     help="up: what routes the VIP: kernel (the kernel driver's nexthop group) or bgp (FRR in the "
+                     "router, a ctl namespace for the scaler's ExaBGP); default kernel")
     lab.add_argument("--seconds", type=float, default=30, help="load: how long (bounded)")
     lab.add_argument("--rps", type=float, default=50, help="load: new-connection requests per second")
     lab.add_argument("--keepalive", type=int, default=4, help="load: keep-alive clients")
     lab.set_defaults(fn=cmd_lab)
 
     d = sub.add_parser("demo", help="lab up, run the scaler, ramp load up and down, print the timeline")
-    d.add_argument("--router", choices=["kernel"], default="kernel")
+    d.add_argument("--router", choices=["kernel", "bgp"], default="kernel",
+                   help="kernel: resilient nexthop group over netlink (breaks no flow); bgp: ExaBGP → FRR "
+                   "(plain ECMP: changes reset some flows)")
+    d.add_argument("--name", type=_lab_name, default="scl", help="lab name: prefix of every namespace (default scl)")
     d.add_argument("--keep", action="store_true", help="leave the lab up afterwards")
     d.set_defaults(fn=cmd_demo)
 

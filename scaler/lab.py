@@ -2,10 +2,15 @@
 
     {lab}-client (198.18.0.2) ── {lab}-router (198.18.0.1, 198.18.N.1) ──┬── {lab}-i-{instance} (198.18.N.2,
                                                                           ┆    VIP/32 on lo, HAProxy, backend)
+                                     router="bgp" only: (198.18.255.1) ───┴── {lab}-ctl (198.18.255.2: the
+                                     FRR, AS 65000                             scaler's ExaBGP, AS 65001)
 `lab_up` makes the router and client namespaces and their link; instances are made by
-`actuators.lab.LabOrchestrator`; the router's VIP route belongs to the router driver. `lab_down`
-removes everything the lab started, even after a crash left it half built. Every file, pidfile and
-socket lives in the lab directory. `LoadRun` runs `scaler.loadgen` in the client namespace.
+`actuators.lab.LabOrchestrator`; the router's VIP route belongs to the router driver: the `kernel`
+driver programs it over netlink, the `bgp` driver announces it to the FRR that `lab_up` starts in
+the router namespace for a `bgp` lab (never for a `kernel` one: zebra adopts and re-creates the
+kernel driver's nexthop objects, FRR issue #14471). `lab_down` removes everything the lab started,
+even after a crash left it half built. Every file, pidfile and socket lives in the lab directory.
+`LoadRun` runs `scaler.loadgen` in the client namespace.
 
 It only ever touches namespaces whose name starts with `{lab}-` and processes it can prove are its
 own (a pidfile in the lab directory whose process names the lab directory, or a process living in
@@ -27,12 +32,13 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from actuators import netns
 from actuators.errors import ActuatorError
+from actuators.frr import Frr, FrrConfig, FrrNeighbor
 from actuators.lab import (
     DEFAULT_LAB_ROOT,
     LAB_NAME_PATTERN,
@@ -41,6 +47,7 @@ from actuators.lab import (
     ensure_lab_snmp_secrets,
     kill_netns_processes,
     kill_pidfile,
+    process_cmdline,
     process_matches,
     read_pidfile,
     router_ns,
@@ -50,6 +57,17 @@ from scaler.errors import ScalerError
 
 CLIENT_ADDRESS = IPv4Address("198.18.0.2")
 ROUTER_CLIENT_ADDRESS = IPv4Address("198.18.0.1")
+
+# A `bgp` lab: the one eBGP session between the router's FRR and the scaler's speaker in {lab}-ctl,
+# on its own link. 198.18.255.0/24 is free: instance links use 198.18.1.0/24 to 198.18.254.0/24.
+BGP_ROUTER_ADDRESS = IPv4Address("198.18.255.1")
+BGP_SPEAKER_ADDRESS = IPv4Address("198.18.255.2")
+BGP_LINK_PREFIXLEN = 24
+BGP_ROUTER_ASN = 65000
+BGP_SPEAKER_ASN = 65001
+BGP_ROUTER_PEER_NAME = "lab-router"
+
+RouterKind = Literal["kernel", "bgp"]
 
 
 class LabError(ScalerError):
@@ -67,6 +85,8 @@ class LabConfig(BaseModel):
     backend_delay_ms: int = Field(default=0, ge=0, le=60_000)
     keepalive_timeout_s: float = Field(default=2.0, gt=0, le=25)
     command_timeout_s: float = Field(default=15.0, gt=0)
+    # Which router driver the lab is built for: `bgp` adds FRR in the router and the ctl namespace.
+    router: RouterKind = "kernel"
 
     @model_validator(mode="after")
     def _default_dir(self) -> LabConfig:
@@ -86,6 +106,37 @@ class LabConfig(BaseModel):
     @property
     def client_ns(self) -> str:
         return client_ns(self.name)
+
+    @property
+    def ctl_ns(self) -> str:
+        """Where the scaler's BGP speaker runs (a `bgp` lab only)."""
+        return ctl_ns(self.name)
+
+    @property
+    def frr_dir(self) -> Path:
+        return self.lab_dir / "frr"
+
+    def frr(self) -> Frr:
+        """The router namespace's FRR: one eBGP neighbor, the scaler's speaker."""
+        return Frr(FrrConfig(dir=self.frr_dir, asn=BGP_ROUTER_ASN, router_id=BGP_ROUTER_ADDRESS,
+                             neighbors=(FrrNeighbor(BGP_SPEAKER_ADDRESS, BGP_SPEAKER_ASN),),
+                             netns=self.router_ns))
+
+    def bgp_router_options(self) -> dict[str, Any]:
+        """The `router.options` of a scaler.yaml whose `bgp` driver speaks to this lab's FRR."""
+        return {"netns": self.ctl_ns, "dir": str(self.lab_dir / "bgp"), "local_as": BGP_SPEAKER_ASN,
+                "router_id": str(BGP_SPEAKER_ADDRESS), "local_address": str(BGP_SPEAKER_ADDRESS),
+                "peers": [{"address": str(BGP_ROUTER_ADDRESS), "asn": BGP_ROUTER_ASN,
+                           "name": BGP_ROUTER_PEER_NAME}]}
+
+    def bgp_facts(self) -> dict[str, Any]:
+        """The BGP side of the lab, as lab.json records it."""
+        return {"router_asn": BGP_ROUTER_ASN, "router_address": str(BGP_ROUTER_ADDRESS),
+                "speaker_asn": BGP_SPEAKER_ASN, "speaker_address": str(BGP_SPEAKER_ADDRESS),
+                "link": f"{BGP_ROUTER_ADDRESS}/{BGP_LINK_PREFIXLEN} {_router_ctl_if(self.name)} ↔ "
+                        f"{BGP_SPEAKER_ADDRESS}/{BGP_LINK_PREFIXLEN} {_ctl_if(self.name)}",
+                "ctl_ns": self.ctl_ns, "frr_dir": str(self.frr_dir),
+                "router_options": self.bgp_router_options()}
 
     @property
     def prefix(self) -> str:
@@ -108,6 +159,18 @@ def _client_if(lab: str) -> str:
     return f"{lab}-cc"
 
 
+def ctl_ns(lab: str) -> str:
+    return f"{lab}-ctl"
+
+
+def _router_ctl_if(lab: str) -> str:
+    return f"{lab}-rk"
+
+
+def _ctl_if(lab: str) -> str:
+    return f"{lab}-kc"
+
+
 async def _run(cfg: LabConfig, argv: list[str], *, ns: str | None = None, stdin: bytes | None = None,
                check: bool = True) -> tuple[int, str, str]:
     try:
@@ -121,15 +184,44 @@ async def _link_exists(cfg: LabConfig, ns: str, ifname: str) -> bool:
     return rc == 0
 
 
+async def _ensure_veth(cfg: LabConfig, ns_a: str, if_a: str, ns_b: str, if_b: str) -> None:
+    """A veth pair between two namespaces, made again if only half of it is left."""
+    a_ok, b_ok = await _link_exists(cfg, ns_a, if_a), await _link_exists(cfg, ns_b, if_b)
+    if a_ok and b_ok:
+        return
+    if a_ok:
+        await _run(cfg, ["ip", "-n", ns_a, "link", "del", if_a])
+    if b_ok:
+        await _run(cfg, ["ip", "-n", ns_b, "link", "del", if_b])
+    # Made directly in the two namespaces: nothing ever appears in the host's namespace.
+    await _run(cfg, ["ip", "-n", ns_a, "link", "add", if_a, "type", "veth", "peer", "name", if_b, "netns", ns_b])
+
+
+def read_lab_json(cfg: LabConfig) -> dict[str, Any] | None:
+    """What the last `lab_up` recorded, None if the lab was never brought up (or is down)."""
+    try:
+        data = json.loads((cfg.lab_dir / "lab.json").read_text())
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
 async def lab_up(cfg: LabConfig) -> dict[str, Any]:
-    """Make the router and client namespaces and their link (idempotent); returns lab.json's content."""
+    """Make the router and client namespaces and their link, and for a `bgp` lab the ctl namespace,
+    its link to the router and FRR in the router (idempotent); returns lab.json's content."""
     lab_dir = cfg.lab_dir
+    rns, cns = cfg.router_ns, cfg.client_ns
+    previous = read_lab_json(cfg)
+    if previous is not None and netns.exists(rns) and previous.get("router", "kernel") != cfg.router:
+        # Switching in place would leave zebra next to the kernel driver's nexthop objects (or a
+        # kernel-driven route under FRR): the lab is rebuilt instead.
+        raise LabError(f"lab {cfg.name} is up with router {previous.get('router', 'kernel')!r}, not "
+                       f"{cfg.router!r}: take it down first (scaler lab down --name {cfg.name})")
     lab_dir.mkdir(parents=True, exist_ok=True)
     (lab_dir / "instances").mkdir(exist_ok=True)
     # The SNMP credentials every instance's snmpd gets: made now so that a scaler.yaml referring to
     # them ({file: …/snmp/auth_key}) validates before the first instance exists.
     ensure_lab_snmp_secrets(lab_dir)
-    rns, cns = cfg.router_ns, cfg.client_ns
     for ns in (rns, cns):
         if not netns.exists(ns):
             await _run(cfg, ["ip", "netns", "add", ns])
@@ -142,15 +234,7 @@ async def lab_up(cfg: LabConfig) -> dict[str, Any]:
                      "net.ipv4.conf.default.rp_filter=0", "net.ipv4.tcp_tw_reuse=1",
                      "net.ipv4.ip_local_port_range=10000 60999"], ns=cns)
     r_if, c_if = _router_client_if(cfg.name), _client_if(cfg.name)
-    r_ok, c_ok = await _link_exists(cfg, rns, r_if), await _link_exists(cfg, cns, c_if)
-    if not (r_ok and c_ok):
-        if r_ok:
-            await _run(cfg, ["ip", "-n", rns, "link", "del", r_if])
-        if c_ok:
-            await _run(cfg, ["ip", "-n", cns, "link", "del", c_if])
-        # Made directly in the two namespaces: nothing ever appears in the host's namespace.
-        await _run(cfg, ["ip", "-n", rns, "link", "add", r_if, "type", "veth", "peer", "name", c_if,
-                         "netns", cns])
+    await _ensure_veth(cfg, rns, r_if, cns, c_if)
     await _run(cfg, ["ip", "-n", rns, "-batch", "-"], stdin=(
         "link set lo up\n"
         f"addr replace {ROUTER_CLIENT_ADDRESS}/24 dev {r_if}\n"
@@ -160,15 +244,44 @@ async def lab_up(cfg: LabConfig) -> dict[str, Any]:
         f"addr replace {CLIENT_ADDRESS}/24 dev {c_if}\n"
         f"link set {c_if} up\n"
         f"route replace default via {ROUTER_CLIENT_ADDRESS} dev {c_if}\n").encode())
+    if cfg.router == "bgp":
+        await _bgp_up(cfg)
     info = {
         "name": cfg.name, "dir": str(lab_dir), "vip": str(cfg.vip),
         "router_ns": rns, "client_ns": cns,
         "client_address": str(CLIENT_ADDRESS), "router_client_address": str(ROUTER_CLIENT_ADDRESS),
         "router_client_if": r_if, "instance_links": "198.18.N.0/24: router .1, instance .2",
+        "router": cfg.router, "bgp": cfg.bgp_facts() if cfg.router == "bgp" else None,
         "config": cfg.model_dump(mode="json"), "up_at": time.time(),
     }
     write_atomic(lab_dir / "lab.json", json.dumps(info, indent=2) + "\n")
     return info
+
+
+async def _bgp_up(cfg: LabConfig) -> None:
+    """The ctl namespace, its link to the router, and FRR in the router (a running FRR is kept)."""
+    rns, kns = cfg.router_ns, cfg.ctl_ns
+    if not netns.exists(kns):
+        await _run(cfg, ["ip", "netns", "add", kns])
+    await _run(cfg, ["sysctl", "-q", "-w", "net.ipv4.conf.all.rp_filter=0",
+                     "net.ipv4.conf.default.rp_filter=0"], ns=kns)
+    r_if, k_if = _router_ctl_if(cfg.name), _ctl_if(cfg.name)
+    await _ensure_veth(cfg, rns, r_if, kns, k_if)
+    await _run(cfg, ["ip", "-n", rns, "-batch", "-"], stdin=(
+        f"addr replace {BGP_ROUTER_ADDRESS}/{BGP_LINK_PREFIXLEN} dev {r_if}\n"
+        f"link set {r_if} up\n").encode())
+    await _run(cfg, ["ip", "-n", kns, "-batch", "-"], stdin=(
+        "link set lo up\n"
+        f"addr replace {BGP_SPEAKER_ADDRESS}/{BGP_LINK_PREFIXLEN} dev {k_if}\n"
+        f"link set {k_if} up\n").encode())
+    # FRR's daemons run as user `frr`: it must be able to reach its directory inside ours.
+    mode = cfg.lab_dir.stat().st_mode
+    if mode & 0o111 != 0o111:
+        cfg.lab_dir.chmod((mode & 0o7777) | 0o111)
+    try:
+        await cfg.frr().start(timeout_s=cfg.command_timeout_s)
+    except ActuatorError as exc:
+        raise LabError(f"lab {cfg.name}: FRR in {rns}: {exc}") from exc
 
 
 def lab_namespaces(cfg: LabConfig) -> list[str]:
@@ -197,6 +310,13 @@ async def lab_down(cfg: LabConfig) -> LabDownReport:
     report = LabDownReport()
     lab_dir = cfg.lab_dir
     marker = f"{lab_dir}/"
+    # 0. FRR (a `bgp` lab, whatever `cfg.router` says): bgpd then zebra, the way FRR wants to stop
+    #    (zebra removes the routes it installed). Its pidfiles are checked against its directory.
+    if cfg.frr_dir.is_dir():
+        frr = cfg.frr()
+        pids = [(pid, process_cmdline(pid)) for d in ("bgpd", "zebra") if (pid := frr.pid(d)) is not None]
+        await frr.stop()
+        report.processes.extend(pids)
     # 1. Our processes by pidfile; the command line must name the lab directory, so a pid the
     #    kernel reused for someone else's process is never signalled.
     if lab_dir.is_dir():
@@ -226,14 +346,24 @@ async def lab_down(cfg: LabConfig) -> LabDownReport:
 class LabStatus:
     name: str
     dir: str
-    up: bool                                   # router and client namespaces exist
+    up: bool                                   # router and client namespaces exist (and ctl for bgp)
     namespaces: list[str]
     instances: dict[str, dict[str, Any]]       # name -> {"netns": bool, "haproxy": bool, "backend": bool}
     processes: dict[str, int | None]           # pidfile (relative to dir) -> live pid or None
+    router: str = "kernel"                     # what lab.json says the lab was built for
+    # bgp: FRR's neighbors and their state ("Established", …); None when FRR is not running.
+    bgp_sessions: dict[str, str] | None = None
+    bgp_error: str | None = None               # why the sessions could not be read
 
     def __str__(self) -> str:
-        lines = [f"lab {self.name}: {'up' if self.up else 'down'} (dir {self.dir})",
+        lines = [f"lab {self.name}: {'up' if self.up else 'down'} (dir {self.dir}, router {self.router})",
                  f"  namespaces: {', '.join(self.namespaces) or 'none'}"]
+        if self.router == "bgp":
+            if self.bgp_sessions is not None:
+                sessions = ", ".join(f"{a} {st}" for a, st in sorted(self.bgp_sessions.items())) or "no neighbor"
+                lines.append(f"  FRR sessions: {sessions}")
+            else:
+                lines.append(f"  FRR: {self.bgp_error or 'not running'}")
         for name, st in sorted(self.instances.items()):
             lines.append(f"  instance {name}: " + ", ".join(f"{k}={v}" for k, v in st.items()))
         for pidfile, pid in sorted(self.processes.items()):
@@ -262,8 +392,23 @@ async def lab_status(cfg: LabConfig) -> LabStatus:
                 "haproxy": processes.get(str(rel / "haproxy.pid")) is not None,
                 "backend": processes.get(str(rel / "backend.pid")) is not None,
             }
-    return LabStatus(name=cfg.name, dir=str(lab_dir), up=cfg.router_ns in namespaces and cfg.client_ns
-                     in namespaces, namespaces=namespaces, instances=instances, processes=processes)
+    info = read_lab_json(cfg)
+    router = str(info.get("router", "kernel")) if info is not None else cfg.router
+    up = cfg.router_ns in namespaces and cfg.client_ns in namespaces
+    sessions: dict[str, str] | None = None
+    error: str | None = None
+    if router == "bgp":
+        up = up and cfg.ctl_ns in namespaces
+        frr = cfg.frr()
+        if frr.running():
+            try:
+                sessions = await frr.neighbor_states()
+            except ActuatorError as exc:
+                error = f"sessions unreadable: {exc}"
+        else:
+            error = "not running"
+    return LabStatus(name=cfg.name, dir=str(lab_dir), up=up, namespaces=namespaces, instances=instances,
+                     processes=processes, router=router, bgp_sessions=sessions, bgp_error=error)
 
 
 class LoadRun:
