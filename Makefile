@@ -9,7 +9,7 @@ PY := $(VENV)/bin/python
 APT_PACKAGES := haproxy frr iproute2 procps psmisc curl ca-certificates python3-venv \
 	snmpd snmp prometheus prometheus-node-exporter prometheus-alertmanager
 
-.PHONY: help deps system-deps venv demo test test-unit lint bench clean lab-down
+.PHONY: help deps system-deps venv demo demo-bgp test test-unit lint bench clean lab-down
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -34,6 +34,9 @@ deps: system-deps venv
 
 demo: deps  ## run the demo: lab up, scale 1 → 2+ under load, back to 1, timeline, lab down
 	$(PY) -m scaler demo
+
+demo-bgp: deps  ## the same demo with the bgp router driver (ExaBGP → FRR)
+	$(PY) -m scaler demo --router bgp
 
 test: deps  ## run every test (unit and integration; needs root for network namespaces)
 	$(PY) -m pytest
