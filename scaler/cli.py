@@ -12,6 +12,7 @@ import json
 import logging
 import sys
 from pathlib import Path
+from typing import Any
 
 from scaler.errors import ConfigError, ScalerError
 
@@ -95,6 +96,41 @@ def cmd_why(args: argparse.Namespace) -> int:
     if r.status_code != 200:
         raise ScalerError(f"{base}: HTTP {r.status_code}: {r.text.strip()}")
     print(r.text, end="")
+    return 0
+
+
+def format_router(h: dict[str, Any], now: float) -> str:
+    """GET /v1/router as lines an operator reads: the speaker, then one line per router session."""
+    lines = [f"router driver: {h.get('driver', '?')}"]
+    sp = h.get("speaker")
+    if sp:
+        state = "connected" if sp.get("connected") else ("running, API not connected" if sp.get("running")
+                                                         else "NOT RUNNING")
+        lines.append(f"speaker: {state}, pid {sp.get('pid') or '-'}, started {sp.get('starts', 0)} times, "
+                     f"{sp.get('restarts', 0)} restarts" + (f", last exit: {sp['last_exit']}" if sp.get("last_exit")
+                                                              else ""))
+        lines.append(f"paths announced: {h.get('paths', 0)} (possibly held by routers: {h.get('paths_maybe_held', 0)})")
+    for s in h.get("sessions", []):
+        since = max(0.0, now - float(s.get("since", now)))
+        lines.append(f"  {s['peer']:<16} {s['address']:<15} {s['state']:<9} for {since:.0f}s  ups {s['ups']} "
+                     f"downs {s['downs']} replays {s['replays']} (last: {s['last_replay_paths']} paths in "
+                     f"{s['last_replay_s'] * 1000:.0f} ms)")
+    return "\n".join(lines) + "\n"
+
+
+def cmd_router(args: argparse.Namespace) -> int:
+    import time
+
+    import httpx
+
+    base = _api_base(args)
+    try:
+        r = httpx.get(f"{base}/v1/router", timeout=10, trust_env=False)
+    except httpx.HTTPError as exc:
+        raise ScalerError(f"cannot reach the scaler API at {base}: {exc}") from exc
+    if r.status_code != 200:
+        raise ScalerError(f"{base}: HTTP {r.status_code}: {r.text.strip()}")
+    print(format_router(r.json(), time.time()), end="")
     return 0
 
 
@@ -240,6 +276,12 @@ def main(argv: list[str] | None = None) -> int:
     w.add_argument("-c", "--config", default="scaler.yaml", help="to find the API address")
     w.add_argument("--api", default=None, help="the API's base URL (instead of -c)")
     w.set_defaults(fn=cmd_why)
+
+    ro = sub.add_parser("router", help="the router driver's state: BGP speaker and sessions (asks the running "
+                        "service)")
+    ro.add_argument("-c", "--config", default="scaler.yaml", help="to find the API address")
+    ro.add_argument("--api", default=None, help="the API's base URL (instead of -c)")
+    ro.set_defaults(fn=cmd_router)
 
     rl = sub.add_parser("reload", help="make the running service re-read its policy files (like SIGHUP)")
     rl.add_argument("-c", "--config", default="scaler.yaml", help="to find the API address")

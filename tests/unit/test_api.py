@@ -127,3 +127,17 @@ async def test_router_sessions_in_the_api_and_the_metrics(view: View) -> None:
                  "scaler_bgp_speaker_connected 1.0",
                  "scaler_bgp_paths 4.0"):
         assert line in text, line
+
+
+def test_scaler_router_prints_the_speaker_and_one_line_per_session() -> None:
+    from scaler.cli import format_router
+
+    text = format_router(BGP_HEALTH, now=61.0)
+    assert text.splitlines() == [
+        "router driver: bgp",
+        "speaker: connected, pid 42, started 3 times, 2 restarts, last exit: killed by signal 9",
+        "paths announced: 4 (possibly held by routers: 4)",
+        "  tor1             198.18.255.1    synced    for 60s  ups 3 downs 2 replays 3 (last: 4 paths in 2 ms)",
+        "  tor2             198.18.254.1    connected for 59s  ups 0 downs 1 replays 0 (last: 0 paths in 0 ms)",
+    ]
+    assert format_router({"driver": "kernel"}, 0) == "router driver: kernel\n"
