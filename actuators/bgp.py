@@ -59,6 +59,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from actuators import netns
 from actuators.errors import RouterError
+from actuators.procs import gone, process_cmdline
 from actuators.router import ApplyResult, DesiredRoutes, DrainMode, HopState, HopStatus, NextHop, RouteStatus
 
 log = logging.getLogger(__name__)
@@ -420,13 +421,13 @@ class BgpRouter:
             pid = int(pidfile.read_text().split()[0])
         except (OSError, ValueError, IndexError):
             return
-        if str(self.dir / "exabgp.conf") not in _cmdline(pid):
+        if str(self.dir / "exabgp.conf") not in process_cmdline(pid):
             return
         log.warning("stopping an ExaBGP left by a previous scaler (pid %d)", pid)
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGTERM)
         for _ in range(250):
-            if _gone(pid):
+            if gone(pid):
                 return
             await asyncio.sleep(0.02)
         with contextlib.suppress(ProcessLookupError):
@@ -753,22 +754,6 @@ def group_commands(verb: str, paths: list[Path_]) -> list[Command]:
                 out.append(Command(verb, tuple((v, hop) for v in chunk),
                                    f"{verb} attributes next-hop {hop} path-information {hop} nlri {nlri}"))
     return out
-
-
-def _cmdline(pid: int) -> str:
-    try:
-        with open(f"/proc/{pid}/cmdline", "rb") as f:
-            return f.read().replace(b"\0", b" ").decode(errors="replace")
-    except OSError:
-        return ""
-
-
-def _gone(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rpartition(")")[2].split()[0] in ("Z", "X")
-    except OSError:
-        return True
 
 
 def _die_with_parent() -> None:

@@ -35,6 +35,7 @@ from typing import Any
 
 from actuators import netns
 from actuators.errors import ActuatorError
+from actuators.procs import process_cmdline, wait_gone
 
 __all__ = ["FRR_BIN", "Frr", "FrrConfig", "FrrError", "FrrNeighbor"]
 
@@ -127,7 +128,7 @@ class Frr:
             pid = int(path.read_text().split()[0])
         except (OSError, ValueError, IndexError):
             return None
-        return pid if _cmdline(pid).find(str(self.dir)) >= 0 else None
+        return pid if process_cmdline(pid).find(str(self.dir)) >= 0 else None
 
     def running(self) -> bool:
         return all(self.pid(d) is not None for d in DAEMONS)
@@ -161,10 +162,10 @@ class Frr:
             stopped = True
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGTERM)
-            if not await _wait_gone(pid, timeout_s):
+            if not await wait_gone(pid, timeout_s):
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(pid, signal.SIGKILL)
-                await _wait_gone(pid, 5.0)
+                await wait_gone(pid, 5.0)
         return stopped
 
     async def kill_bgpd(self) -> None:
@@ -173,7 +174,7 @@ class Frr:
         if pid is None:
             raise FrrError("bgpd is not running")
         os.kill(pid, signal.SIGKILL)
-        await _wait_gone(pid, 5.0)
+        await wait_gone(pid, 5.0)
 
     # ---- queries -------------------------------------------------------------------------------
 
@@ -216,34 +217,11 @@ class Frr:
             await asyncio.sleep(0.02)
 
 
-async def _wait_gone(pid: int, timeout_s: float) -> bool:
-    for _ in range(max(1, int(timeout_s / 0.02))):
-        if _gone(pid):
-            return True
-        await asyncio.sleep(0.02)
-    return _gone(pid)
-
-
 def _frr_ids() -> tuple[int, int]:
     try:
         return pwd.getpwnam("frr").pw_uid, grp.getgrnam("frr").gr_gid
     except KeyError as exc:
         raise FrrError("user or group `frr` missing: apt-get install frr") from exc
-
-
-def _cmdline(pid: int) -> str:
-    try:
-        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-    except OSError:
-        return ""
-
-
-def _gone(pid: int) -> bool:
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return True
-    return stat.rpartition(")")[2].split()[0] in ("Z", "X")
 
 
 def frr_available() -> bool:

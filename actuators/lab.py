@@ -23,7 +23,6 @@ import os
 import re
 import secrets
 import shutil
-import signal
 import socket
 import sys
 import time
@@ -37,6 +36,7 @@ from actuators import netns
 from actuators.errors import ActuatorError, OrchestratorError
 from actuators.haproxy_runtime import DRAIN_MAP_INITIAL, drain_config_lines, drain_map_path
 from actuators.orchestrator import Instance, InstanceSpec
+from actuators.procs import kill_pidfile, process_cmdline, process_matches, read_pidfile, terminate
 from actuators.snmpd import Snmpd, SnmpdCommunity, SnmpdConfig, SnmpdUser
 
 log = logging.getLogger(__name__)
@@ -97,72 +97,6 @@ def check_instance_name(name: str) -> None:
 
 
 # ---- processes ---------------------------------------------------------------------------------
-
-def read_pidfile(path: Path) -> int | None:
-    try:
-        text = path.read_text().split()
-        return int(text[0]) if text else None
-    except (OSError, ValueError):
-        return None
-
-
-def process_cmdline(pid: int) -> str:
-    """The command line of a live process, "" if gone or a zombie."""
-    try:
-        raw = Path(f"/proc/{pid}/cmdline").read_bytes()
-    except OSError:
-        return ""
-    return raw.replace(b"\0", b" ").decode(errors="replace").strip()
-
-
-def process_matches(pid: int, marker: str) -> bool:
-    """True if `pid` is alive and its command line contains `marker` (so a reused pid never matches)."""
-    return marker in process_cmdline(pid)
-
-
-def _gone(pid: int) -> bool:
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return True
-    return stat.rpartition(")")[2].split()[0] in ("Z", "X")
-
-
-async def terminate(pid: int, *, timeout_s: float = 2.0) -> bool:
-    """SIGTERM, wait up to `timeout_s`, then SIGKILL. True if we signalled it."""
-    try:
-        os.kill(pid, signal.SIGTERM)
-    except ProcessLookupError:
-        return False
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if _gone(pid):
-            return True
-        await asyncio.sleep(0.02)
-    with contextlib.suppress(ProcessLookupError):
-        os.kill(pid, signal.SIGKILL)
-    for _ in range(100):
-        if _gone(pid):
-            break
-        await asyncio.sleep(0.02)
-    return True
-
-
-async def kill_pidfile(path: Path, marker: str) -> tuple[int, str] | None:
-    """Stop the process named by a pidfile if its command line contains `marker`; remove the file.
-
-    Returns (pid, command line) if a process was stopped.
-    """
-    pid = read_pidfile(path)
-    stopped: tuple[int, str] | None = None
-    if pid is not None and pid > 1:
-        cmd = process_cmdline(pid)
-        if marker in cmd and await terminate(pid):
-            stopped = (pid, cmd)
-    with contextlib.suppress(FileNotFoundError):
-        os.unlink(path)
-    return stopped
-
 
 def _netns_id(path: str) -> tuple[int, int] | None:
     try:

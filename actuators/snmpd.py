@@ -29,6 +29,7 @@ from pathlib import Path
 
 from actuators import netns
 from actuators.errors import ActuatorError
+from actuators.procs import gone, wait_gone
 
 __all__ = ["AUTH_PROTOCOLS", "PRIV_PROTOCOLS", "Snmpd", "SnmpdCommunity", "SnmpdConfig", "SnmpdError", "SnmpdUser"]
 
@@ -158,7 +159,7 @@ class Snmpd:
             pid = int(text[0]) if text else None
         except (OSError, ValueError):
             return None
-        if pid is None or pid <= 1 or _gone(pid):
+        if pid is None or pid <= 1 or gone(pid):
             return None
         try:
             cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
@@ -235,10 +236,10 @@ class Snmpd:
             return False
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGTERM)
-        if not await _wait_gone(pid, timeout_s):
+        if not await wait_gone(pid, timeout_s):
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
-            await _wait_gone(pid, 2.0)
+            await wait_gone(pid, 2.0)
         with contextlib.suppress(FileNotFoundError):
             self.pidfile.unlink()
         return True
@@ -260,21 +261,3 @@ def _transport_address(address: str) -> str:
     if address.startswith(("udp:", "udp6:", "tcp:", "tcp6:", "unix:")):
         return address
     return f"udp6:{address}" if address.startswith("[") else f"udp:{address}"
-
-
-async def _wait_gone(pid: int, timeout_s: float) -> bool:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if _gone(pid):
-            return True
-        await asyncio.sleep(0.02)
-    return _gone(pid)
-
-
-def _gone(pid: int) -> bool:
-    """True if `pid` does not exist or is a zombie."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return True
-    return stat.rpartition(")")[2].split()[0] in ("Z", "X")
