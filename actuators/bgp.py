@@ -60,7 +60,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from actuators import netns
 from actuators.errors import RouterError
 from actuators.procs import gone, process_cmdline
-from actuators.router import ApplyResult, DesiredRoutes, DrainMode, HopState, HopStatus, NextHop, RouteStatus
+from actuators.router import ApplyResult, DesiredRoutes, DrainMode, HopState, HopStatus, RouteStatus
 
 log = logging.getLogger(__name__)
 
@@ -237,7 +237,6 @@ class BgpRouter:
         self._lock = asyncio.Lock()
         self._acks: deque[asyncio.Future[str]] = deque()
         self._writer: asyncio.StreamWriter | None = None
-        self._reader_task: asyncio.Task[None] | None = None
         self._server: asyncio.AbstractServer | None = None
         self._proc: asyncio.subprocess.Process | None = None
         self._supervisor: asyncio.Task[None] | None = None
@@ -762,10 +761,3 @@ def _die_with_parent() -> None:
     never leaves a speaker announcing paths nobody manages; graceful restart covers the gap.
     Only a call into libc loaded beforehand: nothing here may take a lock after the fork."""
     _LIBC.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
-
-
-def desired_for(pairs: Iterable[tuple[IPv4Address, IPv4Address]]) -> dict[IPv4Address, frozenset[NextHop]]:
-    out: dict[IPv4Address, set[NextHop]] = {}
-    for vip, hop in pairs:
-        out.setdefault(vip, set()).add(NextHop(hop))
-    return {k: frozenset(v) for k, v in out.items()}

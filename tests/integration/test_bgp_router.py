@@ -70,6 +70,9 @@ async def test_announce_puts_one_next_hop_per_member_in_the_fib_and_withdraw_rem
 
     again = await r.apply(want((VIP, 1), (VIP, 3)))
     assert not again.changed and again.messages == 0, "applying the same state twice sends nothing"
+    replayed = await r.replay(want((VIP, 1), (VIP, 3)))
+    assert replayed.added == ((VIP, hop(1)), (VIP, hop(3))) and replayed.messages == 3, "2 paths + End-of-RIB"
+    assert fib(net.router_ns(), VIP) == {hop(1), hop(3)}
 
     await r.apply({VIP: frozenset()})
     await until(lambda: fib(net.router_ns(), VIP) == set(), what="the VIP's route removed")

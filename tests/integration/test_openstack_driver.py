@@ -421,14 +421,16 @@ async def test_list_reports_unknown_tagged_servers_across_pages(
 
 async def test_a_slow_cloud_raises_a_timeout(
         fake: FakeOpenStack, cloud: FakeCloud, tmp_path: Path, spec: InstanceSpec) -> None:
-    d = OpenStackOrchestrator(config(fake, tmp_path, api_timeout_s=0.2))
+    # 1 s per request: enough for the first authentication (several requests) on a loaded CI box,
+    # where 0.2 s once timed out before the cloud was made slow.
+    d = OpenStackOrchestrator(config(fake, tmp_path, api_timeout_s=1.0))
     try:
         assert await d.list(POOL) == []               # authenticated while the cloud was fast
-        cloud.knobs.api_delay_s = 0.6
+        cloud.knobs.api_delay_s = 3.0
         t0 = time.monotonic()
         with pytest.raises(OrchestratorTimeout, match="list pool web"):
             await d.list(POOL)
-        assert time.monotonic() - t0 < 5
+        assert time.monotonic() - t0 < 3.0, "bounded by the request timeout, not the cloud's delay"
     finally:
         cloud.knobs.api_delay_s = 0
         await d.close()
