@@ -214,8 +214,11 @@ class RouteMonitor:
         self._thread.start()
         deadline = time.monotonic() + 5
         while not any("192.0.2.77" in x for x in self.lines):
-            subprocess.run(["ip", "-n", self.router_ns, "route", "replace", self.CANARY, "dev", "lo"],
-                           check=True)
+            # Delete and add each time: a `replace` of an unchanged route sends no event, so a canary
+            # added before `ip monitor` subscribed would never be seen.
+            subprocess.run(["ip", "-n", self.router_ns, "route", "del", self.CANARY, "dev", "lo"],
+                           check=False, capture_output=True)
+            subprocess.run(["ip", "-n", self.router_ns, "route", "add", self.CANARY, "dev", "lo"], check=True)
             if time.monotonic() > deadline:
                 raise AssertionError("ip monitor route printed nothing for 5 s")
             time.sleep(0.02)
