@@ -16,7 +16,7 @@ from pydantic import BaseModel, ConfigDict
 
 from actuators.errors import OrchestratorError, RouterError
 from actuators.orchestrator import Instance, InstanceSpec
-from actuators.router import ApplyResult, DesiredRoutes, DrainMode, HopState, HopStatus, NextHop, RouteStatus
+from actuators.router import ApplyResult, DesiredRoutes, DrainMode, HopState, HopStatus, NextHop, Router, RouteStatus
 
 
 class FakeOrchestratorConfig(BaseModel):
@@ -72,7 +72,7 @@ class FakeRouterConfig(BaseModel):
 
 
 @dataclass
-class FakeRouter:
+class FakeRouter(Router):
     config: FakeRouterConfig = field(default_factory=FakeRouterConfig)
     routes: dict[IPv4Address, dict[IPv4Address, HopState]] = field(default_factory=dict)
     batches: list[ApplyResult] = field(default_factory=list)

@@ -31,7 +31,7 @@ import os
 import socket
 
 from actuators.errors import ActuatorError
-from actuators.netns import socket_in
+from actuators.linux.netns import socket_in
 
 # The map's file name is fixed so a client can find it with `show map` without being told its path.
 DRAIN_MAP_NAME = "scaler-drain.map"

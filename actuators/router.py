@@ -11,7 +11,7 @@ import enum
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address
-from typing import Protocol
+from typing import Any, Protocol
 
 
 class HopState(enum.StrEnum):
@@ -95,9 +95,17 @@ class Router(Protocol):
     Both kinds receive hops in state DRAINING in the desired state: a WEIGHT router lowers their
     weight (and reports their remaining `buckets` in `status()`), a WITHDRAW router may treat them
     like ACTIVE (and report them so) until they leave the desired state.
+
+    Drivers subclass this protocol, so the defaults below apply to a driver that does not say
+    otherwise: weight drain, and no health of its own to report.
     """
 
-    drain_mode: DrainMode
+    drain_mode: DrainMode = DrainMode.WEIGHT
+
+    def health(self) -> dict[str, Any]:
+        """The driver's own view of its connection to the routers (sessions, speaker), for the API
+        and metrics; empty when the driver has nothing beyond `status()` to say. Never raises."""
+        return {}
 
     async def apply(self, desired: DesiredRoutes) -> ApplyResult: ...
 

@@ -25,11 +25,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from bench_kernel_router import make_router_ns, sh_quiet, summary, write
 
-from actuators import netlink as nl
+from actuators.drainer import NoDrainer
 from actuators.fake import FakeOrchestrator, FakeOrchestratorConfig
-from actuators.kernel import KernelRouter, KernelRouterConfig
+from actuators.kernel import netlink as nl
+from actuators.kernel.router import KernelRouter, KernelRouterConfig
 from scaler.config import PoolConfig
-from scaler.lifecycle import Lifecycle, NoDrainer
+from scaler.lifecycle import Lifecycle
 from scaler.metrics import Metrics
 from scaler.store import MemberState, Store
 

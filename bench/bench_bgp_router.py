@@ -49,12 +49,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from bench_kernel_router import Path_, fib_paths, paths_of, print_table, sh, sh_quiet, write
 
-from actuators import netlink as nl
-from actuators import netns
-from actuators.bgp import BgpRouter, BgpRouterConfig, SessionStatus, route_line
+from actuators.bgp.router import BgpRouter, BgpRouterConfig, SessionStatus, route_line
 from actuators.errors import RouterError
-from actuators.frr import Frr, FrrConfig, FrrNeighbor, frr_available
+from actuators.kernel import netlink as nl
+from actuators.linux import netns
 from actuators.router import DesiredRoutes, NextHop
+from scaler.lab.frr import Frr, FrrConfig, FrrNeighbor, frr_available
 
 RTPROT_BGP = 186                    # what zebra marks BGP routes with in the kernel
 ROUTER_AS, SPEAKER_AS = 65000, 65001

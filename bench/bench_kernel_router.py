@@ -36,8 +36,8 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from actuators import netlink as nl
-from actuators.kernel import KernelRouter, KernelRouterConfig, Snapshot, gateways_to_resolve, plan
+from actuators.kernel import netlink as nl
+from actuators.kernel.router import KernelRouter, KernelRouterConfig, Snapshot, gateways_to_resolve, plan
 from actuators.router import DesiredRoutes, NextHop
 
 GW_BASE = int(IPv4Address("198.18.1.0"))     # members: 198.18.0.0/16, connected on bm0

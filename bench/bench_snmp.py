@@ -1,6 +1,6 @@
 """Benchmark: client CPU of the `snmp` collector vs stock pysnmp, against a real snmpd on loopback.
 
-Starts snmpd (net-snmp) with `actuators.snmpd` on 127.0.0.1 (a v2c community and a v3 user with
+Starts snmpd (net-snmp) with `actuators.lab.snmpd` on 127.0.0.1 (a v2c community and a v3 user with
 SHA-256 + AES-128), then measures in the same run, on the same agent and the same 10 OIDs:
 
 1. client CPU (process time, so snmpd's own work is not counted) per 10-OID GET, v2c and v3
@@ -53,12 +53,12 @@ from pysnmp.hlapi.v3arch.asyncio import (
     usmHMAC192SHA256AuthProtocol,
 )
 
-from actuators.snmpd import Snmpd, SnmpdCommunity, SnmpdConfig, SnmpdUser
+from actuators.lab.snmpd import Snmpd, SnmpdCommunity, SnmpdConfig, SnmpdUser
 from collectors.base import Target
-from collectors.snmp import CPU_RAW, LOAD, MEMORY, SYS_UPTIME, SnmpCollector, SnmpCollectorConfig
-from collectors.snmp_ber import GET, Pdu, encode_oid
-from collectors.snmp_client import Agent, Request, SnmpClient, V2cSecurity, V3Security
-from collectors.snmp_usm import UsmUser, auth_protocol, priv_protocol
+from collectors.snmp.ber import GET, Pdu, encode_oid
+from collectors.snmp.client import Agent, Request, SnmpClient, V2cSecurity, V3Security
+from collectors.snmp.collector import CPU_RAW, LOAD, MEMORY, SYS_UPTIME, SnmpCollector, SnmpCollectorConfig
+from collectors.snmp.usm import UsmUser, auth_protocol, priv_protocol
 
 COMMUNITY = "bench-community"
 USER, AUTH_KEY, PRIV_KEY = "bench", "bench-auth-key", "bench-priv-key"

@@ -20,7 +20,7 @@ from collectors.haproxy import HAProxyCollector, HAProxyCollectorConfig
 from collectors.haproxy_stats import HAProxyStatsCollector, HAProxyStatsConfig
 from collectors.prometheus_query import PrometheusQueryCollector, PrometheusQueryConfig
 from collectors.prometheus_scrape import PrometheusScrapeCollector, PrometheusScrapeConfig
-from collectors.snmp import SnmpCollector, SnmpCollectorConfig
+from collectors.snmp.collector import SnmpCollector, SnmpCollectorConfig
 
 __all__ = [
     "COLLECTORS",

@@ -49,8 +49,8 @@ from pydantic import (
     model_validator,
 )
 
+from policies.cron import check_cron, check_timezone
 from policies.durations import format_duration, parse_duration
-from policies.schedule import check_cron, check_timezone
 
 Duration = Annotated[float, BeforeValidator(parse_duration)]
 Name = Annotated[str, Field(pattern=r"^[a-z][a-z0-9_-]{0,39}$")]

@@ -9,49 +9,15 @@ function of its arguments while thousands of pools share one schedule.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from functools import lru_cache
-from typing import TYPE_CHECKING
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+from zoneinfo import ZoneInfo
 
 from croniter import croniter
-from croniter.croniter import CroniterBadDateError, CroniterError
+from croniter.croniter import CroniterError
 
 from policies.durations import format_duration
-
-if TYPE_CHECKING:
-    from policies.model import PoolPolicy, Schedule
-
-_MACROS = {"@yearly", "@annually", "@monthly", "@weekly", "@daily", "@midnight", "@hourly"}
-_EXAMPLE = "minute hour day-of-month month day-of-week, e.g. '0 8 * * 1-5'"
-
-
-def check_cron(expr: str) -> str:
-    """`expr` if it is a 5-field cron expression (or @daily…) that fires at least once; else ValueError."""
-    text = " ".join(expr.split())
-    if text.lower() in _MACROS:
-        return text.lower()
-    fields = text.split(" ") if text else []
-    if len(fields) != 5:
-        raise ValueError(f"not a cron expression: {expr!r} needs 5 fields ({_EXAMPLE}), got {len(fields)}")
-    try:
-        croniter(text, datetime(2000, 1, 1, tzinfo=UTC)).get_next(float)
-    except CroniterBadDateError:        # e.g. "0 0 30 2 *" (February 30th)
-        raise ValueError(f"cron {expr!r} never fires") from None
-    except CroniterError as exc:
-        raise ValueError(f"not a cron expression: {expr!r}: {exc} ({_EXAMPLE})") from None
-    except (ValueError, KeyError) as exc:
-        raise ValueError(f"not a cron expression: {expr!r}: {exc} ({_EXAMPLE})") from None
-    return text
-
-
-def check_timezone(name: str) -> str:
-    """`name` if it is a known IANA time zone (Europe/Paris, UTC); else ValueError."""
-    try:
-        ZoneInfo(name)
-    except (ZoneInfoNotFoundError, ValueError):
-        raise ValueError(f"unknown timezone {name!r} (use an IANA name such as UTC or Europe/Paris)") from None
-    return name
+from policies.model import PoolPolicy, Schedule
 
 
 @lru_cache(maxsize=8192)
@@ -128,5 +94,4 @@ def describe_schedule(schedule: Schedule, now: float) -> str:
     return f"{schedule.name}: active since {local} ({schedule.timezone}), {format_duration(left)} left"
 
 
-__all__ = ["Bounds", "active_since", "check_cron", "check_timezone", "describe_schedule", "effective_bounds",
-           "last_fire"]
+__all__ = ["Bounds", "active_since", "describe_schedule", "effective_bounds", "last_fire"]

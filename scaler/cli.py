@@ -32,10 +32,10 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_check(args: argparse.Namespace) -> int:
-    from scaler import drivers
     from scaler.config import load_config, load_policies
+    from scaler.service import REGISTRIES
 
-    cfg = load_config(Path(args.config), drivers.REGISTRIES)
+    cfg = load_config(Path(args.config), REGISTRIES)
     policies = load_policies(cfg)
     for name, pol in sorted(policies.items()):
         print(f"{name}: vip {cfg.pools[name].vip}, min {pol.min}, max {pol.max}, {len(pol.rules)} rules"
@@ -45,13 +45,13 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 
 def _service_config(path: str, required: bool) -> object | None:
-    from scaler import drivers
     from scaler.config import load_config
+    from scaler.service import REGISTRIES
 
     p = Path(path)
     if not required and not p.exists():
         return None
-    return load_config(p, drivers.REGISTRIES)
+    return load_config(p, REGISTRIES)
 
 
 def cmd_policy_check(args: argparse.Namespace) -> int:
@@ -196,7 +196,7 @@ def _lab_name(value: str) -> str:
     """--name: checked here so a bad one is a usage error, not a traceback."""
     import re
 
-    from actuators.lab import LAB_NAME_PATTERN
+    from actuators.lab.orchestrator import LAB_NAME_PATTERN
 
     if not re.match(LAB_NAME_PATTERN, value):
         raise argparse.ArgumentTypeError(f"{value!r}: a lab name is 1-6 lowercase letters or digits, "
@@ -205,7 +205,7 @@ def _lab_name(value: str) -> str:
 
 
 def cmd_lab(args: argparse.Namespace) -> int:
-    from scaler import lab
+    from scaler.lab import network as lab
 
     cfg = lab.LabConfig(name=args.name, router=args.router)
     if args.lab_cmd == "up":
@@ -229,7 +229,7 @@ def cmd_lab(args: argparse.Namespace) -> int:
 
 
 async def _lab_load(lab: object, cfg: object, args: argparse.Namespace) -> int:
-    from scaler.lab import LoadRun
+    from scaler.lab.network import LoadRun
 
     run = LoadRun(cfg, max_seconds=args.seconds, short_rps=args.rps,  # type: ignore[arg-type]
                   keepalive_clients=args.keepalive)
@@ -244,7 +244,7 @@ async def _lab_load(lab: object, cfg: object, args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from scaler.demo import demo
+    from scaler.lab.demo import demo
 
     return asyncio.run(demo(router=args.router, keep=args.keep, name=args.name))
 

@@ -28,7 +28,7 @@ are counted by the pool's launch circuit breaker (`scaler.breaker`), which, once
 module fail new members of the pool without launching them. Quota, conflict and timeout errors
 of a create fail the member but are not counted: nothing was launched.
 
-`audit()` compares the orchestrator's instances of each pool with the store: instances nobody
+`scaler.audit` compares the orchestrator's instances of each pool with the store: instances nobody
 knows are reported (never adopted, never deleted), instances of members the store says are
 deleted are deleted again, and members whose instance vanished are failed (draining ones
 withdrawn) so their route goes in the same call.
@@ -42,10 +42,8 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address
-from typing import Protocol
 
-from sqlmodel import col, select
-
+from actuators.drainer import Drainer
 from actuators.errors import ActuatorError, BuildTimeout, InstanceNotFound, LaunchFailed
 from actuators.orchestrator import Instance, InstanceSpec, Orchestrator
 from actuators.router import ApplyResult, DesiredRoutes, DrainMode, HopState, NextHop, Router, RouteStatus
@@ -72,27 +70,6 @@ EARLY = frozenset({MemberState.CREATING, MemberState.BOOTING, MemberState.HEALTH
 # Members whose instance must exist in the orchestrator (the audit checks them).
 EXISTING = frozenset({MemberState.BOOTING, MemberState.HEALTHY, MemberState.ANNOUNCING, MemberState.IN_SERVICE,
                       MemberState.DRAINING})
-AUDIT_KINDS = ("unknown_instance", "leftover", "vanished", "missing", "inconsistent", "list_failed")
-
-
-class Drainer(Protocol):
-    """Asks an instance's HAProxy to let its clients go, and counts who is left."""
-
-    async def drain(self, endpoints: Mapping[str, str]) -> None:
-        """Close client keep-alive connections after their current response; keep accepting."""
-
-    async def connections(self, endpoints: Mapping[str, str]) -> int | None:
-        """Client connections still open (None: cannot tell, e.g. HAProxy is gone)."""
-
-
-class NoDrainer:
-    """For instances without a reachable runtime API: drain relies on the router alone."""
-
-    async def drain(self, endpoints: Mapping[str, str]) -> None:
-        return None
-
-    async def connections(self, endpoints: Mapping[str, str]) -> int | None:
-        return None
 
 
 def instance_of(m: Member) -> Instance:
@@ -108,25 +85,6 @@ def desired_routes(pools: Mapping[str, PoolConfig], members: list[Member]) -> di
         if state is not None and m.address and m.pool in pools:
             out[pools[m.pool].vip].add(NextHop(IPv4Address(m.address), state))
     return {vip: frozenset(hops) for vip, hops in out.items()}
-
-
-@dataclass(frozen=True, slots=True)
-class Finding:
-    """One discrepancy the audit found between the orchestrator and the store.
-
-    kind: `unknown_instance` (an instance of the pool no member ever had: reported, left alone),
-    `leftover` (the instance of a member the store says is deleted: deleted again), `vanished`
-    (a member's instance is gone: member failed, or withdrawn if it was draining), `missing` (not
-    listed, not confirmed gone yet: checked again at the next audit), `inconsistent` (not listed,
-    yet it answers: nothing done), `list_failed` (the orchestrator could not list the pool).
-    action: what was done: `reported`, `deleted`, `failed`, `withdrawn`, `confirming`, `none`.
-    """
-
-    pool: str
-    kind: str
-    instance: str | None
-    action: str
-    message: str
 
 
 @dataclass
@@ -147,8 +105,6 @@ class Lifecycle:
         self._lock = asyncio.Lock()
         self.last_apply: ApplyResult | None = None
         self.breaker_metrics = BreakerMetrics.of(self.metrics.registry)
-        self._missing: dict[str, float] = {}         # member id → audit time its instance was first missed
-        self._reported: set[tuple[str, str, str]] = set()   # (pool, kind, instance) already in the events
 
     async def reconcile(self) -> None:
         """One pass. Passes never overlap: a second caller waits for the running one."""
@@ -317,7 +273,7 @@ class Lifecycle:
                                      member=m.instance)
         if hops is None:
             return      # the router could not be read: we cannot know whether flows still reach it
-        if getattr(self.router, "drain_mode", DrainMode.WEIGHT) is DrainMode.WITHDRAW:
+        if self.router.drain_mode is DrainMode.WITHDRAW:
             await self._drain_by_withdraw(m, pool, now)
             return
         hop = next((h for h in hops.hops if m.address and h.address == IPv4Address(m.address)), None)
@@ -408,122 +364,5 @@ class Lifecycle:
             if state.half_open:
                 note_cool_off(self.store, name, now)
 
-    # --- audit: the orchestrator's instances against the store -----------------------------------
 
-    async def audit(self) -> list[Finding]:
-        """Compare every pool's instances with the store's members and resolve what differs.
-
-        Run it at start (after the first pass) and periodically. Listing happens outside the pass
-        lock (a slow cloud must not stall routing); decisions are taken under it, only about
-        members that were already in their state when the listing began, so a member that moved
-        meanwhile is never mistaken for a vanished one. A member whose instance is not listed is
-        confirmed gone by a probe answering "not found", or by a second audit still missing it.
-        Members failed or withdrawn here lose their route before this returns.
-        """
-        findings: list[Finding] = []
-        for pool in self.pools:
-            findings += await self._audit_pool(pool)
-        self._report(findings)
-        return findings
-
-    async def _audit_pool(self, pool: str) -> list[Finding]:
-        started = self.clock()
-        try:
-            listed = {i.name: i for i in await asyncio.wait_for(self.orchestrator.list(pool), self.action_timeout_s)}
-        except (ActuatorError, TimeoutError) as exc:
-            return [Finding(pool, "list_failed", None, "none", f"listing the instances of pool {pool} failed: "
-                            f"{exc or 'timeout'}; nothing checked")]
-        out: list[Finding] = []
-        async with self._lock:
-            live = {m.instance: m for m in self.store.members(pool)}
-            strangers = [n for n in listed if n not in live]
-            leftovers = self._deleted_members(strangers)
-            for name in sorted(strangers):
-                if name not in leftovers:
-                    out.append(Finding(pool, "unknown_instance", name, "reported",
-                                       f"instance {name} of pool {pool} is not in the store: left alone, not "
-                                       f"routed (delete it in the cloud, or let it be if someone else owns it)"))
-            acted = False
-            for m in live.values():
-                if m.instance in listed:
-                    self._missing.pop(m.id, None)
-                    continue
-                if MemberState(m.state) not in EXISTING or m.state_since >= started:
-                    continue
-                finding = await self._vanished(pool, m)
-                out.append(finding)
-                acted = acted or finding.action in ("failed", "withdrawn")
-            if acted:
-                await self._pass()          # withdraw their routes now, not at the next tick
-        # Outside the lock: a delete waits for the cloud to drop the server.
-        for name, m in sorted(leftovers.items()):
-            out.append(await self._delete_leftover(pool, name, m))
-        return out
-
-    def _deleted_members(self, names: list[str]) -> dict[str, Member]:
-        if not names:
-            return {}
-        with self.store.session() as s:
-            rows = s.exec(select(Member).where(col(Member.instance).in_(names),
-                                               Member.state == MemberState.DELETED))
-            return {m.instance: m for m in rows}
-
-    async def _delete_leftover(self, pool: str, name: str, m: Member) -> Finding:
-        # Our own instance (our name, our member), whose delete the store recorded as done: e.g. a
-        # create answered too late for the delete that followed it. Finishing that delete is safe:
-        # names carry the operation id, so no live member can have this one.
-        try:
-            await asyncio.wait_for(self.orchestrator.delete(name), self.action_timeout_s)
-        except (ActuatorError, TimeoutError) as exc:
-            return Finding(pool, "leftover", name, "none", f"instance {name} of member {m.id} (deleted in the "
-                           f"store) still exists; deleting it failed: {exc or 'timeout'}")
-        self.metrics.actions.labels(pool, "delete", "ok").inc()
-        return Finding(pool, "leftover", name, "deleted", f"instance {name} of member {m.id} (deleted in the store) "
-                       f"still existed: deleted it again")
-
-    async def _vanished(self, pool: str, m: Member) -> Finding:
-        now = self.clock()
-        try:
-            serving = await asyncio.wait_for(self.orchestrator.probe(instance_of(m)), self.action_timeout_s)
-            gone = False
-        except InstanceNotFound:
-            serving, gone = False, True
-        except (ActuatorError, TimeoutError):
-            serving, gone = False, False
-        if serving:
-            self._missing.pop(m.id, None)
-            return Finding(pool, "inconsistent", m.instance, "none", f"{m.instance} ({m.state}) is not in the "
-                           f"orchestrator's list but answers its probe: nothing done")
-        if not gone and m.id not in self._missing:
-            self._missing[m.id] = now
-            return Finding(pool, "missing", m.instance, "confirming", f"{m.instance} ({m.state}) is not in the "
-                           f"orchestrator's list; checking again at the next audit")
-        since = self._missing.pop(m.id, now)
-        why = ("its instance is gone" if gone else
-               f"its instance has not been listed for {format_duration(now - since)}")
-        if MemberState(m.state) is MemberState.DRAINING:
-            self.store.transition(m.id, MemberState.WITHDRAWN, now, detail=f"audit: {why}")
-            action = "withdrawn"
-        else:
-            self.store.transition(m.id, MemberState.FAILED, now, error=f"audit: {why}")
-            action = "failed"
-        return Finding(pool, "vanished", m.instance, action, f"{m.instance} ({m.state}): {why}: {action}, its "
-                       f"route removed")
-
-    def _report(self, findings: list[Finding]) -> None:
-        now = self.clock()
-        counts = {(p, k): 0 for p in self.pools for k in AUDIT_KINDS}
-        for f in findings:
-            counts[(f.pool, f.kind)] = counts.get((f.pool, f.kind), 0) + 1
-            key = (f.pool, f.kind, f.instance or "")
-            if f.kind in ("unknown_instance", "inconsistent", "missing") and key in self._reported:
-                continue        # said once per process; the metric keeps counting them
-            self._reported.add(key)
-            (log.error if f.kind == "list_failed" else log.warning)("audit: %s", f.message)
-            kind = "unknown_instance" if f.kind == "unknown_instance" else "audit"
-            self.store.add_event(f.pool, kind, f.message, now, member=f.instance)
-        for (p, k), n in counts.items():
-            self.breaker_metrics.findings.labels(p, k).set(n)
-
-
-__all__ = ["EARLY", "EXISTING", "Drainer", "Finding", "Lifecycle", "NoDrainer", "desired_routes", "instance_of"]
+__all__ = ["EARLY", "EXISTING", "Lifecycle", "desired_routes", "instance_of"]

@@ -23,24 +23,45 @@ import uvicorn
 from apscheduler.events import EVENT_JOB_ERROR, EVENT_JOB_MAX_INSTANCES, EVENT_JOB_MISSED, JobExecutionEvent
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
+import collectors
+from actuators.drainer import Drainer, HAProxyDrainer
 from actuators.orchestrator import Orchestrator
+from actuators.registry import ORCHESTRATORS, ROUTERS
 from actuators.router import Router
 from collectors import Collector
 from policies import PoolPolicy
-from scaler import drivers
 from scaler.alerts import alarm_states
 from scaler.alerts import prune as prune_alerts
 from scaler.api import create_app
-from scaler.config import ServiceConfig, load_config, load_policies, policy_fingerprint
+from scaler.audit import Auditor
+from scaler.config import Registries, ServiceConfig, driver_options, load_config, load_policies, policy_fingerprint
 from scaler.engine import Engine
 from scaler.errors import ConfigError
-from scaler.lifecycle import Drainer, Lifecycle
+from scaler.lifecycle import Lifecycle
 from scaler.metrics import Metrics, RouterHealthMetrics
 from scaler.store import Store
 
 log = logging.getLogger("scaler")
 
 ALERTS_KEPT_S = 7 * 86400.0
+
+# The config models of every known driver, for validating scaler.yaml.
+REGISTRIES = Registries(
+    orchestrators={k: v.config for k, v in ORCHESTRATORS.items()},
+    routers={k: v.config for k, v in ROUTERS.items()},
+    collectors={k: v.config for k, v in collectors.COLLECTORS.items()},
+)
+
+
+def build_all(cfg: ServiceConfig) -> tuple[Orchestrator, Router, Drainer, dict[str, Collector]]:
+    """The drivers and collectors named in the config, built from their validated options."""
+    base = cfg.source.parent
+    orchestrator = ORCHESTRATORS[cfg.orchestrator.driver].factory(
+        driver_options(cfg.orchestrator, REGISTRIES.orchestrators, base))
+    router = ROUTERS[cfg.router.driver].factory(driver_options(cfg.router, REGISTRIES.routers, base))
+    built = {name: collectors.COLLECTORS[c.driver].factory(driver_options(c, REGISTRIES.collectors, base))
+             for name, c in cfg.collectors.items()}
+    return orchestrator, router, HAProxyDrainer(), built
 
 
 class _Server(uvicorn.Server):
@@ -77,8 +98,7 @@ class Service:
         self.collectors = collectors
         self.metrics = metrics or Metrics()
         self.clock = clock
-        if callable(getattr(router, "health", None)):
-            self.metrics.registry.register(RouterHealthMetrics(self.router_health))
+        self.metrics.registry.register(RouterHealthMetrics(self.router_health))
         self.lifecycle = Lifecycle(store, orchestrator, router, drainer, self.pools, self.metrics, clock,
                                    breakers={n: p.launch_breaker for n, p in self.pools.items()})
         self.alerts = cfg.alerts
@@ -87,6 +107,7 @@ class Service:
                              decisions_kept=cfg.store.decisions_kept, on_operation=self.wake,
                              alarms=lambda pool, now: alarm_states(store, pool, now))
         self.lifecycle.on_deleted = self.engine.forget
+        self.auditor = Auditor(self.lifecycle)
         self.scheduler = AsyncIOScheduler()
         self.server: _Server | None = None
         self._stopping = asyncio.Event()
@@ -176,8 +197,7 @@ class Service:
 
     def router_health(self) -> dict[str, Any]:
         """The router driver's own view (sessions, speaker) if it has one; always names the driver."""
-        fn = getattr(self.router, "health", None)
-        out: dict[str, Any] = dict(fn()) if callable(fn) else {}
+        out: dict[str, Any] = dict(self.router.health())
         out.setdefault("driver", self.cfg.router.driver)
         return out
 
@@ -197,7 +217,7 @@ class Service:
             self.store.ensure_pool(name, str(pool.vip), now)
         await self.lifecycle.reconcile()        # resume half-done work, re-program the router
         self.last_run["reconcile"] = self.clock()
-        await self.lifecycle.audit()            # unknown servers reported, vanished members failed
+        await self.auditor.audit()            # unknown servers reported, vanished members failed
         iv = self.cfg.intervals
         self.scheduler.add_listener(self._on_job_event, EVENT_JOB_MISSED | EVENT_JOB_MAX_INSTANCES | EVENT_JOB_ERROR)
         self.scheduler.add_job(self._job, "interval", seconds=iv.collect, args=["collect", self.engine.collect],
@@ -209,7 +229,7 @@ class Service:
                                max_instances=1, coalesce=True, misfire_grace_time=1)
         self.scheduler.add_job(self._job, "interval", seconds=300, args=["prune", self.prune], id="prune")
         if iv.audit > 0:
-            self.scheduler.add_job(self._job, "interval", seconds=iv.audit, args=["audit", self.lifecycle.audit],
+            self.scheduler.add_job(self._job, "interval", seconds=iv.audit, args=["audit", self.auditor.audit],
                                    id="audit", max_instances=1, coalesce=True, misfire_grace_time=1)
         if iv.policy_watch > 0:
             self.scheduler.add_job(self._job, "interval", seconds=iv.policy_watch,
@@ -258,12 +278,12 @@ class Service:
 
 def build(config_path: Path) -> Service:
     """Load and validate everything, open the store: a Service ready to start, or a ConfigError."""
-    cfg = load_config(config_path, drivers.REGISTRIES)
+    cfg = load_config(config_path, REGISTRIES)
     policies = load_policies(cfg)
     store = Store(cfg.store_url())
     try:
         store.migrate()
-        orchestrator, router, drainer, collectors = drivers.build_all(cfg)
+        orchestrator, router, drainer, collectors = build_all(cfg)
     except BaseException:
         store.close()
         raise

@@ -27,9 +27,9 @@ from ipaddress import IPv4Address
 from pathlib import Path
 from typing import Any
 
-from actuators import netns
-from actuators.bgp import BgpRouter, BgpRouterConfig
-from actuators.frr import Frr, FrrConfig, FrrNeighbor
+from actuators.bgp.router import BgpRouter, BgpRouterConfig
+from actuators.linux import netns
+from scaler.lab.frr import Frr, FrrConfig, FrrNeighbor
 
 SPEAKER_AS, ROUTER_AS = 65001, 65000
 NEXT_HOP_SUBNETS = 4

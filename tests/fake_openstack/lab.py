@@ -1,5 +1,5 @@
 """Back the FAKE cloud's servers with real lab instances: each server that leaves BUILD becomes a
-network namespace with HAProxy (`actuators.lab.LabOrchestrator`), at the address of its port on
+network namespace with HAProxy (`actuators.lab.orchestrator.LabOrchestrator`), at the address of its port on
 the lab network, and is removed when Nova drops the server. Only the cloud API is fake: the VIP,
 HAProxy, the backend and the routing are the lab's.
 
@@ -25,7 +25,7 @@ from collections.abc import Coroutine
 from ipaddress import IPv4Address
 from typing import Any, TypeVar
 
-from actuators.lab import (
+from actuators.lab.orchestrator import (
     FIRST_INDEX,
     LAST_INDEX,
     InstanceMeta,

@@ -19,7 +19,7 @@ import pytest
 from fastapi import FastAPI
 from fastapi.responses import PlainTextResponse
 
-from scaler.demo import ServiceProcess, free_port
+from scaler.lab.demo import ServiceProcess, free_port
 from tests.daemons_alerting import alertmanager, prometheus_with_rules, serve_app
 
 pytestmark = pytest.mark.integration

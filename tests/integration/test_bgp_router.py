@@ -18,8 +18,8 @@ import pytest
 
 from actuators.errors import RouterError
 from actuators.fake import desired_of
-from actuators.frr import frr_available
 from actuators.router import HopState
+from scaler.lab.frr import frr_available
 from tests.bgp_net import BgpNet, RouteMonitor, apply_when_up, fib, fib_all, hop, until
 
 pytestmark = [
@@ -243,7 +243,7 @@ async def test_a_sigkilled_scaler_leaves_no_exabgp_behind(net: BgpNet, tmp_path:
     script = tmp_path / "scaler_like.py"
     script.write_text(textwrap.dedent(f"""
         import asyncio, json, sys
-        from actuators.bgp import BgpRouter, BgpRouterConfig
+        from actuators.bgp.router import BgpRouter, BgpRouterConfig
         async def main():
             r = BgpRouter(BgpRouterConfig.model_validate_json({cfg.model_dump_json()!r}))
             await r.start()

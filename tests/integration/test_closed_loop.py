@@ -19,9 +19,9 @@ from pathlib import Path
 
 import pytest
 
-from actuators.lab import LabOrchestrator
-from scaler.demo import EXAMPLES, ServiceProcess, fib_next_hops, free_port, run_scenario, write_config
-from scaler.lab import LabConfig, lab_down, lab_namespaces, lab_up
+from actuators.lab.orchestrator import LabOrchestrator
+from scaler.lab.demo import EXAMPLES, ServiceProcess, fib_next_hops, free_port, run_scenario, write_config
+from scaler.lab.network import LabConfig, lab_down, lab_namespaces, lab_up
 from scaler.store import MemberState, Store
 from tests.examples import example_config_text
 

@@ -24,10 +24,10 @@ from typing import Any
 
 import pytest
 
-from actuators import netlink as nl
 from actuators.errors import RouterConflict, RouterError
-from actuators.kernel import KernelRouter, KernelRouterConfig
-from actuators.netns import socket_in
+from actuators.kernel import netlink as nl
+from actuators.kernel.router import KernelRouter, KernelRouterConfig
+from actuators.linux.netns import socket_in
 from actuators.router import DesiredRoutes, HopState, NextHop
 
 pytestmark = [

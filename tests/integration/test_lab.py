@@ -16,10 +16,9 @@ from ipaddress import IPv4Address
 
 import pytest
 
-from actuators import netns
 from actuators.errors import OrchestratorError
 from actuators.haproxy_runtime import HAProxyRuntime
-from actuators.lab import (
+from actuators.lab.orchestrator import (
     InstanceMeta,
     LabOrchestrator,
     instance_ns,
@@ -29,8 +28,9 @@ from actuators.lab import (
     router_ifname,
     write_atomic,
 )
+from actuators.linux import netns
 from actuators.orchestrator import Instance, InstanceSpec
-from scaler.lab import LabConfig, LoadRun, lab_down, lab_namespaces, lab_status, lab_up
+from scaler.lab.network import LabConfig, LoadRun, lab_down, lab_namespaces, lab_status, lab_up
 
 pytestmark = [
     pytest.mark.integration,

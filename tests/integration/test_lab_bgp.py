@@ -21,14 +21,14 @@ from typing import Any
 
 import pytest
 
-from actuators import netns
-from actuators.bgp import BgpRouter, BgpRouterConfig
-from actuators.frr import FRR_BIN
-from actuators.lab import LabOrchestrator, pids_in_netns, process_cmdline
+from actuators.bgp.router import BgpRouter, BgpRouterConfig
+from actuators.lab.orchestrator import LabOrchestrator, pids_in_netns, process_cmdline
+from actuators.linux import netns
 from actuators.orchestrator import Instance, InstanceSpec
 from actuators.router import NextHop
-from scaler.demo import fib_next_hops, run_scenario
-from scaler.lab import (
+from scaler.lab.demo import fib_next_hops, run_scenario
+from scaler.lab.frr import FRR_BIN
+from scaler.lab.network import (
     BGP_ROUTER_ADDRESS,
     BGP_SPEAKER_ADDRESS,
     LabConfig,

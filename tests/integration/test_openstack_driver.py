@@ -29,7 +29,8 @@ from actuators.errors import (
     OrchestratorTimeout,
     QuotaExceeded,
 )
-from actuators.openstack import OpenStackOrchestrator, OpenStackOrchestratorConfig
+from actuators.openstack.options import OpenStackOrchestratorConfig
+from actuators.openstack.orchestrator import OpenStackOrchestrator
 from actuators.orchestrator import Instance, InstanceSpec
 from tests.fake_openstack import FakeCloud, FakeOpenStack, Hooks
 

@@ -22,8 +22,8 @@ from typing import Any
 
 import pytest
 
-from scaler.demo import Scenario, ServiceProcess, fib_next_hops, free_port
-from scaler.lab import LabConfig, LoadRun, lab_down, lab_namespaces, lab_up
+from scaler.lab.demo import Scenario, ServiceProcess, fib_next_hops, free_port
+from scaler.lab.network import LabConfig, LoadRun, lab_down, lab_namespaces, lab_up
 from scaler.store import Store
 from tests.fake_openstack import FakeCloud, FakeOpenStack
 from tests.fake_openstack.lab import LabBacking, lab_backed

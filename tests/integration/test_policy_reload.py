@@ -18,7 +18,7 @@ from typing import Any
 import httpx
 import pytest
 
-from scaler.demo import ServiceProcess, free_port
+from scaler.lab.demo import ServiceProcess, free_port
 
 pytestmark = pytest.mark.integration
 

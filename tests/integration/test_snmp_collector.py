@@ -1,4 +1,4 @@
-"""The snmp collector against real net-snmp snmpd daemons started by `actuators.snmpd`: on loopback
+"""The snmp collector against real net-snmp snmpd daemons started by `actuators.lab.snmpd`: on loopback
 (free ports), inside a network namespace made for the test, and in lab instances. v2c and v3 reads of
 the presets and of generic OIDs (cross-checked with stock pysnmp), every USM protocol pair, the
 distinct errors of each credential mistake, a dead agent, and agents whose engine ID or namespace
@@ -18,13 +18,13 @@ from typing import Any
 
 import pytest
 
-from actuators import netns
-from actuators.snmpd import Snmpd, SnmpdCommunity, SnmpdConfig, SnmpdUser
+from actuators.lab.snmpd import Snmpd, SnmpdCommunity, SnmpdConfig, SnmpdUser
+from actuators.linux import netns
 from collectors import CollectorAuthError, CollectorError, CollectorTimeout, Sample, Target
-from collectors.snmp import MEMORY, SnmpCollector, SnmpCollectorConfig
-from collectors.snmp_ber import GET, encode_oid
-from collectors.snmp_client import Agent, Request, SnmpClient, V3Security
-from collectors.snmp_usm import UsmUser, auth_protocol, priv_protocol
+from collectors.snmp.ber import GET, encode_oid
+from collectors.snmp.client import Agent, Request, SnmpClient, V3Security
+from collectors.snmp.collector import MEMORY, SnmpCollector, SnmpCollectorConfig
+from collectors.snmp.usm import UsmUser, auth_protocol, priv_protocol
 
 SNMPD = shutil.which("snmpd") or "/usr/sbin/snmpd"
 
@@ -380,9 +380,9 @@ async def test_target_in_a_network_namespace(tmp_path: Path) -> None:
 @needs_root
 @pytest.mark.skipif(shutil.which("haproxy") is None, reason="haproxy is not installed")
 async def test_lab_instances_serve_snmp() -> None:
-    from actuators.lab import LabOrchestrator, lab_snmp_secrets, pids_in_netns
+    from actuators.lab.orchestrator import LabOrchestrator, lab_snmp_secrets, pids_in_netns
     from actuators.orchestrator import InstanceSpec
-    from scaler.lab import LabConfig, lab_down, lab_namespaces, lab_up
+    from scaler.lab.network import LabConfig, lab_down, lab_namespaces, lab_up
 
     while True:
         cfg = LabConfig(name=f"sclt{secrets.token_hex(1)}")

@@ -9,12 +9,13 @@ from typing import Any
 import httpx
 import pytest
 
+from actuators.drainer import NoDrainer
 from actuators.fake import FakeOrchestrator, FakeOrchestratorConfig, FakeRouter
 from policies import PolicyFile, PoolPolicy
 from scaler.api import create_app
 from scaler.config import PoolConfig
 from scaler.engine import Engine
-from scaler.lifecycle import Lifecycle, NoDrainer
+from scaler.lifecycle import Lifecycle
 from scaler.metrics import Metrics
 from scaler.store import Store
 

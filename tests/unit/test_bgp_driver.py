@@ -17,8 +17,8 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
-from actuators import exabgp_bridge
-from actuators.bgp import (
+from actuators.bgp import bridge as exabgp_bridge
+from actuators.bgp.router import (
     BRIDGE,
     BgpRouter,
     BgpRouterConfig,

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 from prometheus_client import generate_latest
 
+from actuators.drainer import NoDrainer
 from actuators.errors import InstanceErrored, OrchestratorTimeout
 from actuators.fake import FakeOrchestrator, FakeOrchestratorConfig, FakeRouter
 from actuators.orchestrator import Instance
@@ -23,7 +24,7 @@ from scaler.breaker import (
     reset_breaker,
 )
 from scaler.config import PoolConfig
-from scaler.lifecycle import Lifecycle, NoDrainer
+from scaler.lifecycle import Lifecycle
 from scaler.metrics import Metrics
 from scaler.store import OpState, Store
 

@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from scaler import drivers
 from scaler.config import driver_options, load_config, load_policies
 from scaler.errors import ConfigError
+from scaler.service import REGISTRIES
 from tests.examples import copy_examples
 
 
@@ -25,14 +25,14 @@ def edit(path: Path, old: str, new: str) -> None:
 
 
 def test_the_shipped_example_is_valid(conf: Path) -> None:
-    cfg = load_config(conf / "scaler.yaml", drivers.REGISTRIES)
+    cfg = load_config(conf / "scaler.yaml", REGISTRIES)
     policies = load_policies(cfg)
     assert set(policies) == {"web"} and str(cfg.pools["web"].vip) == "198.19.0.1"
 
 
 def test_the_shipped_bgp_example_is_valid(conf: Path) -> None:
-    cfg = load_config(conf / "scaler-bgp.yaml", drivers.REGISTRIES)
-    options = driver_options(cfg.router, drivers.REGISTRIES.routers, conf)
+    cfg = load_config(conf / "scaler-bgp.yaml", REGISTRIES)
+    options = driver_options(cfg.router, REGISTRIES.routers, conf)
     assert cfg.router.driver == "bgp" and [str(p.address) for p in options.peers] == ["198.18.255.1"]
     assert cfg.pools["web"].drain_grace == 5.0
 
@@ -57,7 +57,7 @@ def test_the_shipped_bgp_example_is_valid(conf: Path) -> None:
 def test_service_config_errors(conf: Path, old: str, new: str, expected: str) -> None:
     edit(conf / "scaler.yaml", old, new)
     with pytest.raises(ConfigError) as err:
-        load_config(conf / "scaler.yaml", drivers.REGISTRIES)
+        load_config(conf / "scaler.yaml", REGISTRIES)
     assert any(p.startswith(str(conf / "scaler.yaml")) and expected in p for p in err.value.problems), \
         err.value.problems
 
@@ -79,7 +79,7 @@ def test_service_config_errors(conf: Path, old: str, new: str, expected: str) ->
 def test_policy_errors(conf: Path, old: str, new: str, expected: str) -> None:
     policy = conf / "policies" / "web.yaml"
     edit(policy, old, new)
-    cfg = load_config(conf / "scaler.yaml", drivers.REGISTRIES)
+    cfg = load_config(conf / "scaler.yaml", REGISTRIES)
     with pytest.raises(ConfigError) as err:
         load_policies(cfg)
     assert any(p.startswith(str(policy)) and expected in p for p in err.value.problems), err.value.problems
@@ -89,7 +89,7 @@ def test_every_problem_is_reported_at_once(conf: Path) -> None:
     policy = conf / "policies" / "web.yaml"
     edit(policy, "adjust: +1", "adjust: +one")
     edit(policy, "for: 10s", "for: later")
-    cfg = load_config(conf / "scaler.yaml", drivers.REGISTRIES)
+    cfg = load_config(conf / "scaler.yaml", REGISTRIES)
     with pytest.raises(ConfigError) as err:
         load_policies(cfg)
     assert len(err.value.problems) == 2
@@ -98,11 +98,11 @@ def test_every_problem_is_reported_at_once(conf: Path) -> None:
 def test_yaml_syntax_error_has_a_position(conf: Path) -> None:
     edit(conf / "scaler.yaml", "api:\n", "api: [\n")
     with pytest.raises(ConfigError, match=r"scaler.yaml:\d+:\d+: YAML syntax"):
-        load_config(conf / "scaler.yaml", drivers.REGISTRIES)
+        load_config(conf / "scaler.yaml", REGISTRIES)
 
 
 def test_a_pool_without_policy_is_an_error(conf: Path) -> None:
     (conf / "policies" / "web.yaml").unlink()
-    cfg = load_config(conf / "scaler.yaml", drivers.REGISTRIES)
+    cfg = load_config(conf / "scaler.yaml", REGISTRIES)
     with pytest.raises(ConfigError, match=r"no policy file .* defines pool 'web'"):
         load_policies(cfg)

@@ -12,12 +12,13 @@ from pathlib import Path
 
 import pytest
 
+from actuators.drainer import NoDrainer
 from actuators.fake import FakeOrchestrator, FakeOrchestratorConfig, FakeRouter
 from collectors import Sample, Target
 from policies import PolicyFile, PoolPolicy
 from scaler.config import CollectorConfig, PoolConfig
 from scaler.engine import Engine
-from scaler.lifecycle import Lifecycle, NoDrainer
+from scaler.lifecycle import Lifecycle
 from scaler.metrics import Metrics
 from scaler.store import MemberState, Store
 

@@ -14,7 +14,7 @@ import pytest
 from pydantic import ValidationError
 
 from actuators.errors import OrchestratorError
-from actuators.lab import (
+from actuators.lab.orchestrator import (
     InstanceMeta,
     LabOrchestrator,
     LabOrchestratorConfig,
@@ -28,7 +28,7 @@ from actuators.lab import (
     write_atomic,
 )
 from actuators.orchestrator import Instance, InstanceSpec
-from scaler.lab import LabConfig
+from scaler.lab.network import LabConfig
 
 VIP = IPv4Address("198.19.0.1")
 

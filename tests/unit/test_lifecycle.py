@@ -11,7 +11,7 @@ from pydantic import ValidationError
 
 from actuators.fake import FakeOrchestrator, FakeOrchestratorConfig, FakeRouter, FakeRouterConfig
 from actuators.orchestrator import InstanceSpec
-from actuators.router import ApplyResult, DesiredRoutes, HopState, RouteStatus
+from actuators.router import ApplyResult, DesiredRoutes, HopState, Router, RouteStatus
 from scaler.config import PoolConfig
 from scaler.lifecycle import Lifecycle
 from scaler.metrics import Metrics
@@ -205,8 +205,8 @@ class RouteWatchingDrainer(CountingDrainer):
         self.routed_at_request.append(addr in self.router.hops(VIP))
 
 
-class RouterWithoutDrainMode:
-    """A router driver written before `drain_mode` existed: the lifecycle must drain it by weight."""
+class RouterWithoutDrainMode(Router):
+    """A router driver that does not set `drain_mode`: the protocol's default drains it by weight."""
 
     def __init__(self, inner: FakeRouter) -> None:
         self.inner = inner
@@ -342,12 +342,12 @@ async def test_withdraw_mode_waits_while_the_router_cannot_be_read(store: Store)
 
 @pytest.mark.parametrize("wrap", [
     pytest.param(False, id="FakeRouter in weight mode"),
-    pytest.param(True, id="a router without drain_mode drains by weight"),
+    pytest.param(True, id="a router that does not set drain_mode drains by weight"),
 ])
 async def test_weight_mode_ignores_the_grace_and_waits_for_buckets(store: Store, wrap: bool) -> None:
     clock, orch = Clock(), FakeOrchestrator(FakeOrchestratorConfig(boot_probes=0))
     router, drainer = FakeRouter(FakeRouterConfig(drain_buckets=3)), CountingDrainer(conns=0)
-    lc = make(store, orch, RouterWithoutDrainMode(router) if wrap else router, clock, drainer)  # type: ignore[arg-type]
+    lc = make(store, orch, RouterWithoutDrainMode(router) if wrap else router, clock, drainer)
     victim = await serve_two_and_drain_one(store, lc, clock)
     await lc.reconcile()
     assert router.routes[VIP][IPv4Address(store.member(victim).address)] is HopState.DRAINING

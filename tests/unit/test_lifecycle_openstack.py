@@ -15,14 +15,17 @@ from typing import Any
 
 import pytest
 
+from actuators.drainer import NoDrainer
 from actuators.errors import OrchestratorError
 from actuators.fake import FakeOrchestrator, FakeOrchestratorConfig, FakeRouter, FakeRouterConfig
-from actuators.openstack import OpenStackOrchestrator, OpenStackOrchestratorConfig
+from actuators.openstack.options import OpenStackOrchestratorConfig
+from actuators.openstack.orchestrator import OpenStackOrchestrator
 from actuators.orchestrator import Instance, InstanceSpec
+from scaler.audit import Auditor
 from scaler.breaker import LaunchBreakerConfig, breaker_state
 from scaler.config import PoolConfig
 from scaler.engine import Engine
-from scaler.lifecycle import Lifecycle, NoDrainer
+from scaler.lifecycle import Lifecycle
 from scaler.metrics import Metrics
 from scaler.store import MemberState, OpState, Store
 from tests.fake_openstack import FakeCloud, FakeOpenStack
@@ -249,14 +252,15 @@ def hand_made_server(cloud: FakeCloud, name: str, tags: list[str]) -> dict[str, 
 async def test_audit_reports_an_unknown_tagged_server_once_and_leaves_it_alone(
         store: Store, cloud: FakeCloud, driver: OpenStackOrchestrator, clock: Clock) -> None:
     lc = lifecycle(store, driver, clock)
+    auditor = Auditor(lc)
     store.start_scale_out("web", 1, 0, "below min", clock())
     await settle(lc, clock)
     stray = hand_made_server(cloud, "web-by-hand", ["scaler-pool=web"])
     hand_made_server(cloud, "other-pool", ["scaler-pool=api"])
-    findings = await lc.audit()
+    findings = await auditor.audit()
     assert [(f.kind, f.instance, f.action) for f in findings] == [("unknown_instance", "web-by-hand", "reported")]
     assert "not in the store: left alone, not routed" in findings[0].message
-    assert (await lc.audit())[0].kind == "unknown_instance"
+    assert (await auditor.audit())[0].kind == "unknown_instance"
     events = [e for e in store.events("web") if e.kind == "unknown_instance"]
     assert len(events) == 1 and events[0].member == "web-by-hand"
     assert stray["id"] in {s["id"] for s in cloud.live_servers()}
@@ -272,6 +276,7 @@ async def test_audit_withdraws_a_member_whose_server_vanished(
         via: str) -> None:
     router = FakeRouter(FakeRouterConfig(drain_buckets=8))
     lc = lifecycle(store, driver, clock, router, Connections(5))
+    auditor = Auditor(lc)
     store.start_scale_out("web", 2, 0, "below min", clock())
     await settle(lc, clock)
     gone, kept = store.members("web")
@@ -281,7 +286,7 @@ async def test_audit_withdraws_a_member_whose_server_vanished(
         assert store.member(gone.id).state == MemberState.DRAINING
     cloud.delete_server(gone.endpoint_map()["server_id"])   # behind the scaler's back
     clock.t += 1
-    findings = await lc.audit()
+    findings = await auditor.audit()
     assert [(f.kind, f.instance, f.action) for f in findings] == [("vanished", gone.instance, via)]
     assert router.hops(VIP) == {IPv4Address(kept.address or "")}      # withdrawn before audit() returned
     await settle(lc, clock, passes=2)
@@ -293,6 +298,7 @@ async def test_audit_withdraws_a_member_whose_server_vanished(
 async def test_audit_deletes_the_leftover_of_a_deleted_member(
         store: Store, cloud: FakeCloud, driver: OpenStackOrchestrator, clock: Clock) -> None:
     lc = lifecycle(store, driver, clock)
+    auditor = Auditor(lc)
     store.start_scale_out("web", 1, 0, "below min", clock())
     await settle(lc, clock)
     [m] = store.members("web")
@@ -300,7 +306,7 @@ async def test_audit_deletes_the_leftover_of_a_deleted_member(
     await settle(lc, clock)
     assert states(store) == ["deleted"] and nothing_left(cloud)
     await driver.create(InstanceSpec("web", VIP, INSTANCE), m.instance)   # a create answered too late
-    findings = await lc.audit()
+    findings = await auditor.audit()
     assert [(f.kind, f.instance, f.action) for f in findings] == [("leftover", m.instance, "deleted")]
     assert nothing_left(cloud)
 
@@ -325,15 +331,16 @@ async def test_audit_confirms_a_missing_instance_before_failing_its_member(store
     orch = FakeOrchestrator(FakeOrchestratorConfig(boot_probes=0))
     router = FakeRouter()
     lc = lifecycle(store, orch, clock, router)
+    auditor = Auditor(lc)
     store.start_scale_out("web", 1, 0, "below min", clock())
     await settle(lc, clock)
     [m] = store.members("web")
     del orch.instances[m.instance]          # the fake's probe answers False, not "not found"
-    first = await lc.audit()
+    first = await auditor.audit()
     assert [(f.kind, f.action) for f in first] == [("missing", "confirming")]
     assert states(store) == ["in_service"] and router.hops(VIP)
     clock.t += 60
-    second = await lc.audit()
+    second = await auditor.audit()
     assert [(f.kind, f.action) for f in second] == [("vanished", "failed")]
     assert "has not been listed for 1m" in second[0].message
     assert router.hops(VIP) == set()
@@ -342,9 +349,10 @@ async def test_audit_confirms_a_missing_instance_before_failing_its_member(store
 async def test_audit_when_the_list_fails_changes_nothing(store: Store, clock: Clock) -> None:
     orch = Unlistable(FakeOrchestratorConfig(boot_probes=0))
     lc = lifecycle(store, orch, clock)
+    auditor = Auditor(lc)
     store.start_scale_out("web", 1, 0, "below min", clock())
     await settle(lc, clock)
-    findings = await lc.audit()
+    findings = await auditor.audit()
     assert [(f.kind, f.action) for f in findings] == [("list_failed", "none")]
     assert states(store) == ["in_service"]
     assert any("connection to the cloud failed" in e.message for e in store.events("web") if e.kind == "audit")

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from scaler.loadgen import LoadConfig, LoadGen, RequestFailed, percentiles, read_response
+from scaler.lab.loadgen import LoadConfig, LoadGen, RequestFailed, percentiles, read_response
 
 
 def reader_of(data: bytes) -> asyncio.StreamReader:

@@ -11,8 +11,8 @@ from ipaddress import IPv4Address, IPv6Address
 
 import pytest
 
-from actuators import netlink as nl
 from actuators.errors import RouterError
+from actuators.kernel import netlink as nl
 
 A = IPv4Address
 

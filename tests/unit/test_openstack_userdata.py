@@ -17,7 +17,9 @@ from pydantic import ValidationError
 from ruamel.yaml import YAML
 
 from actuators.errors import OrchestratorConflict, OrchestratorError, OrchestratorTimeout, QuotaExceeded
-from actuators.openstack import (
+from actuators.openstack.api import ServerInfo, StackInfo, refused, translate
+from actuators.openstack.heat import ADDRESS_TOKEN, NAME_TOKEN, membership, membership_parameters, next_index
+from actuators.openstack.options import (
     InstanceOptions,
     OpenStackOrchestratorConfig,
     endpoints_of,
@@ -25,9 +27,7 @@ from actuators.openstack import (
     operation_of,
     pick_zone,
 )
-from actuators.openstack_api import ServerInfo, StackInfo, refused, translate
-from actuators.openstack_heat import ADDRESS_TOKEN, NAME_TOKEN, membership, membership_parameters, next_index
-from actuators.openstack_userdata import (
+from actuators.openstack.userdata import (
     SHIPPED_TEMPLATE,
     TEMPLATE_VARIABLES,
     SecretRef,
@@ -89,7 +89,7 @@ def test_the_shipped_template_uses_only_known_placeholders() -> None:
 
 
 def test_every_variable_is_rendered(keys: dict[str, Any]) -> None:
-    from actuators.openstack_userdata import user_data_values
+    from actuators.openstack.userdata import user_data_values
     values = user_data_values(inputs(keys), name="web-1", pool="web", vip=VIP, address=ADDR)
     assert set(values) == set(TEMPLATE_VARIABLES)
 

@@ -8,13 +8,12 @@ from pathlib import Path
 import httpx
 import pytest
 
+from actuators.drainer import NoDrainer
 from actuators.fake import FakeOrchestrator, FakeRouter
-from scaler import drivers
 from scaler.api import create_app
 from scaler.cli import main
 from scaler.config import load_config, load_policies
-from scaler.lifecycle import NoDrainer
-from scaler.service import Service
+from scaler.service import REGISTRIES, Service
 from scaler.store import Store
 from tests.examples import copy_examples
 
@@ -40,7 +39,7 @@ async def test_prints_a_signed_url_that_the_service_accepts_once(config: Path,
     url = capsys.readouterr().out.strip()
     assert url.startswith("http://api/v1/pools/web/signal/scale-out?") and "sig=" in url
 
-    cfg = load_config(config, drivers.REGISTRIES)
+    cfg = load_config(config, REGISTRIES)
     store = Store(f"sqlite:///{config.parent}/s.db")
     store.migrate()
     try:

@@ -17,7 +17,7 @@ from pyasn1.codec.ber import encoder as ber_encoder
 from pyasn1.type import univ
 from pysnmp.proto import api
 
-from collectors.snmp_ber import (
+from collectors.snmp.ber import (
     COUNTER32,
     COUNTER64,
     END_OF_MIB_VIEW,

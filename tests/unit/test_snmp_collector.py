@@ -16,21 +16,7 @@ import pytest
 from pydantic import ValidationError
 
 from collectors import CollectorError, CollectorParseError, CollectorTimeout, Sample, Target, build
-from collectors.snmp import (
-    CPU_RAW,
-    HR_PROCESSOR_LOAD,
-    IF_HC_IN_OCTETS,
-    IF_HC_OUT_OCTETS,
-    IF_NAME,
-    LOAD,
-    MEMORY,
-    SYS_UPTIME,
-    SnmpCollector,
-    SnmpCollectorConfig,
-    TargetAddress,
-    parse_target_url,
-)
-from collectors.snmp_ber import (
+from collectors.snmp.ber import (
     COUNTER32,
     COUNTER64,
     END_OF_MIB_VIEW,
@@ -49,6 +35,20 @@ from collectors.snmp_ber import (
     parse_v2c,
     tlv,
     v2c_message,
+)
+from collectors.snmp.collector import (
+    CPU_RAW,
+    HR_PROCESSOR_LOAD,
+    IF_HC_IN_OCTETS,
+    IF_HC_OUT_OCTETS,
+    IF_NAME,
+    LOAD,
+    MEMORY,
+    SYS_UPTIME,
+    SnmpCollector,
+    SnmpCollectorConfig,
+    TargetAddress,
+    parse_target_url,
 )
 
 CAPTURED: dict[str, Any] = json.loads(

@@ -15,9 +15,9 @@ from pyasn1.type.univ import OctetString
 from pysnmp.proto.mpmod.rfc3412 import ScopedPDU, SNMPv3Message
 from pysnmp.proto.secmod.rfc3414.service import UsmSecurityParameters
 
-from collectors.snmp_ber import GET, OCTET_STRING, REPORT, RESPONSE, decode_oid, encode_oid, pdu, tlv
-from collectors.snmp_client import V3Security
-from collectors.snmp_usm import (
+from collectors.snmp.ber import GET, OCTET_STRING, REPORT, RESPONSE, decode_oid, encode_oid, pdu, tlv
+from collectors.snmp.client import V3Security
+from collectors.snmp.usm import (
     AUTH_PROTOCOLS,
     FLAG_AUTH,
     FLAG_PRIV,
@@ -224,7 +224,7 @@ def test_discovery_message_is_a_plain_reportable_request() -> None:
     pytest.param(bytes.fromhex(CAPTURED["v2c_get_types"]["response"]), id="a v2c message"),
 ])
 def test_malformed_v3_raises_ber_error(data: bytes) -> None:
-    from collectors.snmp_ber import BerError
+    from collectors.snmp.ber import BerError
 
     with pytest.raises(BerError):
         parse_v3(data)

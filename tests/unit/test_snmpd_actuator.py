@@ -1,4 +1,4 @@
-"""actuators.snmpd without starting anything: the configuration it writes, the command line and
+"""actuators.lab.snmpd without starting anything: the configuration it writes, the command line and
 environment it would run, and that it only ever recognises its own daemon."""
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from actuators.snmpd import Snmpd, SnmpdCommunity, SnmpdConfig, SnmpdError, SnmpdUser
+from actuators.lab.snmpd import Snmpd, SnmpdCommunity, SnmpdConfig, SnmpdError, SnmpdUser
 
 
 def snmpd(tmp_path: Path, **overrides: object) -> Snmpd:

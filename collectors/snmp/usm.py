@@ -19,7 +19,7 @@ from typing import Any
 from pyasn1.type.univ import OctetString
 from pysnmp.proto.secmod.rfc3414.service import SnmpUSMSecurityModel
 
-from collectors.snmp_ber import (
+from collectors.snmp.ber import (
     INTEGER,
     OCTET_STRING,
     SEQUENCE,

@@ -5,7 +5,7 @@ after an optional delay (so load shows up in HAProxy as concurrent sessions). It
 for the lab only: it binds where it is told (127.0.0.1 inside an instance's namespace), never
 decides anything and never talks to anything else.
 
-    python -m actuators.lab_backend --port 8081 --delay-ms N [--pidfile P --daemon]
+    python -m actuators.lab.backend --port 8081 --delay-ms N [--pidfile P --daemon]
 
 A request may ask for its own delay with `?delay_ms=N` (capped at 60 s), e.g. to hold a request
 open across a drain. With `--daemon` the parent returns only after the socket is bound and the
@@ -148,7 +148,7 @@ async def serve(sock: socket.socket, backend: Backend, ready_fd: int | None) -> 
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m actuators.lab_backend", description=__doc__.split("\n")[0])
+    ap = argparse.ArgumentParser(prog="python -m actuators.lab.backend", description=__doc__.split("\n")[0])
     ap.add_argument("--host", default="127.0.0.1")
     ap.add_argument("--port", type=int, default=8081)
     ap.add_argument("--delay-ms", type=int, default=0, help="delay before every answer")

@@ -1,6 +1,6 @@
 """The `kernel` router driver: each VIP is a /32 route to a Linux resilient nexthop group.
 
-It programs the router's kernel over rtnetlink (`actuators.netlink`): one nexthop object per member
+It programs the router's kernel over rtnetlink (`actuators.kernel.netlink`): one nexthop object per member
 (id = the member's IPv4 address as u32), one resilient group per VIP (id = the VIP as u32) and one
 route `VIP/32 nhid GROUP`, all marked with our rtnetlink protocol number. Ids derived from addresses
 make the driver stateless: after a restart it finds its objects again by reading the kernel.
@@ -35,9 +35,9 @@ from typing import TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from actuators import netlink as nl
 from actuators.errors import RouterConflict, RouterError
-from actuators.router import ApplyResult, DesiredRoutes, DrainMode, HopState, HopStatus, NextHop, RouteStatus
+from actuators.kernel import netlink as nl
+from actuators.router import ApplyResult, DesiredRoutes, DrainMode, HopState, HopStatus, NextHop, Router, RouteStatus
 
 log = logging.getLogger(__name__)
 
@@ -286,7 +286,7 @@ def _shadow_for(gateway: IPv4Address, vip: IPv4Address, snap: Snapshot, ours: in
     return nl.GroupMember(nid, weight)
 
 
-class KernelRouter:
+class KernelRouter(Router):
     """Router driver for Linux resilient nexthop groups in one network namespace (see module doc)."""
 
     # A draining member keeps its busy buckets at `draining_weight` and gets (almost) no new flows.

@@ -5,12 +5,12 @@
                                      router="bgp" only: (198.18.255.1) ───┴── {lab}-ctl (198.18.255.2: the
                                      FRR, AS 65000                             scaler's ExaBGP, AS 65001)
 `lab_up` makes the router and client namespaces and their link; instances are made by
-`actuators.lab.LabOrchestrator`; the router's VIP route belongs to the router driver: the `kernel`
+`actuators.lab.orchestrator.LabOrchestrator`; the router's VIP route belongs to the router driver: the `kernel`
 driver programs it over netlink, the `bgp` driver announces it to the FRR that `lab_up` starts in
 the router namespace for a `bgp` lab (never for a `kernel` one: zebra adopts and re-creates the
 kernel driver's nexthop objects, FRR issue #14471). `lab_down` removes everything the lab started,
 even after a crash left it half built. Every file, pidfile and socket lives in the lab directory.
-`LoadRun` runs `scaler.loadgen` in the client namespace.
+`LoadRun` runs `scaler.lab.loadgen` in the client namespace.
 
 It only ever touches namespaces whose name starts with `{lab}-` and processes it can prove are its
 own (a pidfile in the lab directory whose process names the lab directory, or a process living in
@@ -36,10 +36,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from actuators import netns
 from actuators.errors import ActuatorError
-from actuators.frr import Frr, FrrConfig, FrrNeighbor
-from actuators.lab import (
+from actuators.lab.orchestrator import (
     DEFAULT_LAB_ROOT,
     LAB_NAME_PATTERN,
     LabOrchestratorConfig,
@@ -53,7 +51,9 @@ from actuators.lab import (
     router_ns,
     write_atomic,
 )
+from actuators.linux import netns
 from scaler.errors import ScalerError
+from scaler.lab.frr import Frr, FrrConfig, FrrNeighbor
 
 CLIENT_ADDRESS = IPv4Address("198.18.0.2")
 ROUTER_CLIENT_ADDRESS = IPv4Address("198.18.0.1")
@@ -412,7 +412,7 @@ async def lab_status(cfg: LabConfig) -> LabStatus:
 
 
 class LoadRun:
-    """`scaler.loadgen` running in the lab's client namespace, controlled through its stdin.
+    """`scaler.lab.loadgen` running in the lab's client namespace, controlled through its stdin.
 
     `start()` launches it; `set(...)` changes the load while it runs; `ticks` holds every per-second
     stats line so far and `stats()` yields them as they come; `stop()` ends it (it also ends by
@@ -454,7 +454,7 @@ class LoadRun:
             raise LabError("this LoadRun was already started")
         if not netns.exists(self.cfg.client_ns):
             raise LabError(f"lab {self.cfg.name} is not up (no namespace {self.cfg.client_ns})")
-        argv = ["ip", "netns", "exec", self.cfg.client_ns, sys.executable, "-m", "scaler.loadgen",
+        argv = ["ip", "netns", "exec", self.cfg.client_ns, sys.executable, "-m", "scaler.lab.loadgen",
                 *self.argv_options, "--control", "--pidfile", str(self.pidfile)]
         err = os.open(self.logfile, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o644)
         try:

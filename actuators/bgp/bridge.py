@@ -9,7 +9,7 @@ It exits as soon as either side closes: when ExaBGP dies, its stdin reaches EOF 
 child would otherwise outlive a kill -9 of its parent); when the scaler goes away, the socket
 reaches EOF and ExaBGP sees its process end. Standard library only, so it starts in ~30 ms.
 
-    python -m actuators.exabgp_bridge /run/scaler/bgp/api.sock
+    python -m actuators.bgp.bridge /run/scaler/bgp/api.sock
 """
 
 from __future__ import annotations
@@ -61,7 +61,7 @@ def pump(sock: socket.socket, stdin_fd: int, stdout_fd: int) -> None:
 
 def main(argv: list[str]) -> int:
     if len(argv) != 2:
-        print("usage: python -m actuators.exabgp_bridge SOCKET", file=sys.stderr)
+        print("usage: python -m actuators.bgp.bridge SOCKET", file=sys.stderr)
         return 2
     sock = connect(argv[1])
     try:

@@ -9,16 +9,18 @@ after it) and `removal_policies` (every index removed so far). Heat names group 
 scale-in removes exactly the member the scaler drained. Stack updates of one pool are serialized
 (one lock per pool; a 409 "in progress" from Heat's legacy engine is waited out). Servers and ports
 carry the same tags as in Nova mode, so probe, list and the port clean-up are shared with
-`actuators.openstack`. This module must not delete a stack: a pool's stack outlives its members.
+`actuators.openstack.orchestrator`. This module must not delete a stack: a pool's stack outlives its members.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import time
-from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from ipaddress import IPv4Address
+from typing import Any, Protocol, TypeVar
 
 from actuators.errors import (
     OrchestratorConflict,
@@ -26,14 +28,12 @@ from actuators.errors import (
     OrchestratorTimeout,
     QuotaExceeded,
 )
-from actuators.openstack import STATUS_WORDS, InstanceOptions, endpoints_of
-from actuators.openstack_api import PortInfo, ServerInfo, StackInfo
+from actuators.openstack.api import CloudApi, PortInfo, ServerInfo, StackInfo
+from actuators.openstack.options import STATUS_WORDS, InstanceOptions, OpenStackOrchestratorConfig, Tags, endpoints_of
 from actuators.orchestrator import Instance, InstanceSpec
 
-if TYPE_CHECKING:
-    from actuators.openstack import OpenStackOrchestrator
-
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 # Left in the user data for member.yaml to fill (str_replace) once Heat knows them.
 NAME_TOKEN = "__SCALER_NAME__"
@@ -77,10 +77,28 @@ def membership_parameters(names: Mapping[str, str], removed: Sequence[str]) -> d
             "removal_policies": [{"resource_list": list(removed)}] if removed else []}
 
 
+class Plumbing(Protocol):
+    """What Heat mode borrows from the OpenStack driver (`OpenStackOrchestrator` provides it)."""
+
+    cfg: OpenStackOrchestratorConfig
+    api: CloudApi
+    tags: Tags
+    sleep: Callable[[float], Awaitable[None]]
+
+    async def call(self, what: str, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T: ...
+
+    def pool_lock(self, pool: str) -> asyncio.Lock: ...
+
+    async def user_data(self, spec: InstanceSpec, opts: InstanceOptions, name: str,
+                        address: IPv4Address | str) -> str: ...
+
+    async def wait_gone(self, name: str, server_ids: Sequence[str]) -> None: ...
+
+
 class HeatPools:
     """create/delete of members of Heat-managed pools, on behalf of the OpenStack driver."""
 
-    def __init__(self, driver: OpenStackOrchestrator) -> None:
+    def __init__(self, driver: Plumbing) -> None:
         self.d = driver
 
     def stack_name(self, pool: str, opts: InstanceOptions) -> str:

@@ -61,9 +61,9 @@ from collectors.base import Sample, Target
 from collectors.errors import CollectorError, CollectorParseError
 from collectors.rates import COUNTER32, COUNTER64, RateTracker
 from collectors.secrets import Secret
-from collectors.snmp_ber import COUNTER32 as TAG_COUNTER32
-from collectors.snmp_ber import COUNTER64 as TAG_COUNTER64
-from collectors.snmp_ber import (
+from collectors.snmp.ber import COUNTER32 as TAG_COUNTER32
+from collectors.snmp.ber import COUNTER64 as TAG_COUNTER64
+from collectors.snmp.ber import (
     END_OF_MIB_VIEW,
     EXCEPTION_NAMES,
     GAUGE32,
@@ -81,8 +81,8 @@ from collectors.snmp_ber import (
     oid_text,
     opaque_float,
 )
-from collectors.snmp_client import Agent, Request, SnmpClient, V2cSecurity, V3Security
-from collectors.snmp_usm import UsmUser, auth_protocol, priv_protocol
+from collectors.snmp.client import Agent, Request, SnmpClient, V2cSecurity, V3Security
+from collectors.snmp.usm import UsmUser, auth_protocol, priv_protocol
 
 __all__ = [
     "METRIC_NAMES",

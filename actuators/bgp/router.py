@@ -2,7 +2,7 @@
 
 The scaler starts ExaBGP as a child process (in the namespace `netns` if given) with a configuration
 it writes itself: one neighbor per router peer, ADD-PATH send, graceful restart and `manual-eor`.
-ExaBGP runs `actuators/exabgp_bridge.py` as its API process, which connects back to a unix socket
+ExaBGP runs `actuators/bgp/bridge.py` as its API process, which connects back to a unix socket
 this driver listens on; commands go one per line, ExaBGP acknowledges each with `done` or `error`
 and reports sessions as JSON events on the same stream.
 
@@ -57,14 +57,14 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from actuators import netns
 from actuators.errors import RouterError
-from actuators.procs import gone, process_cmdline
-from actuators.router import ApplyResult, DesiredRoutes, DrainMode, HopState, HopStatus, RouteStatus
+from actuators.linux import netns
+from actuators.linux.procs import gone, process_cmdline
+from actuators.router import ApplyResult, DesiredRoutes, DrainMode, HopState, HopStatus, Router, RouteStatus
 
 log = logging.getLogger(__name__)
 
-BRIDGE = Path(__file__).with_name("exabgp_bridge.py")
+BRIDGE = Path(__file__).with_name("bridge.py")
 UNIX_PATH_MAX = 107
 PR_SET_PDEATHSIG = 1
 PATHS_FILE = "paths.txt"
@@ -213,7 +213,7 @@ def render_exabgp_conf(cfg: BgpRouterConfig, python: str, socket_path: Path) -> 
     return "\n".join(lines)
 
 
-class BgpRouter:
+class BgpRouter(Router):
     drain_mode = DrainMode.WITHDRAW
 
     def __init__(self, config: BgpRouterConfig, *, clock: Callable[[], float] = time.monotonic) -> None:

@@ -29,7 +29,7 @@ from actuators.errors import OrchestratorError
 from actuators.haproxy_runtime import DRAIN_MAP_INITIAL, drain_config_lines
 
 # Where the shipped template lives in a checkout; installed elsewhere, configure `user_data_template`.
-SHIPPED_TEMPLATE = Path(__file__).resolve().parents[1] / "deploy" / "cloud-init" / "member.yaml.tmpl"
+SHIPPED_TEMPLATE = Path(__file__).resolve().parents[2] / "deploy" / "cloud-init" / "member.yaml.tmpl"
 MEMBER_DRAIN_MAP = "/etc/haproxy/scaler-drain.map"
 # Nova's limit is 65535 bytes of base64: 49152 bytes of text at most.
 USER_DATA_MAX_BYTES = 49152

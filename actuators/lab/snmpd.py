@@ -27,9 +27,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from actuators import netns
 from actuators.errors import ActuatorError
-from actuators.procs import gone, wait_gone
+from actuators.linux import netns
+from actuators.linux.procs import gone, wait_gone
 
 __all__ = ["AUTH_PROTOCOLS", "PRIV_PROTOCOLS", "Snmpd", "SnmpdCommunity", "SnmpdConfig", "SnmpdError", "SnmpdUser"]
 
@@ -123,7 +123,7 @@ class Snmpd:
         cfg = self.config
         addresses = ",".join(_transport_address(a) for a in cfg.listen)
         lines = [
-            "# Written by scaler (actuators.snmpd); regenerated on every start.",
+            "# Written by scaler (actuators.lab.snmpd); regenerated on every start.",
             f"agentAddress {addresses}",
             "view all included .1",
         ]

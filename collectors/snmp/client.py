@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from typing import Any, cast
 
 from collectors.errors import CollectorAuthError, CollectorError, CollectorParseError, CollectorTimeout
-from collectors.snmp_ber import (
+from collectors.snmp.ber import (
     GET,
     OCTET_STRING,
     REPORT,
@@ -45,8 +45,8 @@ from collectors.snmp_ber import (
     tlv,
     v2c_message,
 )
-from collectors.snmp_netns import NamespaceId, NetnsError, namespace_id, open_udp_socket
-from collectors.snmp_usm import (
+from collectors.snmp.netns import NamespaceId, NetnsError, namespace_id, open_udp_socket
+from collectors.snmp.usm import (
     FLAG_AUTH,
     FLAG_PRIV,
     FLAG_REPORTABLE,

@@ -1,8 +1,8 @@
 """The lab orchestrator: LB "VMs" as network namespaces on this machine, each running HAProxy.
 
 An instance is a namespace `{lab}-i-{name}` linked to the lab's router namespace by a veth pair, with
-the VIP on its `lo`, a small backend application (`actuators.lab_backend`) on 127.0.0.1 and an
-HAProxy answering on VIP:80; with `snmpd: true` also an snmpd (`actuators.snmpd`) on 127.0.0.1 and the
+the VIP on its `lo`, a small backend application (`actuators.lab.backend`) on 127.0.0.1 and an
+HAProxy answering on VIP:80; with `snmpd: true` also an snmpd (`actuators.lab.snmpd`) on 127.0.0.1 and the
 instance address, port `snmp_port`, answering a v2c community and a v3 authPriv user (SHA-256 +
 AES-128) whose secrets are files of the lab directory (see `lab_snmp_secrets`). Everything an instance
 owns lives in `{dir}/instances/{name}/` (meta.json first, then configuration, pidfiles, sockets), so a
@@ -32,12 +32,12 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from actuators import netns
 from actuators.errors import ActuatorError, OrchestratorError
 from actuators.haproxy_runtime import DRAIN_MAP_INITIAL, drain_config_lines, drain_map_path
+from actuators.lab.snmpd import Snmpd, SnmpdCommunity, SnmpdConfig, SnmpdUser
+from actuators.linux import netns
+from actuators.linux.procs import kill_pidfile, process_cmdline, process_matches, read_pidfile, terminate
 from actuators.orchestrator import Instance, InstanceSpec
-from actuators.procs import kill_pidfile, process_cmdline, process_matches, read_pidfile, terminate
-from actuators.snmpd import Snmpd, SnmpdCommunity, SnmpdConfig, SnmpdUser
 
 log = logging.getLogger(__name__)
 
@@ -228,7 +228,7 @@ class InstancePaths:
         self.metrics_sock = self.dir / "metrics.sock"
         self.drain_map = Path(drain_map_path(str(self.dir)))
         self.snmp_dir = self.dir / "snmp"
-        self.snmpd_pid = self.snmp_dir / "snmpd.pid"      # where actuators.snmpd keeps it
+        self.snmpd_pid = self.snmp_dir / "snmpd.pid"      # where actuators.lab.snmpd keeps it
 
     @property
     def marker(self) -> str:
@@ -309,7 +309,7 @@ def ensure_lab_snmp_secrets(lab_dir: Path) -> dict[str, str]:
 # ---- the orchestrator ---------------------------------------------------------------------------
 
 class LabOrchestrator:
-    """The Orchestrator of the lab. The lab (router namespace) must be up: see `scaler.lab.lab_up`."""
+    """The Orchestrator of the lab. The lab (router namespace) must be up: see `scaler.lab.network.lab_up`."""
 
     def __init__(self, cfg: LabOrchestratorConfig) -> None:
         self.cfg = cfg
@@ -463,7 +463,7 @@ class LabOrchestrator:
 
     async def _ensure_backend(self, meta: InstanceMeta) -> None:
         p = self.paths(meta.name)
-        argv = [self.cfg.python, "-m", "actuators.lab_backend", "--port", str(self.cfg.backend_port),
+        argv = [self.cfg.python, "-m", "actuators.lab.backend", "--port", str(self.cfg.backend_port),
                 "--delay-ms", str(self.cfg.backend_delay_ms), "--pidfile", str(p.backend_pid),
                 "--log", str(p.backend_log), "--daemon"]
         pid = read_pidfile(p.backend_pid)

@@ -584,7 +584,7 @@ async def _main_async(cfg: LoadConfig, control: bool) -> dict[str, Any]:
 
 
 def parse_args(argv: list[str] | None) -> tuple[LoadConfig, argparse.Namespace]:
-    ap = argparse.ArgumentParser(prog="python -m scaler.loadgen",
+    ap = argparse.ArgumentParser(prog="python -m scaler.lab.loadgen",
                                  description="Bounded HTTP/1.1 load against one address (the lab's VIP).")
     ap.add_argument("--host", required=True, help="target IP address (the VIP)")
     ap.add_argument("--port", type=int, default=80)

@@ -4,7 +4,7 @@ pyroute2 0.9.7 has no nexthop-object API (RTM_*NEXTHOP*, `struct nhmsg`, the nes
 `NHA_RES_GROUP`), so instead of hooking into its internal message classes this module encodes the
 few messages we need with `struct`: the whole codec is a couple of hundred lines and has no
 dependency to break on upgrade. It only speaks netlink — encode, send, decode, map errors — and
-never decides what the router should hold (that is `actuators.kernel`). It must not be used from
+never decides what the router should hold (that is `actuators.kernel.router`). It must not be used from
 two threads at once without the caller serialising (one request/ACK stream per socket).
 """
 
@@ -20,8 +20,8 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from ipaddress import IPv4Address, IPv6Address
 
-from actuators import netns
 from actuators.errors import ActuatorError, RouterError
+from actuators.linux import netns
 
 # --- constants (linux/netlink.h, linux/rtnetlink.h, linux/nexthop.h) ---------------------------
 

@@ -32,11 +32,11 @@ from typing import Any
 import httpx
 from ruamel.yaml import YAML
 
-from actuators import netns
-from actuators.lab import lab_snmp_secrets
-from scaler.lab import LabConfig, LoadRun, RouterKind, lab_down, lab_up
+from actuators.lab.orchestrator import lab_snmp_secrets
+from actuators.linux import netns
+from scaler.lab.network import LabConfig, LoadRun, RouterKind, lab_down, lab_up
 
-EXAMPLES = Path(__file__).resolve().parent.parent / "deploy" / "examples"
+EXAMPLES = Path(__file__).resolve().parents[2] / "deploy" / "examples"
 ROUTED = {"announcing", "in_service", "draining", "withdrawn"}
 
 

@@ -33,9 +33,9 @@ from ipaddress import IPv4Address
 from pathlib import Path
 from typing import Any
 
-from actuators import netns
 from actuators.errors import ActuatorError
-from actuators.procs import process_cmdline, wait_gone
+from actuators.linux import netns
+from actuators.linux.procs import process_cmdline, wait_gone
 
 __all__ = ["FRR_BIN", "Frr", "FrrConfig", "FrrError", "FrrNeighbor"]
 
