@@ -42,7 +42,7 @@ from collectors.haproxy import HAProxyCollector, HAProxyCollectorConfig
 from collectors.haproxy_stats import HAProxyStatsCollector, HAProxyStatsConfig
 from collectors.prometheus_query import PrometheusQueryCollector, PrometheusQueryConfig, decode_answer
 from collectors.prometheus_scrape import PrometheusScrapeCollector, PrometheusScrapeConfig
-from tests.daemons import HAProxy, free_port, haproxy
+from tests.support.daemons import HAProxy, free_port, haproxy
 
 INTERVAL_S = 10.0
 MEMBERS = 100  # members per round (all gathered at once, as the engine does)
@@ -69,7 +69,7 @@ backend app
 
 
 def with_stats_sockets(config: str, stats_port: int) -> str:
-    """Add the stats sockets (unix, placeholder filled by tests.daemons, and TCP) to `global`."""
+    """Add the stats sockets (unix, placeholder filled by tests.support.daemons, and TCP) to `global`."""
     lines = config.splitlines()
     at = lines.index("global") + 1
     lines[at:at] = [
