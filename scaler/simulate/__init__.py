@@ -1,0 +1,43 @@
+"""`scaler simulate`: replay recorded metrics through a pool's policy (see `scaler.simulate.backtest`)."""
+
+from scaler.simulate.backtest import (
+    Evaluation,
+    Happening,
+    Options,
+    Recorded,
+    Recording,
+    Result,
+    add_arguments,
+    cmd_simulate,
+    fetch_prometheus,
+    load_pool,
+    main,
+    parse_time,
+    plot,
+    read_csv,
+    render_text,
+    simulate,
+    summarize,
+    to_json,
+)
+
+__all__ = [
+    "Evaluation",
+    "Happening",
+    "Options",
+    "Recorded",
+    "Recording",
+    "Result",
+    "add_arguments",
+    "cmd_simulate",
+    "fetch_prometheus",
+    "load_pool",
+    "main",
+    "parse_time",
+    "plot",
+    "read_csv",
+    "render_text",
+    "simulate",
+    "summarize",
+    "to_json",
+]
