@@ -2,6 +2,6 @@
 
 import sys
 
-from scaler.simulate.backtest import main
+from scaler.simulate.cli import main
 
 sys.exit(main())
