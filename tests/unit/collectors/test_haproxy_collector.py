@@ -16,6 +16,7 @@ import collectors
 from collectors import COLLECTORS, CollectorError, Sample, Target, build
 from collectors.errors import CollectorAuthError, CollectorParseError, CollectorTimeout
 from collectors.haproxy import HAProxyCollector, HAProxyCollectorConfig
+from tests.support.clock import ManualClock
 
 FIXTURES = Path(__file__).resolve().parents[2] / "fixtures" / "haproxy"
 TARGET = Target(key="lb1", url="http://10.0.0.5:8405/metrics")
@@ -29,24 +30,6 @@ TARGET = Target(key="lb1", url="http://10.0.0.5:8405/metrics")
 
 def fixture(name: str) -> str:
     return (FIXTURES / name).read_text()
-
-
-class FakeClock:
-    """Wall clock and monotonic clock, advanced by the test."""
-
-    def __init__(self) -> None:
-        self.wall = 1_700_000_000.0
-        self.mono = 100.0
-
-    def advance(self, seconds: float) -> None:
-        self.wall += seconds
-        self.mono += seconds
-
-    def now(self) -> float:
-        return self.wall
-
-    def monotonic(self) -> float:
-        return self.mono
 
 
 Handler = Callable[[httpx.Request], httpx.Response]
@@ -66,9 +49,9 @@ class Exporter:
 
 
 def make(
-    handler: Handler, *, clock: FakeClock | None = None, **config: object
+    handler: Handler, *, clock: ManualClock | None = None, **config: object
 ) -> tuple[HAProxyCollector, list[str | None]]:
-    clock = clock or FakeClock()
+    clock = clock or ManualClock()
     uds_seen: list[str | None] = []
 
     def transport_factory(uds: str | None) -> httpx.AsyncBaseTransport:
@@ -78,7 +61,7 @@ def make(
     collector = HAProxyCollector(
         HAProxyCollectorConfig.model_validate(config),
         transport_factory=transport_factory,
-        clock=clock.now,
+        clock=clock.time,
         monotonic=clock.monotonic,
     )
     return collector, uds_seen
@@ -90,16 +73,16 @@ def by_metric(samples: list[Sample]) -> dict[str, float]:
 
 
 async def test_first_reading_has_gauges_but_no_rates() -> None:
-    clock = FakeClock()
+    clock = ManualClock()
     collector, _ = make(Exporter(fixture("scrape_start.txt")), clock=clock)
     samples = await collector.collect(TARGET)
     assert by_metric(samples) == {"current_connections": 1.0, "current_sessions": 1.0, "queue": 0.0}
-    assert all(s.timestamp == clock.wall for s in samples)
+    assert all(s.timestamp == clock.now for s in samples)
     await collector.close()
 
 
 async def test_rates_from_counter_deltas_for_all_frontends() -> None:
-    clock = FakeClock()
+    clock = ManualClock()
     collector, _ = make(Exporter(fixture("scrape_start.txt"), fixture("scrape_after_10_requests.txt")), clock=clock)
     await collector.collect(TARGET)
     clock.advance(10.0)
@@ -111,7 +94,7 @@ async def test_rates_from_counter_deltas_for_all_frontends() -> None:
 
 
 async def test_named_frontend_only() -> None:
-    clock = FakeClock()
+    clock = ManualClock()
     exporter = Exporter(fixture("scrape_start.txt"), fixture("scrape_after_10_requests.txt"))
     collector, _ = make(exporter, clock=clock, frontend="web")
     first = await collector.collect(TARGET)
@@ -147,7 +130,7 @@ async def test_gauges_under_a_real_queue(config: dict[str, Any], sessions: float
 
 async def test_tcp_frontend_has_session_rate_but_no_request_rate() -> None:
     # 2.6 emits haproxy_frontend_http_requests_total only for `mode http` frontends.
-    clock = FakeClock()
+    clock = ManualClock()
     collector, _ = make(Exporter(fixture("scrape_start.txt")), clock=clock, frontend="tcpin")
     await collector.collect(TARGET)
     clock.advance(5.0)
@@ -158,7 +141,7 @@ async def test_tcp_frontend_has_session_rate_but_no_request_rate() -> None:
 
 
 async def test_reload_resets_counters_without_a_rate_then_recovers() -> None:
-    clock = FakeClock()
+    clock = ManualClock()
     exporter = Exporter(
         fixture("scrape_start.txt"),
         fixture("scrape_after_10_requests.txt"),
@@ -181,7 +164,7 @@ async def test_reload_resets_counters_without_a_rate_then_recovers() -> None:
 
 
 async def test_gap_longer_than_max_rate_gap_gives_no_rate() -> None:
-    clock = FakeClock()
+    clock = ManualClock()
     exporter = Exporter(fixture("scrape_start.txt"), fixture("scrape_after_10_requests.txt"))
     collector, _ = make(exporter, clock=clock, max_rate_gap_s=30.0)
     await collector.collect(TARGET)
@@ -191,19 +174,19 @@ async def test_gap_longer_than_max_rate_gap_gives_no_rate() -> None:
 
 
 async def test_wall_clock_step_does_not_distort_rates() -> None:
-    clock = FakeClock()
+    clock = ManualClock()
     exporter = Exporter(fixture("scrape_start.txt"), fixture("scrape_after_10_requests.txt"))
     collector, _ = make(exporter, clock=clock, frontend="web")
     await collector.collect(TARGET)
     clock.advance(5.0)
-    clock.wall -= 3600  # NTP step backwards
+    clock.now -= 3600  # NTP step backwards
     got = await collector.collect(TARGET)
     assert by_metric(got)["session_rate"] == 2.0
     await collector.close()
 
 
 async def test_forget_drops_rate_state_of_that_member_only() -> None:
-    clock = FakeClock()
+    clock = ManualClock()
     exporter = Exporter(
         fixture("scrape_start.txt"), fixture("scrape_start.txt"), fixture("scrape_after_10_requests.txt")
     )
@@ -312,11 +295,11 @@ async def test_slow_answer_is_cut_at_timeout_s() -> None:
         await asyncio.sleep(5)
         return httpx.Response(200, text=fixture("scrape_start.txt"))
 
-    clock = FakeClock()
+    clock = ManualClock()
     collector = HAProxyCollector(
         HAProxyCollectorConfig(timeout_s=0.1),
         transport_factory=lambda uds: httpx.MockTransport(slow),
-        clock=clock.now,
+        clock=clock.time,
         monotonic=clock.monotonic,
     )
     loop = asyncio.get_running_loop()
@@ -329,7 +312,7 @@ async def test_slow_answer_is_cut_at_timeout_s() -> None:
 
 
 async def test_a_failure_does_not_disturb_rate_baselines() -> None:
-    clock = FakeClock()
+    clock = ManualClock()
     answers = iter(
         [
             httpx.Response(200, text=fixture("scrape_start.txt")),

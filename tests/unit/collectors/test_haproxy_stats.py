@@ -26,6 +26,7 @@ from collectors.haproxy_stats import (
     parse_show_stat,
     split_answer,
 )
+from tests.support.clock import ManualClock
 
 FIXTURES = Path(__file__).resolve().parents[2] / "fixtures" / "haproxy" / "stats"
 
@@ -40,20 +41,10 @@ def fixture(name: str) -> str:
     return (FIXTURES / name).read_text()
 
 
-class FakeClock:
-    def __init__(self) -> None:
-        self.wall = 1_700_000_000.0
-        self.mono = 100.0
-
-    def advance(self, seconds: float) -> None:
-        self.wall += seconds
-        self.mono += seconds
-
-
-def make(clock: FakeClock | None = None, **config: Any) -> HAProxyStatsCollector:
-    clock = clock or FakeClock()
+def make(clock: ManualClock | None = None, **config: Any) -> HAProxyStatsCollector:
+    clock = clock or ManualClock()
     return HAProxyStatsCollector(
-        HAProxyStatsConfig.model_validate(config), clock=lambda: clock.wall, monotonic=lambda: clock.mono
+        HAProxyStatsConfig.model_validate(config), clock=clock.time, monotonic=clock.monotonic
     )
 
 
@@ -208,33 +199,33 @@ def test_frontend_selection(config: dict[str, Any], sessions: float, limit: floa
 
 
 def test_rates_from_counter_deltas() -> None:
-    clock = FakeClock()
+    clock = ManualClock()
     collector = make(clock, frontend="web")
-    first = collector.samples("lb1", "lb1", fixture("stats_start.txt"), clock.wall, clock.mono)
+    first = collector.samples("lb1", "lb1", fixture("stats_start.txt"), clock.now, clock.mono)
     assert "session_rate" not in by_metric(first) and "request_rate" not in by_metric(first)
     clock.advance(5.0)
-    samples = collector.samples("lb1", "lb1", fixture("stats_after_10_requests.txt"), clock.wall, clock.mono)
+    samples = collector.samples("lb1", "lb1", fixture("stats_after_10_requests.txt"), clock.now, clock.mono)
     got = by_metric(samples)
     assert (got["session_rate"], got["request_rate"]) == (2.0, 2.0)
     assert all(s.labels == {"frontend": "web"} for s in samples if s.metric.endswith(("_rate", "_sessions")))
 
 
 def test_tcp_frontend_has_session_rate_but_no_request_rate() -> None:
-    clock = FakeClock()
+    clock = ManualClock()
     collector = make(clock, frontend="tcpin")
-    collector.samples("lb1", "lb1", fixture("stats_start.txt"), clock.wall, clock.mono)
+    collector.samples("lb1", "lb1", fixture("stats_start.txt"), clock.now, clock.mono)
     clock.advance(5.0)
-    got = by_metric(collector.samples("lb1", "lb1", fixture("stats_after_10_requests.txt"), clock.wall, clock.mono))
+    got = by_metric(collector.samples("lb1", "lb1", fixture("stats_after_10_requests.txt"), clock.now, clock.mono))
     assert got["session_rate"] == 0.0
     assert "request_rate" not in got
 
 
 def test_reload_gives_no_rate_then_recovers() -> None:
-    clock = FakeClock()
+    clock = ManualClock()
     collector = make(clock, frontend="web")
     rates = []
     for name in ("stats_start.txt", "stats_after_10_requests.txt", "stats_after_reload.txt", "stats_after_reload.txt"):
-        got = by_metric(collector.samples("lb1", "lb1", fixture(name), clock.wall, clock.mono))
+        got = by_metric(collector.samples("lb1", "lb1", fixture(name), clock.now, clock.mono))
         rates.append({k: v for k, v in got.items() if k.endswith("_rate")})
         clock.advance(5.0)
     assert rates == [{}, {"session_rate": 2.0, "request_rate": 2.0}, {}, {"session_rate": 0.0, "request_rate": 0.0}]
@@ -259,26 +250,26 @@ def _same_counters(text: str, **info: str) -> str:
 )
 def test_restart_is_detected_even_when_counters_grew(changed: dict[str, str]) -> None:
     # Counters 0 -> 10 look like a plain increase; only the process identity says they restarted.
-    clock = FakeClock()
+    clock = ManualClock()
     collector = make(clock, frontend="web")
     before = _same_counters(fixture("stats_start.txt"), Uptime_sec="100")
-    collector.samples("lb1", "lb1", before, clock.wall, clock.mono)
+    collector.samples("lb1", "lb1", before, clock.now, clock.mono)
     clock.advance(5.0)
     after = _same_counters(fixture("stats_after_10_requests.txt"), **{"Uptime_sec": "105", **changed})
-    got = by_metric(collector.samples("lb1", "lb1", after, clock.wall, clock.mono))
+    got = by_metric(collector.samples("lb1", "lb1", after, clock.now, clock.mono))
     assert "session_rate" not in got and "request_rate" not in got
 
 
 def test_gap_and_forget() -> None:
-    clock = FakeClock()
+    clock = ManualClock()
     collector = make(clock, max_rate_gap_s=30.0, frontend="web")
-    collector.samples("lb1", "lb1", fixture("stats_start.txt"), clock.wall, clock.mono)
+    collector.samples("lb1", "lb1", fixture("stats_start.txt"), clock.now, clock.mono)
     clock.advance(31.0)
-    got = by_metric(collector.samples("lb1", "lb1", fixture("stats_after_10_requests.txt"), clock.wall, clock.mono))
+    got = by_metric(collector.samples("lb1", "lb1", fixture("stats_after_10_requests.txt"), clock.now, clock.mono))
     assert "session_rate" not in got
     collector.forget("lb1")
     clock.advance(5.0)
-    got = by_metric(collector.samples("lb1", "lb1", fixture("stats_after_10_requests.txt"), clock.wall, clock.mono))
+    got = by_metric(collector.samples("lb1", "lb1", fixture("stats_after_10_requests.txt"), clock.now, clock.mono))
     assert "session_rate" not in got  # first reading again
 
 

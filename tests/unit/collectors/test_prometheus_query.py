@@ -24,6 +24,7 @@ from collectors.prometheus_query import (
     render,
     target_values,
 )
+from tests.support.clock import ManualClock
 
 FIXTURES = Path(__file__).resolve().parents[2] / "fixtures" / "prometheus"
 INDEX = json.loads((FIXTURES / "queries.json").read_text())
@@ -45,12 +46,6 @@ def member(instance: str, n: int = 1, pool: str = "web") -> Target:
 
 A, B = member(INSTANCE_A, 1), member(INSTANCE_B, 2)
 NOT_SCRAPED = member("10.9.9.9:9100", 3)
-
-
-class FakeClock:
-    def __init__(self, wall: float = LOAD1_AT + 1.0) -> None:
-        self.wall = wall
-        self.mono = 100.0
 
 
 class Server:
@@ -75,15 +70,15 @@ class Server:
 
 
 def make(
-    server: Server | Callable[[httpx.Request], Any], clock: FakeClock | None = None, **config: Any
+    server: Server | Callable[[httpx.Request], Any], clock: ManualClock | None = None, **config: Any
 ) -> PrometheusQueryCollector:
-    clock = clock or FakeClock()
+    clock = clock or ManualClock(LOAD1_AT + 1.0)
     config.setdefault("url", "http://prometheus:9090")
     return PrometheusQueryCollector(
         PrometheusQueryConfig.model_validate(config),
         transport_factory=lambda uds: httpx.MockTransport(server),
-        clock=lambda: clock.wall,
-        monotonic=lambda: clock.mono,
+        clock=clock.time,
+        monotonic=clock.monotonic,
     )
 
 
@@ -210,7 +205,7 @@ async def test_one_absent_metric_does_not_hide_the_others() -> None:
 )
 async def test_old_results_are_stale(age_s: float, fresh: bool) -> None:
     collector = make(
-        Server(queries(q="node_load1")), FakeClock(LOAD1_AT + age_s), metrics={"x": {"query": "node_load1"}}
+        Server(queries(q="node_load1")), ManualClock(LOAD1_AT + age_s), metrics={"x": {"query": "node_load1"}}
     )
     if fresh:
         assert values(await collector.collect(A)) == {"x": LOAD1}
@@ -261,7 +256,7 @@ async def test_member_value_template_from_target_labels() -> None:
 
 
 async def test_a_round_of_many_members_costs_one_query_per_metric() -> None:
-    clock = FakeClock()
+    clock = ManualClock(LOAD1_AT + 1.0)
     server = Server(queries(a="node_load1", b="cpu_busy_by_instance"), delay_s=0.01)
     collector = make(
         server,

@@ -16,6 +16,7 @@ from collectors import COLLECTORS, CollectorError, Sample, Target, build
 from collectors.errors import CollectorAuthError, CollectorParseError, CollectorTimeout
 from collectors.httpfetch import describe, redact_url
 from collectors.prometheus_scrape import LabelMatcher, PrometheusScrapeCollector, PrometheusScrapeConfig
+from tests.support.clock import ManualClock
 
 FIXTURES = Path(__file__).resolve().parents[2] / "fixtures"
 TARGET = Target(key="lb1", url="http://10.0.0.5:9100/metrics", labels={"pool": "web", "member": "lb-1"})
@@ -48,16 +49,6 @@ def idle_sum(body: str) -> float:
     )
 
 
-class FakeClock:
-    def __init__(self, wall: float = 1_700_000_000.0) -> None:
-        self.wall = wall
-        self.mono = 100.0
-
-    def advance(self, seconds: float) -> None:
-        self.wall += seconds
-        self.mono += seconds
-
-
 class Exporter:
     """Answers from a queue of bodies (the last one repeats); records requests."""
 
@@ -72,14 +63,14 @@ class Exporter:
 
 
 def make(
-    handler: Callable[[httpx.Request], httpx.Response], clock: FakeClock | None = None, **config: Any
+    handler: Callable[[httpx.Request], httpx.Response], clock: ManualClock | None = None, **config: Any
 ) -> PrometheusScrapeCollector:
-    clock = clock or FakeClock()
+    clock = clock or ManualClock()
     return PrometheusScrapeCollector(
         PrometheusScrapeConfig.model_validate(config),
         transport_factory=lambda uds: httpx.MockTransport(handler),
-        clock=lambda: clock.wall,
-        monotonic=lambda: clock.mono,
+        clock=clock.time,
+        monotonic=clock.monotonic,
     )
 
 
@@ -121,7 +112,7 @@ def test_label_matchers(written: str, value: str, matches: bool) -> None:
 
 
 async def test_gauges_then_counter_rates_from_real_node_exporter() -> None:
-    clock = FakeClock()
+    clock = ManualClock()
     exporter = Exporter(NODE, NODE_LATER)
     collector = make(exporter, clock, metrics=NODE_METRICS, start_marker="node_boot_time_seconds")
     first = await collector.collect(TARGET)
@@ -129,7 +120,7 @@ async def test_gauges_then_counter_rates_from_real_node_exporter() -> None:
         "load1": node_value(NODE, "node_load1 "),
         "memory_available": node_value(NODE, "node_memory_MemAvailable_bytes "),
     }
-    assert all(s.timestamp == clock.wall for s in first)  # no exposition timestamps: as old as the answer
+    assert all(s.timestamp == clock.now for s in first)  # no exposition timestamps: as old as the answer
     assert collector.last_absences("lb1") == {"cpu_idle": "first: no rate for node_cpu_seconds_total this round"}
     clock.advance(2.0)
     got = by_metric(await collector.collect(TARGET))
@@ -155,7 +146,7 @@ async def test_counter_alone_warming_up_is_no_data_not_an_error() -> None:
     ],
 )
 async def test_aggregates_combine_per_series_rates(aggregate: str, expected: Callable[[list[float]], float]) -> None:
-    clock = FakeClock()
+    clock = ManualClock()
     spec = {"name": "node_cpu_seconds_total", "labels": {"mode": "idle"}, "type": "counter", "aggregate": aggregate}
     collector = make(Exporter(NODE, NODE_LATER), clock, metrics={"idle": spec})
     await collector.collect(TARGET)
@@ -190,7 +181,7 @@ async def test_aggregates_combine_per_series_rates(aggregate: str, expected: Cal
     ],
 )
 async def test_counter_resets_give_no_rate(second: str, reason: str) -> None:
-    clock = FakeClock()
+    clock = ManualClock()
     collector = make(Exporter(NODE, second), clock, metrics=NODE_METRICS, start_marker="node_boot_time_seconds")
     await collector.collect(TARGET)
     clock.advance(2.0)
@@ -201,7 +192,7 @@ async def test_counter_resets_give_no_rate(second: str, reason: str) -> None:
 
 
 async def test_gap_gives_no_rate() -> None:
-    clock = FakeClock()
+    clock = ManualClock()
     collector = make(Exporter(NODE, NODE_LATER), clock, metrics=NODE_METRICS, max_rate_gap_s=30)
     await collector.collect(TARGET)
     clock.advance(31.0)
@@ -262,7 +253,7 @@ FEDERATED = {"load1": {"name": "node_load1", "labels": {"instance": "127.0.0.1:5
     ],
 )
 async def test_exposition_timestamps_older_than_max_age_are_stale(age_s: float, fresh: bool) -> None:
-    collector = make(Exporter(FEDERATE), FakeClock(FEDERATE_AT + age_s), metrics=FEDERATED, max_age_s=60)
+    collector = make(Exporter(FEDERATE), ManualClock(FEDERATE_AT + age_s), metrics=FEDERATED, max_age_s=60)
     if fresh:
         (sample,) = await collector.collect(TARGET)
         assert (sample.value, sample.timestamp) == (0.27, FEDERATE_AT)  # dated by the exposition
@@ -275,7 +266,7 @@ async def test_exposition_timestamps_older_than_max_age_are_stale(age_s: float, 
 
 async def test_rates_of_timestamped_samples_use_their_timestamps() -> None:
     # Our clock advances 10 s between scrapes, the samples' own stamps 4 s: the rate is per *their* second.
-    clock = FakeClock(FEDERATE_AT)
+    clock = ManualClock(FEDERATE_AT)
     later = re.sub(
         r'^(node_cpu_seconds_total\{cpu="0",instance="127.0.0.1:55491",job="node",mode="idle"\}) (\S+) (\d+)$',
         lambda m: f"{m.group(1)} {float(m.group(2)) + 2.0} {int(m.group(3)) + 4000}",
@@ -305,7 +296,7 @@ HAPROXY_METRICS = {
 
 
 async def test_haproxy_exporter_with_reload_detection() -> None:
-    clock = FakeClock()
+    clock = ManualClock()
     bodies = [text(f"haproxy/scrape_{name}.txt") for name in ("start", "after_10_requests", "after_reload")]
     collector = make(
         Exporter(*bodies, bodies[-1]), clock, metrics=HAPROXY_METRICS, start_marker="haproxy_process_start_time_seconds"
