@@ -7,7 +7,7 @@ judging it; `scaler demo` prints it and the integration tests assert on it. The 
 
 The lab's router kind picks the router driver: `kernel` (a resilient nexthop group programmed over
 netlink) or `bgp` (ExaBGP in the lab's ctl namespace announcing to FRR in the router). They differ
-in what a change costs established flows (../docs/lab.md): the kernel driver moves none, so its
+in what a change costs established flows (docs/lab.md): the kernel driver moves none, so its
 scenario must not fail a single request; with BGP, plain ECMP rehashes about half of the flows
 when a member is added and a withdraw resets what the removed member still carries, so its
 scenario reports those failures (count and kind, per phase) instead of requiring zero.

@@ -7,7 +7,7 @@ the lab's router, integration tests and benchmarks use it to receive the `bgp` d
     DIR/*.vty                        vty sockets for `vtysh --vty_socket DIR`
     DIR/zebra.log, DIR/bgpd.log      their logs
 
-Facts this relies on (measured, ../shared/docs/lab.md): the daemons run as user `frr`, so DIR must be
+Facts this relies on (measured, docs/lab.md): the daemons run as user `frr`, so DIR must be
 writable by it (`-u root` fails on the vty group); `no bgp ebgp-requires-policy` or no route is
 accepted; `bgp bestpath as-path multipath-relax` and `maximum-paths` for ECMP; FRR 8.4 advertises
 ADD-PATH receive by default and keeps a restarting peer's paths as stale (graceful-restart helper,

@@ -1,4 +1,4 @@
-"""collectors/, policies/ and actuators/ never import scaler/ or each other (design.md)."""
+"""collectors/, policies/ and actuators/ never import scaler/ or each other (docs/design.md)."""
 
 from __future__ import annotations
 
