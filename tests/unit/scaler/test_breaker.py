@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address
 from pathlib import Path
@@ -27,31 +26,17 @@ from scaler.config import PoolConfig
 from scaler.lifecycle import Lifecycle
 from scaler.metrics import Metrics
 from scaler.store import OpState, Store
+from tests.support.clock import ManualClock
 
 VIP = IPv4Address("198.19.0.1")
 T0 = 1_700_000_000.0
 
 
-class Clock:
-    def __init__(self) -> None:
-        self.t = T0
-
-    def __call__(self) -> float:
-        return self.t
-
-
 @pytest.fixture
-def db(tmp_path: Path) -> Path:
-    return tmp_path / "s.db"
-
-
-@pytest.fixture
-def store(db: Path) -> Iterator[Store]:
-    s = Store(f"sqlite:///{db}")
-    s.migrate()
-    s.ensure_pool("web", str(VIP), 0)
-    yield s
-    s.close()
+def store(store: Store) -> Store:
+    """The shared store (tests/conftest.py) with the pool."""
+    store.ensure_pool("web", str(VIP), 0)
+    return store
 
 
 # ---- the state machine ------------------------------------------------------------------------
@@ -114,11 +99,11 @@ def test_opening_is_reported_once_with_the_reason(store: Store) -> None:
     assert len(events) == 1 and events[0].startswith("launch circuit breaker opened: launches of pool web stop")
 
 
-def test_the_state_survives_a_restart(db: Path, store: Store) -> None:
+def test_the_state_survives_a_restart(db_path: Path, store: Store) -> None:
     for i in range(3):
         record_launch_failure(store, "web", CFG, f"m{i}", "BuildTimeout", T0)
     store.close()
-    again = Store(f"sqlite:///{db}")
+    again = Store(f"sqlite:///{db_path}")
     try:
         again.migrate()
         st = breaker_state(again, "web", T0 + 60)
@@ -155,7 +140,7 @@ def test_hold_for_breaker(store: Store, outcome: Outcome, desired: int, held: bo
     assert hold_for_breaker(decision(Outcome.SCALE_OUT, 2, 3), breaker_state(store, "web", T0 + 601)).acts
 
 
-def test_migration_0004_matches_the_model_and_downgrades(db: Path, store: Store) -> None:
+def test_migration_0004_matches_the_model_and_downgrades(store: Store) -> None:
     from alembic import command
     from alembic.autogenerate import compare_metadata
     from alembic.migration import MigrationContext
@@ -190,17 +175,17 @@ class BrokenCloud(FakeOrchestrator):
         return await super().probe(instance)
 
 
-def lifecycle(store: Store, orch: FakeOrchestrator, clock: Clock, metrics: Metrics | None = None,
+def lifecycle(store: Store, orch: FakeOrchestrator, clock: ManualClock, metrics: Metrics | None = None,
               **breaker: object) -> Lifecycle:
     pool = PoolConfig.model_validate({"vip": str(VIP), "boot_timeout": "60s"})
     return Lifecycle(store, orch, FakeRouter(), NoDrainer(), {"web": pool}, metrics or Metrics(), clock,
                      breakers={"web": LaunchBreakerConfig.model_validate({"cool_off": "10m", **breaker})})
 
 
-async def settle(lc: Lifecycle, clock: Clock, passes: int = 4, step_s: float = 1.0) -> None:
+async def settle(lc: Lifecycle, clock: ManualClock, passes: int = 4, step_s: float = 1.0) -> None:
     for _ in range(passes):
         await lc.reconcile()
-        clock.t += step_s
+        clock.advance(step_s)
 
 
 def creates(orch: FakeOrchestrator) -> int:
@@ -208,7 +193,7 @@ def creates(orch: FakeOrchestrator) -> int:
 
 
 async def test_error_launches_open_the_breaker_and_the_pool_stops_creating(store: Store) -> None:
-    clock, orch, metrics = Clock(), BrokenCloud(FakeOrchestratorConfig(boot_probes=0)), Metrics()
+    clock, orch, metrics = ManualClock(T0), BrokenCloud(FakeOrchestratorConfig(boot_probes=0)), Metrics()
     lc = lifecycle(store, orch, clock, metrics)
     for _ in range(3):                                  # three scale-outs whose server goes ERROR
         store.start_scale_out("web", 1, 0, "below min", clock())
@@ -232,7 +217,7 @@ async def test_error_launches_open_the_breaker_and_the_pool_stops_creating(store
     assert breaker_state(store, "web", clock()).failures == 3      # not launched is not a failed launch
 
     # After the cool-off the next launch is allowed; it becomes healthy and closes the breaker.
-    clock.t += 600
+    clock.advance(600)
     await lc.reconcile()
     assert any("cool-off over" in e.message for e in store.events("web"))
     store.start_scale_out("web", 1, 0, "below min", clock())
@@ -243,12 +228,12 @@ async def test_error_launches_open_the_breaker_and_the_pool_stops_creating(store
 
 
 async def test_launches_that_never_become_healthy_count(store: Store) -> None:
-    clock, orch = Clock(), FakeOrchestrator()
+    clock, orch = ManualClock(T0), FakeOrchestrator()
     lc = lifecycle(store, orch, clock, failures=2)
     store.start_scale_out("web", 2, 0, "below min", clock())
     orch.never_healthy.update(m.instance for m in store.members("web"))
     await lc.reconcile()
-    clock.t += 61
+    clock.advance(61)
     await settle(lc, clock)
     assert states(store) == ["deleted", "deleted"]
     st = breaker_state(store, "web", clock())
@@ -256,7 +241,7 @@ async def test_launches_that_never_become_healthy_count(store: Store) -> None:
 
 
 async def test_refused_creates_fail_the_step_but_are_not_failed_launches(store: Store) -> None:
-    clock, orch = Clock(), FakeOrchestrator()
+    clock, orch = ManualClock(T0), FakeOrchestrator()
     lc = lifecycle(store, orch, clock, failures=1)
     store.start_scale_out("web", 3, 0, "below min", clock())
     orch.fail_create.update(m.instance for m in store.members("web"))
@@ -268,7 +253,7 @@ async def test_refused_creates_fail_the_step_but_are_not_failed_launches(store: 
 
 
 async def test_a_probe_that_cannot_ask_keeps_booting_until_boot_timeout(store: Store) -> None:
-    clock, orch = Clock(), BrokenCloud(probe_timeouts=True)
+    clock, orch = ManualClock(T0), BrokenCloud(probe_timeouts=True)
     lc = lifecycle(store, orch, clock)
     store.start_scale_out("web", 1, 0, "below min", clock())
     await settle(lc, clock, passes=5)
@@ -280,7 +265,7 @@ async def test_a_probe_that_cannot_ask_keeps_booting_until_boot_timeout(store: S
     store.start_scale_out("web", 1, 1, "busy", clock())
     orch.probe_timeouts = True
     await settle(lc, clock, passes=2)
-    clock.t += 61
+    clock.advance(61)
     await settle(lc, clock, passes=3)
     assert states(store) == ["in_service", "deleted"]
     assert breaker_state(store, "web", clock()).failures == 1

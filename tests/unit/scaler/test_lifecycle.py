@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from ipaddress import IPv4Address
-from pathlib import Path
 
 import pytest
 from pydantic import ValidationError
@@ -16,16 +15,9 @@ from scaler.config import PoolConfig
 from scaler.lifecycle import Lifecycle
 from scaler.metrics import Metrics
 from scaler.store import MemberState, OpState, Store
+from tests.support.clock import ManualClock
 
 VIP = IPv4Address("198.19.0.1")
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.t = 1_000_000.0
-
-    def __call__(self) -> float:
-        return self.t
 
 
 class CountingDrainer:
@@ -41,15 +33,13 @@ class CountingDrainer:
 
 
 @pytest.fixture
-def store(tmp_path: Path) -> Store:
-    s = Store(f"sqlite:///{tmp_path}/s.db")
-    s.migrate()
-    s.ensure_pool("web", str(VIP), 0)
-    yield s
-    s.close()
+def store(store: Store) -> Store:
+    """The shared store (tests/conftest.py) with the pool."""
+    store.ensure_pool("web", str(VIP), 0)
+    return store
 
 
-def make(store: Store, orch: FakeOrchestrator, router: FakeRouter, clock: Clock,
+def make(store: Store, orch: FakeOrchestrator, router: FakeRouter, clock: ManualClock,
          drainer: CountingDrainer | None = None, **pool: object) -> Lifecycle:
     cfg = PoolConfig.model_validate({"vip": str(VIP), "boot_timeout": "60s", "drain_timeout": "30s", **pool})
     return Lifecycle(store, orch, router, drainer or CountingDrainer(), {"web": cfg}, Metrics(), clock)
@@ -60,7 +50,7 @@ def states(store: Store) -> list[str]:
 
 
 async def test_scale_out_goes_through_every_state_and_routes_only_when_healthy(store: Store) -> None:
-    clock, orch, router = Clock(), FakeOrchestrator(FakeOrchestratorConfig(boot_probes=1)), FakeRouter()
+    clock, orch, router = ManualClock(), FakeOrchestrator(FakeOrchestratorConfig(boot_probes=1)), FakeRouter()
     lc = make(store, orch, router, clock)
     op = store.start_scale_out("web", 2, 0, "below min", clock())
     await lc.reconcile()
@@ -81,7 +71,7 @@ async def test_scale_out_goes_through_every_state_and_routes_only_when_healthy(s
 
 
 async def test_scale_in_drains_then_withdraws_then_deletes(store: Store) -> None:
-    clock, orch = Clock(), FakeOrchestrator(FakeOrchestratorConfig(boot_probes=0))
+    clock, orch = ManualClock(), FakeOrchestrator(FakeOrchestratorConfig(boot_probes=0))
     router, drainer = FakeRouter(FakeRouterConfig(drain_buckets=3)), CountingDrainer(conns=2)
     lc = make(store, orch, router, clock, drainer)
     store.start_scale_out("web", 2, 0, "below min", clock())
@@ -92,7 +82,7 @@ async def test_scale_in_drains_then_withdraws_then_deletes(store: Store) -> None
     await lc.reconcile()
     assert router.routes[VIP][IPv4Address(victim.address)] is HopState.DRAINING
     assert len(drainer.drained) == 1
-    clock.t += 5
+    clock.advance(5)
     await lc.reconcile()                                   # buckets and connections left: keep waiting
     assert store.member(victim.id).state == MemberState.DRAINING
     router.config.drain_buckets, drainer.conns = 0, 0
@@ -110,7 +100,7 @@ async def test_scale_in_drains_then_withdraws_then_deletes(store: Store) -> None
 
 
 async def test_drain_deadline_withdraws_anyway(store: Store) -> None:
-    clock, orch = Clock(), FakeOrchestrator(FakeOrchestratorConfig(boot_probes=0))
+    clock, orch = ManualClock(), FakeOrchestrator(FakeOrchestratorConfig(boot_probes=0))
     router, drainer = FakeRouter(FakeRouterConfig(drain_buckets=5)), CountingDrainer(conns=4)
     lc = make(store, orch, router, clock, drainer)
     store.start_scale_out("web", 1, 0, "below min", clock())
@@ -118,7 +108,7 @@ async def test_drain_deadline_withdraws_anyway(store: Store) -> None:
         await lc.reconcile()
     store.start_scale_in("web", store.members("web"), 1, "test", clock())
     await lc.reconcile()
-    clock.t += 31
+    clock.advance(31)
     await lc.reconcile()
     m = store.members("web")[0]
     assert m.state == MemberState.DELETING
@@ -126,12 +116,12 @@ async def test_drain_deadline_withdraws_anyway(store: Store) -> None:
 
 
 async def test_never_healthy_fails_and_is_cleaned_up(store: Store) -> None:
-    clock, orch, router = Clock(), FakeOrchestrator(), FakeRouter()
+    clock, orch, router = ManualClock(), FakeOrchestrator(), FakeRouter()
     lc = make(store, orch, router, clock)
     op = store.start_scale_out("web", 1, 0, "below min", clock())
     orch.never_healthy.add(store.members("web")[0].instance)
     await lc.reconcile()
-    clock.t += 61
+    clock.advance(61)
     await lc.reconcile()
     assert states(store) == ["failed"]
     await lc.reconcile()
@@ -145,7 +135,7 @@ async def test_never_healthy_fails_and_is_cleaned_up(store: Store) -> None:
 
 
 async def test_create_error_fails_the_member_and_leaves_nothing(store: Store) -> None:
-    clock, orch, router = Clock(), FakeOrchestrator(), FakeRouter()
+    clock, orch, router = ManualClock(), FakeOrchestrator(), FakeRouter()
     lc = make(store, orch, router, clock)
     store.start_scale_out("web", 1, 0, "below min", clock())
     orch.fail_create.add(store.members("web")[0].instance)
@@ -158,7 +148,7 @@ async def test_create_error_fails_the_member_and_leaves_nothing(store: Store) ->
 
 async def test_a_new_lifecycle_resumes_where_a_crashed_one_stopped(store: Store) -> None:
     """The fakes stand for the world; a new Lifecycle is a restarted scaler on the same store."""
-    clock, orch, router = Clock(), FakeOrchestrator(FakeOrchestratorConfig(boot_probes=0)), FakeRouter()
+    clock, orch, router = ManualClock(), FakeOrchestrator(FakeOrchestratorConfig(boot_probes=0)), FakeRouter()
     store.start_scale_out("web", 1, 0, "below min", clock())
     await make(store, orch, router, clock).reconcile()     # created, then "killed"
     assert states(store) == ["booting"]
@@ -173,7 +163,7 @@ async def test_a_new_lifecycle_resumes_where_a_crashed_one_stopped(store: Store)
 
 
 async def test_router_down_blocks_route_dependent_steps_but_loses_nothing(store: Store) -> None:
-    clock, orch, router = Clock(), FakeOrchestrator(FakeOrchestratorConfig(boot_probes=0)), FakeRouter()
+    clock, orch, router = ManualClock(), FakeOrchestrator(FakeOrchestratorConfig(boot_probes=0)), FakeRouter()
     lc = make(store, orch, router, clock)
     store.start_scale_out("web", 1, 0, "below min", clock())
     await lc.reconcile()
@@ -224,7 +214,7 @@ class RouterWithoutDrainMode(Router):
         await self.inner.close()
 
 
-async def serve_two_and_drain_one(store: Store, lc: Lifecycle, clock: Clock) -> str:
+async def serve_two_and_drain_one(store: Store, lc: Lifecycle, clock: ManualClock) -> str:
     """Two members in service, then a scale-in of the newest; returns its id. No pass run after."""
     store.start_scale_out("web", 2, 0, "below min", clock())
     for _ in range(3):
@@ -261,7 +251,7 @@ def drain_observations(lc: Lifecycle) -> tuple[float | None, float | None]:
 async def test_withdraw_mode_withdraws_after_the_grace_not_before(store: Store, pool: dict[str, str],
                                                                   conns: int | None, withdraw_at: float,
                                                                   detail: str) -> None:
-    clock, orch = Clock(), FakeOrchestrator(FakeOrchestratorConfig(boot_probes=0))
+    clock, orch = ManualClock(), FakeOrchestrator(FakeOrchestratorConfig(boot_probes=0))
     router = FakeRouter(FakeRouterConfig(drain_mode="withdraw"))
     drainer = CountingDrainer(conns=conns)
     lc = make(store, orch, router, clock, drainer, **pool)
@@ -271,11 +261,11 @@ async def test_withdraw_mode_withdraws_after_the_grace_not_before(store: Store, 
     await lc.reconcile()                                   # HAProxy asked; still routed, full share
     assert store.member(victim).state == MemberState.DRAINING and addr in router.hops(VIP)
     assert len(drainer.drained) == 1
-    clock.t = start + withdraw_at - 0.5
+    clock.now = start + withdraw_at - 0.5
     await lc.reconcile()                                   # connections open, grace not over: keep it
     assert store.member(victim).state == MemberState.DRAINING and addr in router.hops(VIP)
     assert drain_observations(lc) == (None, None)
-    clock.t = start + withdraw_at
+    clock.now = start + withdraw_at
     await lc.reconcile()                                   # withdrawn → route removed → deleting
     assert store.member(victim).state == MemberState.DELETING
     assert addr not in router.hops(VIP)
@@ -285,13 +275,13 @@ async def test_withdraw_mode_withdraws_after_the_grace_not_before(store: Store, 
 
 
 async def test_withdraw_mode_withdraws_at_once_when_no_connection_is_left(store: Store) -> None:
-    clock, orch = Clock(), FakeOrchestrator(FakeOrchestratorConfig(boot_probes=0))
+    clock, orch = ManualClock(), FakeOrchestrator(FakeOrchestratorConfig(boot_probes=0))
     router, drainer = FakeRouter(FakeRouterConfig(drain_mode="withdraw")), CountingDrainer(conns=4)
     lc = make(store, orch, router, clock, drainer, drain_grace="20s")
     victim = await serve_two_and_drain_one(store, lc, clock)
     await lc.reconcile()
     assert store.member(victim).state == MemberState.DRAINING
-    clock.t += 2
+    clock.advance(2)
     drainer.conns = 0                                      # the keep-alive clients went elsewhere
     await lc.reconcile()
     assert store.member(victim).state == MemberState.DELETING
@@ -302,20 +292,20 @@ async def test_withdraw_mode_withdraws_at_once_when_no_connection_is_left(store:
 async def test_withdraw_mode_asks_haproxy_first_and_gives_the_grace_from_then(store: Store) -> None:
     """The request comes before the withdraw, while the member is still routed. A scaler that
     comes back 7s after the scale-in (grace 5s) asks HAProxy then, and withdraws 5s later."""
-    clock, orch = Clock(), FakeOrchestrator(FakeOrchestratorConfig(boot_probes=0))
+    clock, orch = ManualClock(), FakeOrchestrator(FakeOrchestratorConfig(boot_probes=0))
     router = FakeRouter(FakeRouterConfig(drain_mode="withdraw"))
     drainer = RouteWatchingDrainer(router, conns=2)
     lc = make(store, orch, router, clock, drainer)
     victim = await serve_two_and_drain_one(store, lc, clock)
     start = clock()
-    clock.t = start + 7
+    clock.now = start + 7
     await lc.reconcile()
     assert drainer.routed_at_request == [True]
     assert store.member(victim).state == MemberState.DRAINING
-    clock.t = start + 11
+    clock.now = start + 11
     await lc.reconcile()
     assert store.member(victim).state == MemberState.DRAINING
-    clock.t = start + 12
+    clock.now = start + 12
     await lc.reconcile()
     assert store.member(victim).state == MemberState.DELETING
     assert "grace 5s over: withdrawn with 2 connections" in withdrawn_detail(store, victim)
@@ -325,13 +315,13 @@ async def test_withdraw_mode_asks_haproxy_first_and_gives_the_grace_from_then(st
 
 
 async def test_withdraw_mode_waits_while_the_router_cannot_be_read(store: Store) -> None:
-    clock, orch = Clock(), FakeOrchestrator(FakeOrchestratorConfig(boot_probes=0))
+    clock, orch = ManualClock(), FakeOrchestrator(FakeOrchestratorConfig(boot_probes=0))
     router, drainer = FakeRouter(FakeRouterConfig(drain_mode="withdraw")), CountingDrainer(conns=0)
     lc = make(store, orch, router, clock, drainer)
     victim = await serve_two_and_drain_one(store, lc, clock)
     router.fail = True
     await lc.reconcile()                                   # asked, but the withdraw could not be sent
-    clock.t += 6
+    clock.advance(6)
     await lc.reconcile()
     assert len(drainer.drained) == 1
     assert store.member(victim).state == MemberState.DRAINING
@@ -345,13 +335,13 @@ async def test_withdraw_mode_waits_while_the_router_cannot_be_read(store: Store)
     pytest.param(True, id="a router that does not set drain_mode drains by weight"),
 ])
 async def test_weight_mode_ignores_the_grace_and_waits_for_buckets(store: Store, wrap: bool) -> None:
-    clock, orch = Clock(), FakeOrchestrator(FakeOrchestratorConfig(boot_probes=0))
+    clock, orch = ManualClock(), FakeOrchestrator(FakeOrchestratorConfig(boot_probes=0))
     router, drainer = FakeRouter(FakeRouterConfig(drain_buckets=3)), CountingDrainer(conns=0)
     lc = make(store, orch, RouterWithoutDrainMode(router) if wrap else router, clock, drainer)
     victim = await serve_two_and_drain_one(store, lc, clock)
     await lc.reconcile()
     assert router.routes[VIP][IPv4Address(store.member(victim).address)] is HopState.DRAINING
-    clock.t += 6                                           # past the default grace, buckets left
+    clock.advance(6)                                       # past the default grace, buckets left
     await lc.reconcile()
     assert store.member(victim).state == MemberState.DRAINING
     router.config.drain_buckets = 0

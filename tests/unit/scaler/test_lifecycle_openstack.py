@@ -29,26 +29,13 @@ from scaler.lifecycle import Lifecycle
 from scaler.metrics import Metrics
 from scaler.store import MemberState, OpState, Store
 from tests.fake_openstack import FakeCloud, FakeOpenStack
+from tests.support.clock import ManualClock
 
 VIP = IPv4Address("198.51.100.10")
-T0 = 1_700_000_000.0
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.t = T0
-
-    def __call__(self) -> float:
-        return self.t
 
 
 @pytest.fixture
-def clock() -> Clock:
-    return Clock()
-
-
-@pytest.fixture
-def cloud(clock: Clock) -> FakeCloud:
+def cloud(clock: ManualClock) -> FakeCloud:
     c = FakeCloud(hosts=["cmp-1", "cmp-2", "cmp-3", "cmp-4"], clock=clock, wallclock=clock)
     c.add_image("haproxy-lb")
     c.add_flavor("m1.small")
@@ -68,7 +55,7 @@ def fake(cloud: FakeCloud) -> Iterator[FakeOpenStack]:
 
 
 @pytest.fixture
-async def driver(fake: FakeOpenStack, tmp_path: Path, clock: Clock) -> AsyncIterator[OpenStackOrchestrator]:
+async def driver(fake: FakeOpenStack, tmp_path: Path, clock: ManualClock) -> AsyncIterator[OpenStackOrchestrator]:
     clouds = fake.clouds_yaml(tmp_path / "clouds.yaml")
     cfg = OpenStackOrchestratorConfig.model_validate({
         "cloud": "fake", "clouds_yaml": str(clouds), "api_timeout_s": 5, "call_timeout_s": 20,
@@ -90,24 +77,22 @@ POOL = PoolConfig.model_validate({"vip": str(VIP), "instance": INSTANCE, "boot_t
 
 
 @pytest.fixture
-def store(tmp_path: Path) -> Iterator[Store]:
-    s = Store(f"sqlite:///{tmp_path}/s.db")
-    s.migrate()
-    s.ensure_pool("web", str(VIP), 0)
-    yield s
-    s.close()
+def store(store: Store) -> Store:
+    """The shared store (tests/conftest.py) with the pool."""
+    store.ensure_pool("web", str(VIP), 0)
+    return store
 
 
-def lifecycle(store: Store, orch: Any, clock: Clock, router: FakeRouter | None = None, drainer: Any = None,
+def lifecycle(store: Store, orch: Any, clock: ManualClock, router: FakeRouter | None = None, drainer: Any = None,
               **breaker: Any) -> Lifecycle:
     return Lifecycle(store, orch, router or FakeRouter(), drainer or NoDrainer(), {"web": POOL}, Metrics(), clock,
                      breakers={"web": LaunchBreakerConfig.model_validate(breaker)})
 
 
-async def settle(lc: Lifecycle, clock: Clock, passes: int = 5, step_s: float = 1.0) -> None:
+async def settle(lc: Lifecycle, clock: ManualClock, passes: int = 5, step_s: float = 1.0) -> None:
     for _ in range(passes):
         await lc.reconcile()
-        clock.t += step_s
+        clock.advance(step_s)
 
 
 def states(store: Store) -> list[str]:
@@ -130,7 +115,7 @@ def nothing_left(cloud: FakeCloud) -> bool:
 # ---- a create retried after a crash ------------------------------------------------------------------
 
 async def test_a_create_retried_after_a_crash_adopts_the_server_it_made(
-        store: Store, cloud: FakeCloud, driver: OpenStackOrchestrator, clock: Clock) -> None:
+        store: Store, cloud: FakeCloud, driver: OpenStackOrchestrator, clock: ManualClock) -> None:
     store.start_scale_out("web", 1, 0, "below min", clock())
     m = store.members("web")[0]
     # The crashed scaler's create went through, but it died before persisting "booting".
@@ -159,7 +144,7 @@ async def test_a_create_retried_after_a_crash_adopts_the_server_it_made(
     pytest.param({"error_next_boots": 1}, "fake hypervisor failure", id="server goes ERROR"),
 ])
 async def test_a_failed_step_becomes_a_failed_member_that_is_cleaned_up(
-        store: Store, cloud: FakeCloud, driver: OpenStackOrchestrator, clock: Clock, knobs: dict[str, Any],
+        store: Store, cloud: FakeCloud, driver: OpenStackOrchestrator, clock: ManualClock, knobs: dict[str, Any],
         error: str) -> None:
     for k, v in knobs.items():
         setattr(cloud.knobs, k, v)
@@ -175,7 +160,7 @@ async def test_a_failed_step_becomes_a_failed_member_that_is_cleaned_up(
 
 
 async def test_a_server_stuck_in_build_times_out_counts_toward_max_and_is_cleaned_up(
-        store: Store, cloud: FakeCloud, driver: OpenStackOrchestrator, clock: Clock) -> None:
+        store: Store, cloud: FakeCloud, driver: OpenStackOrchestrator, clock: ManualClock) -> None:
     cloud.knobs.stuck_in_build = True
     lc = lifecycle(store, driver, clock)
     engine = Engine(store=store, collectors={}, collector_configs={}, pools={"web": POOL}, policies={},
@@ -185,7 +170,7 @@ async def test_a_server_stuck_in_build_times_out_counts_toward_max_and_is_cleane
     assert states(store) == ["booting", "booting"]
     st = engine.pool_state("web", store.members("web"))
     assert (st.current, st.toward_max) == (2, 2)            # booting members count toward max
-    clock.t += 61                                           # BUILD for more than build_timeout_s (240)
+    clock.advance(61)                                       # BUILD for more than build_timeout_s (240)
     await lc.reconcile()
     assert states(store) == ["failed", "failed"]
     assert all("still in BUILD after" in (m.error or "") for m in store.members("web"))
@@ -200,7 +185,7 @@ async def test_a_server_stuck_in_build_times_out_counts_toward_max_and_is_cleane
 
 
 async def test_repeated_error_launches_open_the_breaker_and_the_pool_stops_creating(
-        store: Store, cloud: FakeCloud, driver: OpenStackOrchestrator, clock: Clock) -> None:
+        store: Store, cloud: FakeCloud, driver: OpenStackOrchestrator, clock: ManualClock) -> None:
     cloud.knobs.error_next_boots = 3
     lc = lifecycle(store, driver, clock, failures=3, cool_off="10m")
     store.start_scale_out("web", 3, 0, "below min", clock())
@@ -214,7 +199,7 @@ async def test_repeated_error_launches_open_the_breaker_and_the_pool_stops_creat
     assert server_posts(cloud) == posts                     # nothing was launched
     assert nothing_left(cloud)
     assert "not launched: launch circuit breaker open" in (store.operations("web")[0].error or "")
-    clock.t += 600                                          # cool-off over: the cloud works again
+    clock.advance(600)                                      # cool-off over: the cloud works again
     store.start_scale_out("web", 1, 0, "below min", clock())
     await settle(lc, clock)
     assert states(store)[-1] == "in_service" and server_posts(cloud) == posts + 1
@@ -222,7 +207,7 @@ async def test_repeated_error_launches_open_the_breaker_and_the_pool_stops_creat
 
 
 async def test_the_vip_is_in_every_member_vip_port_allowed_address_pairs(
-        store: Store, cloud: FakeCloud, driver: OpenStackOrchestrator, clock: Clock) -> None:
+        store: Store, cloud: FakeCloud, driver: OpenStackOrchestrator, clock: ManualClock) -> None:
     router = FakeRouter()
     lc = lifecycle(store, driver, clock, router)
     store.start_scale_out("web", 3, 0, "below min", clock())
@@ -250,7 +235,7 @@ def hand_made_server(cloud: FakeCloud, name: str, tags: list[str]) -> dict[str, 
 
 
 async def test_audit_reports_an_unknown_tagged_server_once_and_leaves_it_alone(
-        store: Store, cloud: FakeCloud, driver: OpenStackOrchestrator, clock: Clock) -> None:
+        store: Store, cloud: FakeCloud, driver: OpenStackOrchestrator, clock: ManualClock) -> None:
     lc = lifecycle(store, driver, clock)
     auditor = Auditor(lc)
     store.start_scale_out("web", 1, 0, "below min", clock())
@@ -272,7 +257,7 @@ async def test_audit_reports_an_unknown_tagged_server_once_and_leaves_it_alone(
     pytest.param(True, "withdrawn", id="draining: withdrawn"),
 ])
 async def test_audit_withdraws_a_member_whose_server_vanished(
-        store: Store, cloud: FakeCloud, driver: OpenStackOrchestrator, clock: Clock, scale_in: bool,
+        store: Store, cloud: FakeCloud, driver: OpenStackOrchestrator, clock: ManualClock, scale_in: bool,
         via: str) -> None:
     router = FakeRouter(FakeRouterConfig(drain_buckets=8))
     lc = lifecycle(store, driver, clock, router, Connections(5))
@@ -285,7 +270,7 @@ async def test_audit_withdraws_a_member_whose_server_vanished(
         await settle(lc, clock, passes=2)                   # draining: buckets and connections left
         assert store.member(gone.id).state == MemberState.DRAINING
     cloud.delete_server(gone.endpoint_map()["server_id"])   # behind the scaler's back
-    clock.t += 1
+    clock.advance(1)
     findings = await auditor.audit()
     assert [(f.kind, f.instance, f.action) for f in findings] == [("vanished", gone.instance, via)]
     assert router.hops(VIP) == {IPv4Address(kept.address or "")}      # withdrawn before audit() returned
@@ -296,7 +281,7 @@ async def test_audit_withdraws_a_member_whose_server_vanished(
 
 
 async def test_audit_deletes_the_leftover_of_a_deleted_member(
-        store: Store, cloud: FakeCloud, driver: OpenStackOrchestrator, clock: Clock) -> None:
+        store: Store, cloud: FakeCloud, driver: OpenStackOrchestrator, clock: ManualClock) -> None:
     lc = lifecycle(store, driver, clock)
     auditor = Auditor(lc)
     store.start_scale_out("web", 1, 0, "below min", clock())
@@ -327,7 +312,7 @@ class Unlistable(FakeOrchestrator):
         raise OrchestratorError(f"list pool {pool}: connection to the cloud failed (fake)")
 
 
-async def test_audit_confirms_a_missing_instance_before_failing_its_member(store: Store, clock: Clock) -> None:
+async def test_audit_confirms_a_missing_instance_before_failing_its_member(store: Store, clock: ManualClock) -> None:
     orch = FakeOrchestrator(FakeOrchestratorConfig(boot_probes=0))
     router = FakeRouter()
     lc = lifecycle(store, orch, clock, router)
@@ -339,14 +324,14 @@ async def test_audit_confirms_a_missing_instance_before_failing_its_member(store
     first = await auditor.audit()
     assert [(f.kind, f.action) for f in first] == [("missing", "confirming")]
     assert states(store) == ["in_service"] and router.hops(VIP)
-    clock.t += 60
+    clock.advance(60)
     second = await auditor.audit()
     assert [(f.kind, f.action) for f in second] == [("vanished", "failed")]
     assert "has not been listed for 1m" in second[0].message
     assert router.hops(VIP) == set()
 
 
-async def test_audit_when_the_list_fails_changes_nothing(store: Store, clock: Clock) -> None:
+async def test_audit_when_the_list_fails_changes_nothing(store: Store, clock: ManualClock) -> None:
     orch = Unlistable(FakeOrchestratorConfig(boot_probes=0))
     lc = lifecycle(store, orch, clock)
     auditor = Auditor(lc)
