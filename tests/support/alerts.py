@@ -18,6 +18,7 @@ from sqlmodel import select
 from scaler.alerts import AlertsConfig, alerts_router
 from scaler.alerts.store import AlarmInstance, AlarmSignal
 from scaler.store import Store
+from tests.support.clock import ManualClock
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "alertmanager"
 
@@ -28,6 +29,8 @@ AM_BEARER = "s3cr3t-bearer-token"
 FAIL_BEARER = "fail-receiver-token-0123"
 SIGNING_KEY = "signal-key-0123456789abcdef"
 OLD_SIGNING_KEY = "old-signal-key-0123456789"
+# Where a harness's clock starts unless a test passes its own (the test moves `harness.clock.now`).
+HARNESS_START = 1_795_279_800.0
 GRAFANA_HMAC = "grafana-hmac-secret-0123"
 GRAFANA_TOKEN = "grafana-token-0123456789"
 
@@ -93,18 +96,10 @@ def alerts_config(directory: Path, **overrides: Any) -> AlertsConfig:
 
 
 @dataclass
-class Clock:
-    now: float = 1_795_279_800.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
-@dataclass
 class Harness:
     store: Store
     client: httpx.AsyncClient
-    clock: Clock
+    clock: ManualClock
     registry: CollectorRegistry
     pools: set[str] = field(default_factory=set)
 
@@ -128,13 +123,13 @@ def app_for(store: Store, config: AlertsConfig | Callable[[], AlertsConfig], poo
 
 
 @contextlib.asynccontextmanager
-async def harness(db: Path, config: AlertsConfig, pools: Collection[str], *, clock: Clock | None = None,
+async def harness(db: Path, config: AlertsConfig, pools: Collection[str], *, clock: ManualClock | None = None,
                   migrate: bool = True) -> AsyncIterator[Harness]:
     store = Store(f"sqlite:///{db}")
     try:
         if migrate:
             store.migrate()
-        clock = clock or Clock()
+        clock = clock or ManualClock(HARNESS_START)
         registry = CollectorRegistry()
         known = set(pools)
         app = app_for(store, config, lambda: known, registry, clock)

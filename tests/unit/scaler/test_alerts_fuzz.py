@@ -22,7 +22,8 @@ from schemathesis.specs.openapi.checks import response_schema_conformance, statu
 
 from scaler.alerts import signal_url
 from scaler.store import Store
-from tests.support.alerts import AM_BASIC, SIGNING_KEY, Clock, alerts_config, app_for
+from tests.support.alerts import AM_BASIC, SIGNING_KEY, alerts_config, app_for
+from tests.support.clock import ManualClock
 
 # Examples per operation and mode; the whole module stays well under 30 s.
 EXAMPLES = 25
@@ -38,7 +39,7 @@ def schema(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
                            signals={"allow_scale_in": True})
     store = Store(f"sqlite:///{tmp}/s.db")
     store.migrate()
-    app = app_for(store, config, lambda: {"lb-a", "lb-b"}, CollectorRegistry(), Clock(NOW))
+    app = app_for(store, config, lambda: {"lb-a", "lb-b"}, CollectorRegistry(), ManualClock(NOW))
     try:
         yield schemathesis.openapi.from_asgi("/openapi.json", app)
     finally:

@@ -3,7 +3,6 @@ holds, staleness, and pruning."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -13,14 +12,6 @@ import pytest
 from scaler.alerts import alarm_state, alarm_states, prune, recent_signals
 from scaler.alerts.store import Incoming, record_alerts, record_signal
 from scaler.store import Store
-
-
-@pytest.fixture
-def store(tmp_path: Path) -> Iterator[Store]:
-    s = Store(f"sqlite:///{tmp_path}/s.db")
-    s.migrate()
-    yield s
-    s.close()
 
 
 def alert(status: str = "firing", starts: float = 100.0, fp: str = "f1", *, pool: str = "web", alarm: str = "High",
