@@ -14,7 +14,7 @@ from typing import Any, Generic, TypeVar
 
 from pydantic import BaseModel
 
-from actuators.bgp.router import BgpRouter, BgpRouterConfig
+from actuators.bgp import BgpRouter, BgpRouterConfig
 from actuators.fake import FakeOrchestrator, FakeOrchestratorConfig, FakeRouter, FakeRouterConfig
 from actuators.kernel.router import KernelRouter, KernelRouterConfig
 from actuators.lab.orchestrator import LabOrchestrator, LabOrchestratorConfig

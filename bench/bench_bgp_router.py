@@ -49,7 +49,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from bench_kernel_router import Path_, fib_paths, paths_of, print_table, sh, sh_quiet, write
 
-from actuators.bgp.router import BgpRouter, BgpRouterConfig, SessionStatus, route_line
+from actuators.bgp import BgpRouter, BgpRouterConfig
+from actuators.bgp.router import SessionStatus, route_line
 from actuators.errors import RouterError
 from actuators.kernel import netlink as nl
 from actuators.linux import netns

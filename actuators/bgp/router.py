@@ -1,4 +1,6 @@
 """The `bgp` router driver: the VIPs' next hops announced to the routers over BGP by a supervised ExaBGP 5.
+This module is the `Router` interface and the ExaBGP API stream; it neither starts nor stops ExaBGP
+itself (`speaker.py` supervises the process) and keeps `paths.txt` only through `paths.py`.
 
 The scaler starts ExaBGP as a child process (in the namespace `netns` if given) with a configuration
 it writes itself: one neighbor per router peer, ADD-PATH send, graceful restart and `manual-eor`.
@@ -39,104 +41,27 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
 import json
 import logging
 import os
-import pwd
-import shutil
-import signal
-import sys
 import time
 from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address
-from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
-
+from actuators.bgp.config import BgpRouterConfig
+from actuators.bgp.paths import Path_, PathsLog
+from actuators.bgp.speaker import Speaker, SpeakerStatus
 from actuators.errors import RouterError
-from actuators.linux import netns
-from actuators.linux.procs import gone, process_cmdline
 from actuators.router import ApplyResult, DesiredRoutes, DrainMode, HopState, HopStatus, Router, RouteStatus
+
+__all__ = ["BgpRouter", "BgpRouterConfig", "Command", "SessionStatus", "eor_line", "group_commands", "route_line"]
 
 log = logging.getLogger(__name__)
 
-BRIDGE = Path(__file__).with_name("bridge.py")
-UNIX_PATH_MAX = 107
-PR_SET_PDEATHSIG = 1
-PATHS_FILE = "paths.txt"
 NLRI_PER_COMMAND = 200          # ~3.5 kB per command line
-_LIBC = ctypes.CDLL(None, use_errno=True)
-Path_ = tuple[IPv4Address, IPv4Address]         # (vip, next hop)
-
-
-class BgpPeer(BaseModel):
-    """One router the VIPs are announced to (e.g. each of the two ToRs of the LB rack)."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    address: IPv4Address
-    asn: int = Field(ge=1, le=4_294_967_295)
-    name: str | None = Field(default=None, pattern=r"^[A-Za-z0-9_.:-]{1,64}$")
-    # Our address on the link to this peer, when the peers sit on different links (two ToRs).
-    local_address: IPv4Address | None = None
-    # The hold time we offer; the session uses the lower of both sides'. A dead speaker is usually
-    # noticed at once (its TCP connection closes); the hold time covers a hung one.
-    hold_time_s: int = Field(default=30, ge=3, le=65535)
-
-    @property
-    def label(self) -> str:
-        return self.name or str(self.address)
-
-
-class BgpRouterConfig(BaseModel):
-    """How the scaler speaks BGP. `dir` holds ExaBGP's configuration, log, pidfile, API socket and
-    `paths.txt`; it must be private to this scaler."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    local_as: int = Field(ge=1, le=4_294_967_295)
-    router_id: IPv4Address
-    local_address: IPv4Address
-    peers: list[BgpPeer] = Field(min_length=1)
-    netns: str | None = None                   # namespace ExaBGP runs in; None = the scaler's
-    dir: Path = Path("/var/lib/scaler/bgp")
-    exabgp: Path | None = None                 # the exabgp program; default: next to this Python, else PATH
-    # How long routers keep our paths (stale) after the speaker went away: it must cover an
-    # ExaBGP restart (about 1 s) and a scaler restart.
-    graceful_restart_s: int = Field(default=120, ge=1, le=4095)
-    settle_s: float = Field(default=0.3, ge=0, le=10)
-    ack_timeout_s: float = Field(default=10.0, gt=0, le=300)
-    # At start, how long to wait for ExaBGP's API and then for a first session before going on.
-    start_wait_s: float = Field(default=5.0, ge=0, le=120)
-    restart_backoff_s: float = Field(default=0.5, gt=0, le=60)
-    restart_backoff_max_s: float = Field(default=30.0, gt=0, le=3600)
-
-    @model_validator(mode="after")
-    def _check(self) -> BgpRouterConfig:
-        addresses = [p.address for p in self.peers]
-        dupes = sorted({str(a) for a in addresses if addresses.count(a) > 1})
-        if dupes:
-            raise ValueError(f"peers: {', '.join(dupes)} listed more than once")
-        if len(str(self.dir / "api.sock")) > UNIX_PATH_MAX:
-            raise ValueError(f"dir: {self.dir} is too long for a unix socket path (max {UNIX_PATH_MAX - 9} chars)")
-        if self.restart_backoff_max_s < self.restart_backoff_s:
-            raise ValueError("restart_backoff_max_s must be at least restart_backoff_s")
-        return self
-
-    def exabgp_program(self) -> str:
-        if self.exabgp is not None:
-            return str(self.exabgp)
-        beside = Path(sys.executable).parent / "exabgp"
-        if beside.exists():
-            return str(beside)
-        found = shutil.which("exabgp")
-        if found is None:
-            raise RouterError("exabgp not found (pip install 'exabgp>=5,<6', or set router.options.exabgp)")
-        return found
 
 
 @dataclass
@@ -163,21 +88,6 @@ class SessionStatus:
                 "last_replay_paths": self.last_replay_paths, "last_replay_s": round(self.last_replay_s, 4)}
 
 
-@dataclass
-class SpeakerStatus:
-    running: bool = False
-    connected: bool = False
-    pid: int | None = None
-    starts: int = 0
-    restarts: int = 0
-    last_exit: str | None = None
-    next_start_in_s: float | None = None
-
-    def as_dict(self) -> dict[str, Any]:
-        return {"running": self.running, "connected": self.connected, "pid": self.pid, "starts": self.starts,
-                "restarts": self.restarts, "last_exit": self.last_exit, "next_start_in_s": self.next_start_in_s}
-
-
 def route_line(verb: str, vip: IPv4Address, hop: IPv4Address, neighbor: IPv4Address | None = None) -> str:
     prefix = f"neighbor {neighbor} " if neighbor is not None else ""
     return f"{prefix}{verb} route {vip}/32 next-hop {hop} path-information {hop}"
@@ -185,32 +95,6 @@ def route_line(verb: str, vip: IPv4Address, hop: IPv4Address, neighbor: IPv4Addr
 
 def eor_line(neighbor: IPv4Address) -> str:
     return f"neighbor {neighbor} announce eor ipv4 unicast"
-
-
-def render_exabgp_conf(cfg: BgpRouterConfig, python: str, socket_path: Path) -> str:
-    lines = ["process scaler {", f'    run "{python}" "{BRIDGE}" "{socket_path}";', "    encoder json;", "}", ""]
-    for p in cfg.peers:
-        lines += [
-            f"neighbor {p.address} {{",
-            f'    description "{p.label}";',
-            f"    router-id {cfg.router_id};",
-            f"    local-address {p.local_address or cfg.local_address};",
-            f"    local-as {cfg.local_as};",
-            f"    peer-as {p.asn};",
-            f"    hold-time {p.hold_time_s};",
-            # We send End-of-RIB ourselves, after the replay: an automatic one right after the OPEN
-            # would tell the router "that was everything" before we said anything.
-            "    manual-eor true;",
-            "    capability {",
-            "        add-path send;",
-            f"        graceful-restart {cfg.graceful_restart_s};",
-            "    }",
-            "    family { ipv4 unicast; }",
-            "    api { processes [ scaler ]; neighbor-changes; }",
-            "}",
-            "",
-        ]
-    return "\n".join(lines)
 
 
 class BgpRouter(Router):
@@ -223,7 +107,8 @@ class BgpRouter(Router):
         self.socket_path = self.dir / "api.sock"
         self.sessions: dict[IPv4Address, SessionStatus] = {
             p.address: SessionStatus(p.label, p.address) for p in config.peers}
-        self.speaker = SpeakerStatus()
+        self._exabgp = Speaker(config, self.socket_path, on_exit=self._drop_connection)
+        self.speaker: SpeakerStatus = self._exabgp.status
         self.last_replay: ApplyResult | None = None
         # The desired state of every VIP the caller ever gave (an empty set: no route).
         self._desired: dict[IPv4Address, dict[IPv4Address, HopState]] = {}
@@ -232,14 +117,11 @@ class BgpRouter(Router):
         # What the running ExaBGP holds: VIP → next hop → (state, monotonic time of its ack).
         self._sent: dict[IPv4Address, dict[IPv4Address, tuple[HopState, float]]] = {}
         self._withdrawn_at: dict[IPv4Address, dict[IPv4Address, float]] = {}
-        self._log_lines = 0
-        self._maybe_held: set[Path_] = self._load_paths()
+        self._paths = PathsLog(self.dir)             # what the routers may hold
         self._lock = asyncio.Lock()
         self._acks: deque[asyncio.Future[str]] = deque()
         self._writer: asyncio.StreamWriter | None = None
         self._server: asyncio.AbstractServer | None = None
-        self._proc: asyncio.subprocess.Process | None = None
-        self._supervisor: asyncio.Task[None] | None = None
         self._connected = asyncio.Event()
         self._session_up = asyncio.Event()            # set at any session's first "up"
         self._closing = False
@@ -294,12 +176,7 @@ class BgpRouter(Router):
     async def close(self) -> None:
         """Stop ExaBGP (the routers keep our paths for `graceful_restart_s`) and the socket."""
         self._closing = True
-        if self._supervisor is not None:
-            self._supervisor.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await self._supervisor
-            self._supervisor = None
-        await self._stop_process()
+        await self._exabgp.stop()
         self._drop_connection("closed")
         if self._server is not None:
             self._server.close()
@@ -320,7 +197,7 @@ class BgpRouter(Router):
     def health(self) -> dict[str, Any]:
         return {"driver": "bgp", "speaker": self.speaker.as_dict(),
                 "sessions": [s.as_dict() for s in self.sessions.values()],
-                "paths": sum(len(h) for h in self._sent.values()), "paths_maybe_held": len(self._maybe_held)}
+                "paths": sum(len(h) for h in self._sent.values()), "paths_maybe_held": len(self._paths.held)}
 
     async def wait_synced(self, timeout_s: float = 30.0, *, peers: Iterable[IPv4Address] | None = None) -> None:
         """Wait until the given peers (default all) are synced; for tests, tools and the lab."""
@@ -331,11 +208,11 @@ class BgpRouter(Router):
                 raise RouterError(f"BGP sessions not synced after {timeout_s:.0f}s: {self.describe_sessions()}")
             await asyncio.sleep(0.02)
 
-    # ---- the speaker ---------------------------------------------------------------------------
+    # ---- start: the API socket, then the speaker -----------------------------------------------
 
     async def start(self) -> None:
         """Start listening and supervising ExaBGP (idempotent). Returns without waiting for sessions."""
-        if self._supervisor is not None or self._closing:
+        if self._exabgp.started or self._closing:
             return
         self.dir.mkdir(parents=True, exist_ok=True)
         with contextlib.suppress(FileNotFoundError):
@@ -343,94 +220,11 @@ class BgpRouter(Router):
         self._server = await asyncio.start_unix_server(self._on_bridge, path=str(self.socket_path),
                                                        limit=1 << 20)
         os.chmod(self.socket_path, 0o600)
-        await self._kill_orphan()
-        self._supervisor = asyncio.create_task(self._supervise(), name="exabgp-supervisor")
+        await self._exabgp.start()
         # ExaBGP connects its API within ~0.2 s: waiting here spares the caller's first apply() an
         # error that says nothing but "starting".
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._connected.wait(), self.config.start_wait_s)
-
-    async def _supervise(self) -> None:
-        backoff = self.config.restart_backoff_s
-        while not self._closing:
-            started = time.monotonic()
-            try:
-                rc = await self._run_speaker()
-                self.speaker.last_exit = f"exit status {rc}" if rc >= 0 else f"killed by signal {-rc}"
-            except (OSError, RouterError) as exc:
-                self.speaker.last_exit = f"could not start: {exc}"
-            self.speaker.running, self.speaker.pid = False, None
-            if self._closing:
-                return
-            if time.monotonic() - started > 60:
-                backoff = self.config.restart_backoff_s
-            self.speaker.restarts += 1
-            log.error("ExaBGP %s; restarting it in %.1fs (restart %d; routers keep our paths as stale for %ds)",
-                      self.speaker.last_exit, backoff, self.speaker.restarts, self.config.graceful_restart_s)
-            self.speaker.next_start_in_s = backoff
-            await asyncio.sleep(backoff)
-            self.speaker.next_start_in_s = None
-            backoff = min(backoff * 2, self.config.restart_backoff_max_s)
-
-    async def _run_speaker(self) -> int:
-        cfg = self.config
-        conf = self.dir / "exabgp.conf"
-        conf.write_text(render_exabgp_conf(cfg, sys.executable, self.socket_path))
-        env = os.environ | {
-            "exabgp_daemon_user": pwd.getpwuid(os.getuid()).pw_name,   # else it drops to `nobody`
-            "exabgp_daemon_daemonize": "false",
-            "exabgp_daemon_pid": str(self.dir / "exabgp.pid"),
-            "exabgp_api_cli": "false",
-            "exabgp_api_ack": "true",
-            "exabgp_api_respawn": "false",
-            "exabgp_tcp_bind": "",                 # we connect; we never listen on 179
-            "exabgp_log_destination": str(self.dir / "exabgp.log"),
-            "exabgp_log_level": "INFO",
-            "EXABGP_ROOT": str(self.dir),
-        }
-        argv = netns.ns_command(cfg.netns, [cfg.exabgp_program(), str(conf)])
-        with (self.dir / "exabgp.out").open("ab") as out:
-            self._proc = await asyncio.create_subprocess_exec(*argv, env=env, stdin=asyncio.subprocess.DEVNULL,
-                                                              stdout=out, stderr=out, start_new_session=True,
-                                                              preexec_fn=_die_with_parent)
-        self.speaker.running, self.speaker.pid = True, self._proc.pid
-        self.speaker.starts += 1
-        log.info("ExaBGP started (pid %d) for peers %s", self._proc.pid,
-                 ", ".join(p.label for p in cfg.peers))
-        rc = await self._proc.wait()
-        self._proc = None
-        self._drop_connection(f"ExaBGP exited ({rc})")
-        return rc
-
-    async def _stop_process(self) -> None:
-        """SIGKILL, not SIGTERM: a terminated ExaBGP sends a Cease NOTIFICATION and the routers drop our
-        paths at once; a killed one just closes TCP, and graceful restart keeps them (stale) until a
-        new speaker replays them or `graceful_restart_s` passes. A scaler restart stays hitless."""
-        proc = self._proc
-        if proc is None or proc.returncode is not None:
-            return
-        with contextlib.suppress(ProcessLookupError):
-            proc.kill()
-        await proc.wait()
-
-    async def _kill_orphan(self) -> None:
-        """An ExaBGP left by a scaler that was SIGKILLed would hold our sessions: stop it."""
-        pidfile = self.dir / "exabgp.pid"
-        try:
-            pid = int(pidfile.read_text().split()[0])
-        except (OSError, ValueError, IndexError):
-            return
-        if str(self.dir / "exabgp.conf") not in process_cmdline(pid):
-            return
-        log.warning("stopping an ExaBGP left by a previous scaler (pid %d)", pid)
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGTERM)
-        for _ in range(250):
-            if gone(pid):
-                return
-            await asyncio.sleep(0.02)
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGKILL)
 
     # ---- the API stream ------------------------------------------------------------------------
 
@@ -459,9 +253,8 @@ class BgpRouter(Router):
             if self._writer is writer:
                 self._drop_connection("API connection closed")
                 # ExaBGP without its API process is useless to us: restart the whole speaker.
-                if self._proc is not None and not self._closing:
-                    with contextlib.suppress(ProcessLookupError):
-                        self._proc.kill()
+                if not self._closing:
+                    self._exabgp.kill()
 
     def _drop_connection(self, why: str) -> None:
         writer, self._writer = self._writer, None
@@ -556,9 +349,7 @@ class BgpRouter(Router):
         except TimeoutError:
             got = sum(1 for f in futures if f.done())
             self._drop_connection("acknowledgements timed out")
-            if self._proc is not None:
-                with contextlib.suppress(ProcessLookupError):
-                    self._proc.kill()            # a speaker that stopped answering is restarted
+            self._exabgp.kill()              # a speaker that stopped answering is restarted
             raise RouterError(f"ExaBGP acknowledged {got} of {len(lines)} commands within "
                               f"{self.config.ack_timeout_s:.0f}s; restarting it") from None
         except (ConnectionError, OSError) as exc:
@@ -604,9 +395,9 @@ class BgpRouter(Router):
             return ApplyResult()
         add.sort()
         remove.sort()
-        new = [p for p in add if p not in self._maybe_held]
+        new = [p for p in add if p not in self._paths.held]
         if new:
-            self._remember_held(self._maybe_held | set(new))     # before the routers can have them
+            self._paths.remember(self._paths.held | set(new))     # before the routers can have them
         commands = group_commands("announce", add) + group_commands("withdraw", remove)
         acks = await self._send([c.line for c in commands])
         now = self.clock()
@@ -627,7 +418,7 @@ class BgpRouter(Router):
             raise RouterError(f"ExaBGP refused {len(failed)} of {len(commands)} commands, first: "
                               f"{failed[0][:200]!r}")
         if withdrawn and all(s.state == "synced" for s in self.sessions.values()):
-            self._remember_held(self._maybe_held - set(withdrawn))   # every router was told
+            self._paths.remember(self._paths.held - set(withdrawn))   # every router was told
         return ApplyResult(tuple(add), tuple(remove), (), messages=len(commands),
                            elapsed_s=time.perf_counter() - t0)
 
@@ -640,8 +431,8 @@ class BgpRouter(Router):
         """The full desired state, withdraws of what a router may still hold, End-of-RIB: one burst."""
         t0 = time.perf_counter()
         want = self._desired_paths()
-        stale = sorted(self._maybe_held - want.keys())
-        self._remember_held(self._maybe_held | want.keys())
+        stale = sorted(self._paths.held - want.keys())
+        self._paths.remember(self._paths.held | want.keys())
         commands = group_commands("announce", sorted(want)) + group_commands("withdraw", stale)
         lines = [c.line for c in commands] + [eor_line(s.address) for s in peers]
         acks = await self._send(lines)
@@ -665,7 +456,7 @@ class BgpRouter(Router):
         log.info("replayed %d paths and withdrew %d stale ones to %s in one batch of %d commands (%.1f ms)",
                  len(want), len(stale), ", ".join(s.peer for s in peers), len(lines), elapsed * 1000)
         if not bad and all(s.state == "synced" for s in self.sessions.values()):
-            self._remember_held(set(want))
+            self._paths.remember(set(want))
         result = ApplyResult(tuple(sorted(want)), tuple(stale), (), messages=len(lines), elapsed_s=elapsed)
         self.last_replay = result
         if bad:
@@ -678,54 +469,6 @@ class BgpRouter(Router):
             return f"ExaBGP (pid {s.pid}) has not connected its API yet"
         nxt = f", next start in {s.next_start_in_s:.1f}s" if s.next_start_in_s is not None else ""
         return f"ExaBGP is not running ({s.last_exit or 'not started'}{nxt})"
-
-    # ---- paths possibly held by the routers ----------------------------------------------------
-
-    def _load_paths(self) -> set[Path_]:
-        """Read `paths.txt`: a log of "+ VIP NEXT_HOP" / "- VIP NEXT_HOP" lines, compacted now and then."""
-        path = self.dir / PATHS_FILE
-        try:
-            text = path.read_text()
-        except FileNotFoundError:
-            return set()
-        except OSError as exc:
-            log.error("%s unreadable (%s): stale paths of an earlier run cannot be withdrawn explicitly", path, exc)
-            return set()
-        out: set[Path_] = set()
-        lines = text.splitlines()
-        for n, line in enumerate(lines, 1):
-            try:
-                op, vip, hop = line.split()
-                p = (IPv4Address(vip), IPv4Address(hop))
-                if op not in "+-":
-                    raise ValueError(op)
-            except ValueError:
-                log.error("%s:%d unreadable (%r): that stale path cannot be withdrawn explicitly", path, n, line)
-                continue
-            if op == "+":
-                out.add(p)
-            else:
-                out.discard(p)
-        self._log_lines = len(lines)
-        return out
-
-    def _remember_held(self, paths: set[Path_]) -> None:
-        """Record what the routers may hold (before they can have it): appended to `paths.txt`, which is
-        rewritten compactly once the log is much longer than the set. O(change), not O(table)."""
-        added, gone = paths - self._maybe_held, self._maybe_held - paths
-        if not added and not gone:
-            return
-        self._maybe_held = set(paths)
-        self.dir.mkdir(parents=True, exist_ok=True)
-        if self._log_lines + len(added) + len(gone) > 2 * len(paths) + 1000:
-            tmp = self.dir / (PATHS_FILE + ".tmp")
-            tmp.write_text("".join(f"+ {v} {h}\n" for v, h in paths))
-            os.replace(tmp, self.dir / PATHS_FILE)
-            self._log_lines = len(paths)
-            return
-        with (self.dir / PATHS_FILE).open("a") as f:
-            f.write("".join([f"+ {v} {h}\n" for v, h in added] + [f"- {v} {h}\n" for v, h in gone]))
-        self._log_lines += len(added) + len(gone)
 
 
 @dataclass(frozen=True, slots=True)
@@ -753,11 +496,3 @@ def group_commands(verb: str, paths: list[Path_]) -> list[Command]:
                 out.append(Command(verb, tuple((v, hop) for v in chunk),
                                    f"{verb} attributes next-hop {hop} path-information {hop} nlri {nlri}"))
     return out
-
-
-def _die_with_parent() -> None:
-    """In the child, before exec: SIGKILL it when the scaler dies, however it dies (prctl
-    PR_SET_PDEATHSIG survives the exec of `ip netns exec` and of exabgp). A SIGKILLed scaler thus
-    never leaves a speaker announcing paths nobody manages; graceful restart covers the gap.
-    Only a call into libc loaded beforehand: nothing here may take a lock after the fork."""
-    _LIBC.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)

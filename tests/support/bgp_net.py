@@ -27,7 +27,7 @@ from ipaddress import IPv4Address
 from pathlib import Path
 from typing import Any
 
-from actuators.bgp.router import BgpRouter, BgpRouterConfig
+from actuators.bgp import BgpRouter, BgpRouterConfig
 from actuators.linux import netns
 from scaler.lab.frr import Frr, FrrConfig, FrrNeighbor
 

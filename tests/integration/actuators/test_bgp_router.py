@@ -243,7 +243,7 @@ async def test_a_sigkilled_scaler_leaves_no_exabgp_behind(net: BgpNet, tmp_path:
     script = tmp_path / "scaler_like.py"
     script.write_text(textwrap.dedent(f"""
         import asyncio, json, sys
-        from actuators.bgp.router import BgpRouter, BgpRouterConfig
+        from actuators.bgp import BgpRouter, BgpRouterConfig
         async def main():
             r = BgpRouter(BgpRouterConfig.model_validate_json({cfg.model_dump_json()!r}))
             await r.start()

@@ -21,7 +21,7 @@ from typing import Any
 
 import pytest
 
-from actuators.bgp.router import BgpRouter, BgpRouterConfig
+from actuators.bgp import BgpRouter, BgpRouterConfig
 from actuators.lab.orchestrator import LabOrchestrator, pids_in_netns, process_cmdline
 from actuators.linux import netns
 from actuators.orchestrator import Instance, InstanceSpec

@@ -17,16 +17,10 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
+from actuators.bgp import BgpRouter, BgpRouterConfig
 from actuators.bgp import bridge as exabgp_bridge
-from actuators.bgp.router import (
-    BRIDGE,
-    BgpRouter,
-    BgpRouterConfig,
-    eor_line,
-    group_commands,
-    render_exabgp_conf,
-    route_line,
-)
+from actuators.bgp.router import eor_line, group_commands, route_line
+from actuators.bgp.speaker import BRIDGE, render_exabgp_conf
 from actuators.errors import RouterError
 
 BASE: dict[str, Any] = {"local_as": 65001, "router_id": "198.18.255.2", "local_address": "198.18.255.2",
@@ -106,14 +100,14 @@ def test_the_paths_log_is_appended_then_compacted_and_reads_back_the_same(tmp_pa
     for k in range(1, 1200):          # add, then remove, one path at a time: the log grows, then compacts
         hop = IPv4Address("10.0.0.0") + k
         held.add((vip, hop))
-        r._remember_held(set(held))
+        r._paths.remember(set(held))
         if k % 3 == 0:
             held.discard((vip, hop))
-            r._remember_held(set(held))
+            r._paths.remember(set(held))
     lines = (tmp_path / "paths.txt").read_text().splitlines()
     assert len(lines) < 2 * len(held) + 1000 + 2, "compacted"
     assert BgpRouter(cfg).health()["paths_maybe_held"] == len(held)
-    assert BgpRouter(cfg)._maybe_held == held
+    assert BgpRouter(cfg)._paths.held == held
 
 
 def test_commands_are_grouped_by_next_hop_and_a_single_path_keeps_the_plain_form() -> None:
