@@ -31,7 +31,14 @@ class Target:
 
 @dataclass(frozen=True, slots=True)
 class Sample:
-    """One reading. `timestamp` is seconds since the epoch, taken when the source answered."""
+    """One reading. `timestamp` is seconds since the epoch, taken when the source answered.
+
+    `metric` and `labels` together name the series: a collector returns at most one sample per
+    (metric, label set) in one answer. The unlabelled sample is the value for the collector's whole
+    configured scope (a total over interfaces, the one frontend it was told to read); labelled ones
+    are parts of it (`interface`, `index`). A total that cannot be computed is left out, never
+    replaced by a part. Consumers select a series by its exact label set.
+    """
 
     metric: str
     value: float

@@ -195,17 +195,18 @@ class HAProxyCollector:
         if config.frontend is not None and frontends_seen == 0:
             raise CollectorError(f"haproxy {where}: frontend {config.frontend!r} not found", reason="no_frontend")
 
-        labels = {"frontend": config.frontend} if config.frontend is not None else {}
+        # Unlabelled even with `frontend:` set: it is this collector's one series of each metric, the
+        # one a policy input without `labels:` reads (the frontend is the collector's scope, in its config).
         out = [Sample("current_connections", connections, now)]
         if frontends_seen:
-            out.append(Sample("current_sessions", sessions, now, labels))
+            out.append(Sample("current_sessions", sessions, now))
             rate = self._rates.update(target.key, "session_rate", sessions_total, mono, start=start)
             if rate.rate is not None:
-                out.append(Sample("session_rate", rate.rate, now, labels))
+                out.append(Sample("session_rate", rate.rate, now))
         if http_frontends_seen:
             rate = self._rates.update(target.key, "request_rate", requests_total, mono, start=start)
             if rate.rate is not None:
-                out.append(Sample("request_rate", rate.rate, now, labels))
+                out.append(Sample("request_rate", rate.rate, now))
         if backends_seen:
             out.append(Sample("queue", queue, now))
         return out

@@ -257,23 +257,24 @@ class HAProxyStatsCollector:
         if restarted:
             # Every counter of this HAProxy started again from 0: no delta across the restart.
             self._rates.forget(key)
-        labels = {"frontend": config.frontend} if config.frontend is not None else {}
+        # Unlabelled even with `frontend:` set, as in `haproxy`: one series per metric, the one a policy
+        # input without `labels:` reads.
         out = [
             Sample("current_connections", connections, now),
             Sample("idle_percent", idle, now),
             Sample("max_connections", maxconn, now),
         ]
         if frontends_seen:
-            out.append(Sample("current_sessions", sessions, now, labels))
+            out.append(Sample("current_sessions", sessions, now))
             if limit is not None:
-                out.append(Sample("session_limit", limit, now, labels))
+                out.append(Sample("session_limit", limit, now))
             rate = self._rates.update(key, "session_rate", sessions_total, mono)
             if rate.rate is not None:
-                out.append(Sample("session_rate", rate.rate, now, labels))
+                out.append(Sample("session_rate", rate.rate, now))
         if http_seen:
             rate = self._rates.update(key, "request_rate", requests_total, mono)
             if rate.rate is not None:
-                out.append(Sample("request_rate", rate.rate, now, labels))
+                out.append(Sample("request_rate", rate.rate, now))
         if backends_seen:
             out.append(Sample("queue", queue, now))
         return out

@@ -31,6 +31,7 @@ from policies.model import (
     Stabilization,
     TargetRule,
     ThresholdRule,
+    series_name,
 )
 from policies.schedule import Bounds, active_since, describe_schedule, effective_bounds
 from policies.series import Point, Reading, aggregate, percentile
@@ -40,5 +41,6 @@ __all__ = [
     "MissingData", "Outcome", "Point", "PolicyFile", "PoolPolicy", "PoolState", "Reading", "Rule", "RuleVerdict",
     "Schedule", "Stabilization", "TargetRule", "ThresholdRule", "Verdict", "active_since", "aggregate",
     "cooldown_left", "describe_schedule", "effective_bounds", "evaluate", "format_duration", "history_needed",
-    "is_warming", "parse_duration", "percentile", "remember", "warming_left", "window_needed",
+    "is_warming", "parse_duration", "percentile", "remember", "series_name", "warming_left",
+    "window_needed",
 ]

@@ -34,8 +34,10 @@ rule, anything else is a threshold rule (which needs one of above/below/at_least
 from __future__ import annotations
 
 import enum
+import json
 import math
 import re
+from collections.abc import Mapping
 from typing import Annotated, Any, Literal, Self
 
 from pydantic import (
@@ -54,6 +56,7 @@ from policies.durations import format_duration, parse_duration
 
 Duration = Annotated[float, BeforeValidator(parse_duration)]
 Name = Annotated[str, Field(pattern=r"^[a-z][a-z0-9_-]{0,39}$")]
+LabelName = Annotated[str, Field(pattern=r"^[a-zA-Z_][a-zA-Z0-9_]*$")]
 
 # The `source` of an input fed by the alarm webhook rather than by a collector.
 ALARM_SOURCE = "alarm"
@@ -61,6 +64,12 @@ ALARM_SOURCE = "alarm"
 
 class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+
+def series_name(metric: str, labels: Mapping[str, str]) -> str:
+    """'rx_bytes_per_s{interface="eth0"}': a metric and its exact label set (sorted; '{}' if none)."""
+    inner = ",".join(f"{k}={json.dumps(v, ensure_ascii=False)}" for k, v in sorted(labels.items()))
+    return f"{metric}{{{inner}}}"
 
 
 class Aggregate(enum.StrEnum):
@@ -140,12 +149,22 @@ class Input(Strict):
     smooths out a dip. Until the window is full of data, the reading counts as partial (enough to
     grow, never to shrink).
 
+    `labels` selects one series of `metric` by its label set, which must EQUAL the given mapping:
+    no `labels` (or `{}`) reads the unlabelled sample, e.g. the snmp collector's total of
+    `rx_bytes_per_s` over every interface, never one interface's; `labels: {interface: eth0}` reads
+    exactly the sample labelled interface=eth0 and nothing else (a sample with more labels does not
+    match). A member whose answer has no such sample has no data for the input; one with two (a
+    collector bug) has no data either, and the reason says so.
+
     Alarm inputs (`source: alarm`, `alarm: NAME`): points of value 1 while the alarm fires, 0 once
-    it is resolved; they take no metric, aggregate or window.
+    it is resolved; they take no metric, labels, aggregate or window.
     """
 
     source: str = Field(description=f"a collector in scaler.yaml, or '{ALARM_SOURCE}' for webhook alarms")
     metric: str | None = Field(default=None, description="the collector's metric name (collector inputs)")
+    labels: dict[LabelName, str] = Field(
+        default_factory=dict, description="the label set of the one series to read, matched exactly; "
+                                          "{} (default) is the unlabelled sample")
     alarm: str | None = Field(default=None, min_length=1,
                               description="the alarm's name, e.g. Alertmanager's alertname (alarm inputs)")
     aggregate: AggregateName = Field(default="avg", description="avg | max | min | sum | pNN across members")
@@ -174,7 +193,7 @@ class Input(Strict):
         if self.is_alarm:
             if not self.alarm:
                 problems.append("an alarm input needs `alarm: NAME`")
-            extra = [k for k in ("metric", "aggregate", "percentile", "window", "over", "on_missing")
+            extra = [k for k in ("metric", "labels", "aggregate", "percentile", "window", "over", "on_missing")
                      if k in self.model_fields_set]
             if extra:
                 problems.append(f"an alarm input takes no {', '.join(extra)} (it is 1 while firing, 0 when "
@@ -194,11 +213,15 @@ class Input(Strict):
     def is_alarm(self) -> bool:
         return self.source == ALARM_SOURCE
 
+    def series(self) -> str:
+        """The selected series as 'rx_bytes_per_s{interface="eth0"}' ('current_sessions{}' unlabelled)."""
+        return series_name(self.metric or "", self.labels)
+
     def describe(self) -> str:
         """'avg of current_sessions', 'max over 5m of p95 of cpu', 'alarm HighLatency'."""
         if self.is_alarm:
             return f"alarm {self.alarm}"
-        what = f"{self.aggregate} of {self.metric}"
+        what = f"{self.aggregate} of {self.series() if self.labels else self.metric}"
         return f"{self.over} over {format_duration(self.window)} of {what}" if self.window else what
 
 
@@ -598,4 +621,5 @@ class PolicyFile(Strict):
 __all__ = [
     "ALARM_SOURCE", "Adjustment", "Aggregate", "AlarmRule", "Cooldown", "Input", "MissingData", "PolicyFile",
     "PoolPolicy", "Rule", "Schedule", "Stabilization", "Steps", "TargetRule", "ThresholdRule", "parse_aggregate",
+    "series_name",
 ]

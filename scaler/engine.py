@@ -26,6 +26,7 @@ from policies import (
     evaluate,
     is_warming,
     remember,
+    series_name,
     window_needed,
 )
 from scaler.breaker import breaker_state, hold_for_breaker
@@ -67,6 +68,47 @@ def target_for(m: Member, cfg: CollectorConfig) -> Target:
                   labels={"pool": m.pool, "member": m.instance})
 
 
+@dataclass(frozen=True, slots=True)
+class Read:
+    """What one collector answered for one member: every sample as it came, labels and timestamps
+    kept, or `error` (why there are none).
+
+    An input reads the one sample whose metric is its `metric` and whose label set EQUALS its
+    `labels` ({} by default: the unlabelled sample, e.g. a total over interfaces). Nothing else
+    stands in for it: with one interface's counter reset, the snmp collector leaves out its total,
+    and an input on the total has no data from that member rather than another interface's rate.
+
+    Time: `select` returns the sample itself, its `timestamp` (when the source answered) included.
+    The pool-level point the engine appends is still stamped with the engine's clock after the
+    round's reads, as before: one point aggregates several members' samples, whose clocks differ
+    (and a Prometheus query's may repeat an old evaluation time), while windows, `for` runs and
+    `stale_after` need one clock that only moves forward.
+    """
+
+    source: str
+    samples: tuple[Sample, ...] = ()
+    error: str | None = None
+
+    def select(self, metric: str, labels: Mapping[str, str]) -> Sample | str:
+        """The selected sample, or why there is none (the reason names the series it looked for)."""
+        if self.error is not None:
+            return self.error
+        wanted = dict(labels)
+        same_metric = [s for s in self.samples if s.metric == metric]
+        found = [s for s in same_metric if dict(s.labels) == wanted]
+        if len(found) == 1:
+            return found[0]
+        series = series_name(metric, wanted)
+        if found:
+            return f"{len(found)} samples of {series} from {self.source} in one answer (a collector bug): none used"
+        label_sets = sorted({tuple(sorted(s.labels.items())) for s in same_metric})    # unlabelled first
+        others = [series_name(metric, dict(ls)) for ls in label_sets]
+        if not others:
+            return f"no {series} from {self.source}"
+        shown = ", ".join(others[:3]) + (f" and {len(others) - 3} more" if len(others) > 3 else "")
+        return f"no {series} from {self.source} (it sent {shown})"
+
+
 @dataclass
 class Engine:
     store: Store
@@ -92,7 +134,7 @@ class Engine:
         await asyncio.gather(*(self._collect_pool(name, [m for m in members if m.pool == name])
                                for name in self.policies))
 
-    async def _read(self, source: str, m: Member) -> tuple[dict[str, float], str | None]:
+    async def _read(self, source: str, m: Member) -> Read:
         collector = self.collectors[source]
         t0 = time.perf_counter()
         try:
@@ -100,13 +142,13 @@ class Engine:
                 collector.collect(target_for(m, self.collector_configs[source])), self.collect_timeout_s)
         except CollectorError as exc:
             self.metrics.collector_errors.labels(source, exc.reason).inc()
-            return {}, f"{m.instance}: {exc.reason}: {exc}"
+            return Read(source, error=f"{exc.reason}: {exc}")
         except TimeoutError:
             self.metrics.collector_errors.labels(source, "timeout").inc()
-            return {}, f"{m.instance}: timeout after {self.collect_timeout_s:g}s"
+            return Read(source, error=f"timeout after {self.collect_timeout_s:g}s")
         finally:
             self.metrics.collector_latency.labels(source).observe(time.perf_counter() - t0)
-        return {s.metric: s.value for s in samples}, None
+        return Read(source, tuple(samples))
 
     async def _collect_pool(self, pool: str, serving: list[Member]) -> None:
         policy = self.policies[pool]
@@ -118,9 +160,9 @@ class Engine:
         sources = sorted({i.source for i in policy.inputs.values() if not i.is_alarm})
         reads = await asyncio.gather(*(self._read(src, m) for src in sources for m in members))
         now = self.clock()
-        by_source: dict[str, list[tuple[Member, dict[str, float], str | None]]] = {s: [] for s in sources}
-        for (src, m), (values, err) in zip(((s, m) for s in sources for m in members), reads, strict=True):
-            by_source[src].append((m, values, err))
+        by_source: dict[str, list[tuple[Member, Read]]] = {s: [] for s in sources}
+        for (src, m), read in zip(((s, m) for s in sources for m in members), reads, strict=True):
+            by_source[src].append((m, read))
         keep = window_needed(policy)
         alarms = self._alarm_states(pool, now) if policy.alarm_inputs() else {}
         for name, inp in policy.inputs.items():
@@ -128,8 +170,14 @@ class Engine:
                 self._append_alarm(pool, name, inp.alarm or name, alarms, now)
                 continue
             rows = by_source[inp.source]
-            got = [v[inp.metric] for _, v, _ in rows if inp.metric in v]
-            missing = [err or f"{m.instance}: no {inp.metric!r} yet" for m, v, err in rows if inp.metric not in v]
+            got: list[float] = []
+            missing: list[str] = []
+            for m, read in rows:
+                picked = read.select(inp.metric or "", inp.labels)
+                if isinstance(picked, str):
+                    missing.append(f"{m.instance}: {picked}")
+                else:
+                    got.append(picked.value)
             value = aggregate(got, inp.aggregate)
             if not members:
                 point = Point(now, None, f"{warming} members warming up" if warming else "no member in service")
@@ -281,4 +329,4 @@ class _Unknown:
 
 _UNKNOWN = _Unknown()
 
-__all__ = ["AlarmSource", "AlarmView", "Engine", "target_for"]
+__all__ = ["AlarmSource", "AlarmView", "Engine", "Read", "target_for"]

@@ -106,7 +106,8 @@ async def test_named_frontend_only() -> None:
     assert got["request_rate"] == pytest.approx(2.0)
     assert got["current_connections"] == 1.0  # process-wide, whatever the frontend
     frontend_metrics = {"current_sessions", "session_rate", "request_rate"}
-    assert all(s.labels == {"frontend": "web"} for s in samples if s.metric in frontend_metrics)
+    # The frontend is the collector's scope, not a series label: a policy input without `labels:` reads these.
+    assert all(s.labels == {} for s in samples if s.metric in frontend_metrics)
     await collector.close()
 
 

@@ -206,6 +206,7 @@ def test_the_reference_example_is_valid_and_uses_every_feature() -> None:
     assert comparisons == {"above", "below", "at_least"}
     assert {i.aggregate for i in web.inputs.values() if not i.is_alarm} >= {"avg", "max", "p95"}
     assert any(i.window for i in web.inputs.values()) and any(i.on_missing.treat_as for i in web.inputs.values())
+    assert any(i.labels for i in web.inputs.values())
     assert web.alarm_inputs() == {"latency": "HighLatency", "LbSaturated": "LbSaturated"}
     assert web.warmup == 90 and web.stabilization.scale_in == 300 and len(web.schedules) == 3
     assert any(r.adjust.exact for r in web.rules if isinstance(r, ThresholdRule | AlarmRule))
@@ -223,3 +224,20 @@ def test_the_example_in_the_model_docstring_is_valid() -> None:
     block = "\n".join(line[4:] for line in doc.splitlines() if line.startswith("    "))
     web = PolicyFile.model_validate(YAML(typ="safe").load(block)).pools["web"]
     assert {type(r) for r in web.rules} == {ThresholdRule, TargetRule, AlarmRule} and web.schedules
+
+
+def test_an_input_selects_its_series_by_an_exact_label_set() -> None:
+    plain = PolicyFile.model_validate({"pools": {"web": body()}}).pools["web"].inputs["sessions"]
+    assert plain.labels == {} and plain.series() == "current_sessions{}"
+    assert plain.describe() == "avg of current_sessions"
+    rx = {"source": "snmp", "metric": "rx_bytes_per_s", "labels": {"interface": "eth0", "dir": 'a"b'}}
+    inp = PolicyFile.model_validate({"pools": {"web": body(inputs={"sessions": rx})}}).pools["web"].inputs["sessions"]
+    assert inp.series() == 'rx_bytes_per_s{dir="a\\"b",interface="eth0"}'
+    assert inp.describe() == 'avg of rx_bytes_per_s{dir="a\\"b",interface="eth0"}'
+    assert problems(body(inputs={"sessions": {**rx, "labels": {"if-name": "eth0"}}})) == [
+        ("pools.web.inputs.sessions.labels.if-name.[key]", "String should match pattern '^[a-zA-Z_][a-zA-Z0-9_]*$'")]
+    assert problems(body(inputs={"sessions": {**rx, "labels": {"index": 1}}})) == [
+        ("pools.web.inputs.sessions.labels.index", "Input should be a valid string")]
+    alarm = {"source": "alarm", "alarm": "HighLatency", "labels": {"severity": "page"}}
+    assert ("pools.web.inputs.hl", "an alarm input takes no labels (it is 1 while firing, 0 when resolved)") in \
+        problems(body(inputs={"sessions": dict(SESSIONS), "hl": alarm}))

@@ -10,14 +10,16 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+import httpx
 import pytest
 
 from actuators.drainer import NoDrainer
 from actuators.fake import FakeOrchestrator, FakeOrchestratorConfig, FakeRouter
 from collectors import Sample, Target
+from collectors.haproxy import HAProxyCollector, HAProxyCollectorConfig
 from policies import PolicyFile, PoolPolicy
 from scaler.config import CollectorConfig, PoolConfig
-from scaler.engine import Engine
+from scaler.engine import Engine, Read
 from scaler.lifecycle import Lifecycle
 from scaler.metrics import Metrics
 from scaler.store import MemberState, Store
@@ -209,3 +211,123 @@ async def test_stabilization_history_is_kept_between_evaluations(make) -> None: 
     await w.engine.collect()
     w.engine.evaluate()
     assert w.last()["outcome"] == "scale_in"
+
+
+class Interfaces:
+    """Answers like the snmp collector's `interfaces` preset: one rx_bytes_per_s / tx_bytes_per_s per
+    interface (label `interface`), plus their unlabelled sum only when every interface has a rate."""
+
+    name = "snmp"
+
+    def __init__(self) -> None:
+        self.rx: dict[str, float | None] = {"eth0": 1000.0, "eth1": 100.0}   # None: counter reset this poll
+        self.stamp = 999_990.0
+        self.extra: list[Sample] = []                                       # appended as they are
+
+    async def collect(self, target: Target) -> list[Sample]:
+        out: list[Sample] = []
+        for name, rate in self.rx.items():
+            if rate is not None:
+                out.append(Sample("rx_bytes_per_s", rate, self.stamp, {"interface": name}))
+        if all(rate is not None for rate in self.rx.values()):
+            out.append(Sample("rx_bytes_per_s", sum(r for r in self.rx.values() if r is not None), self.stamp))
+        return out + self.extra
+
+    def forget(self, key: str) -> None:
+        pass
+
+    async def close(self) -> None:
+        pass
+
+
+def with_interfaces(w: World) -> Interfaces:
+    snmp = Interfaces()
+    w.engine.collectors = {**w.engine.collectors, "snmp": snmp}
+    w.engine.collector_configs = {**w.engine.collector_configs, "snmp": CollectorConfig(driver="snmp")}
+    return snmp
+
+
+async def test_an_interface_counter_reset_is_no_data_for_the_total_never_another_interfaces_rate(make) -> None:  # type: ignore[no-untyped-def]
+    w = make({"inputs": {"s": {"source": "fake", "metric": "sessions"},
+                         "rx": {"source": "snmp", "metric": "rx_bytes_per_s", "aggregate": "max"}}})
+    snmp = with_interfaces(w)
+    await grow_to_min(w)
+    w.clock.t += 5
+    await w.engine.collect()
+    assert w.engine.series["web"]["rx"][-1].value == 1100.0      # the unlabelled total
+
+    snmp.rx["eth0"] = None                                       # eth0's counter went back: no total
+    w.clock.t += 5
+    await w.engine.collect()
+    point = w.engine.series["web"]["rx"][-1]
+    assert point.value is None, point                            # not eth1's 100
+    assert "no rx_bytes_per_s{} from snmp" in point.why, point.why
+
+
+async def test_an_interface_is_read_only_when_its_labels_are_named(make) -> None:  # type: ignore[no-untyped-def]
+    w = make({"inputs": {"s": {"source": "fake", "metric": "sessions"},
+                         "eth0": {"source": "snmp", "metric": "rx_bytes_per_s", "labels": {"interface": "eth0"}},
+                         "eth9": {"source": "snmp", "metric": "rx_bytes_per_s", "labels": {"interface": "eth9"}},
+                         "both": {"source": "snmp", "metric": "rx_bytes_per_s",
+                                  "labels": {"interface": "eth0", "vrf": "red"}}}})
+    snmp = with_interfaces(w)
+    await grow_to_min(w)
+    w.clock.t += 5
+    await w.engine.collect()
+    series = w.engine.series["web"]
+    assert series["eth0"][-1].value == 1000.0
+    assert series["eth9"][-1].value is None
+    assert 'no rx_bytes_per_s{interface="eth9"} from snmp (it sent rx_bytes_per_s{}, ' \
+           'rx_bytes_per_s{interface="eth0"}, rx_bytes_per_s{interface="eth1"})' in series["eth9"][-1].why
+    assert series["both"][-1].value is None       # a superset of a sample's labels matches nothing
+
+    snmp.rx["eth1"] = None                        # another interface's reset leaves eth0's own rate alone
+    w.clock.t += 5
+    await w.engine.collect()
+    assert series["eth0"][-1].value == 1000.0 and series["eth0"][-1].complete
+
+
+async def test_two_samples_of_one_series_are_no_data_with_the_reason(make) -> None:  # type: ignore[no-untyped-def]
+    w = make({"inputs": {"s": {"source": "fake", "metric": "sessions"},
+                         "rx": {"source": "snmp", "metric": "rx_bytes_per_s"}}})
+    snmp = with_interfaces(w)
+    snmp.extra = [Sample("rx_bytes_per_s", 7.0, snmp.stamp)]   # a second unlabelled total: neither is used
+    await grow_to_min(w)
+    w.clock.t += 5
+    await w.engine.collect()
+    point = w.engine.series["web"]["rx"][-1]
+    assert point.value is None
+    assert "2 samples of rx_bytes_per_s{} from snmp in one answer (a collector bug): none used" in point.why
+
+
+def haproxy_exporter(fixture: str) -> httpx.MockTransport:
+    """A HAProxy exporter answering a captured scrape (tests/fixtures/haproxy) every time."""
+    body = (Path(__file__).resolve().parents[2] / "fixtures" / "haproxy" / fixture).read_text()
+    return httpx.MockTransport(
+        lambda request: httpx.Response(200, text=body, headers={"content-type": "text/plain; version=0.0.4"}))
+
+
+async def test_a_named_haproxy_frontend_is_the_unlabelled_series(make) -> None:  # type: ignore[no-untyped-def]
+    """The shipped example: `frontend: vip` in scaler.yaml, `metric: current_sessions` in the policy."""
+    exporter = haproxy_exporter("scrape_queue_2.txt")                # frontend app: 3 current sessions
+    haproxy = HAProxyCollector(HAProxyCollectorConfig(frontend="app"), transport_factory=lambda uds: exporter)
+    w = make({"inputs": {"s": {"source": "haproxy", "metric": "current_sessions"}}})
+    w.engine.collectors = {"haproxy": haproxy}
+    w.engine.collector_configs = {"haproxy": CollectorConfig.model_validate(
+        {"driver": "haproxy", "target": {"url": "http://{address}:8404/metrics"}})}
+    await grow_to_min(w)
+    w.clock.t += 5
+    await w.engine.collect()
+    point = w.engine.series["web"]["s"][-1]
+    assert point.value == 3.0, point
+    await haproxy.close()
+
+
+def test_a_read_keeps_each_samples_labels_and_time() -> None:
+    eth0 = Sample("rx_bytes_per_s", 1000.0, 1234.5, {"interface": "eth0"})
+    total = Sample("rx_bytes_per_s", 1100.0, 1234.6)
+    read = Read("snmp", (eth0, total))
+    assert read.select("rx_bytes_per_s", {}) is total                          # timestamp 1234.6 with it
+    assert read.select("rx_bytes_per_s", {"interface": "eth0"}) is eth0
+    assert read.select("tx_bytes_per_s", {}) == "no tx_bytes_per_s{} from snmp"
+    assert Read("snmp", error="timeout after 5s").select("rx_bytes_per_s", {}) == "timeout after 5s"
