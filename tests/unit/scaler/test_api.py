@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -12,6 +10,7 @@ import pytest
 from actuators.drainer import NoDrainer
 from actuators.fake import FakeOrchestrator, FakeOrchestratorConfig, FakeRouter
 from policies import PolicyFile, PoolPolicy
+from scaler.alerts import AlertsConfig
 from scaler.api import create_app
 from scaler.config import PoolConfig
 from scaler.engine import Engine
@@ -36,6 +35,7 @@ class View:
         self.metrics = Metrics()
         self.pools = {"web": PoolConfig.model_validate({"vip": "198.19.0.1"})}
         self.policies = policies
+        self.alerts = AlertsConfig()
         self.last_reload = None
 
     def health(self) -> dict[str, Any]:
@@ -49,15 +49,12 @@ class View:
 
 
 @pytest.fixture
-def view(tmp_path: Path) -> Iterator[View]:
-    store = Store(f"sqlite:///{tmp_path}/s.db")
-    store.migrate()
+def view(store: Store) -> View:
     store.ensure_pool("web", "198.19.0.1", 0)
     policy = PolicyFile.model_validate({"pools": {"web": {
         "min": 1, "max": 3, "inputs": {"s": {"source": "haproxy", "metric": "current_sessions"}},
         "rules": [{"name": "busy", "input": "s", "above": 10, "adjust": 1}]}}}).pools["web"]
-    yield View(store, {"web": policy})
-    store.close()
+    return View(store, {"web": policy})
 
 
 async def test_pools_decisions_events_and_metrics(view: View) -> None:
