@@ -31,6 +31,8 @@ from typing import Any, TypeVar
 
 import httpx
 
+from tests.support.wait import eventually_sync
+
 __all__ = [
     "BASIC_AUTH_PASSWORD",
     "BASIC_AUTH_USER",
@@ -47,7 +49,6 @@ __all__ = [
     "node_exporter",
     "prometheus",
     "short_socket_dir",
-    "wait_until",
 ]
 
 PROMETHEUS = shutil.which("prometheus") or "/usr/bin/prometheus"
@@ -77,24 +78,6 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
-
-
-def wait_until(
-    probe: Callable[[], T | None], *, deadline_s: float, what: str, interval_s: float = 0.05,
-    alive: Callable[[], None] | None = None,
-) -> T:
-    """Call `probe` until it returns something other than None (returned) or `deadline_s` passes
-    (DaemonError naming `what`). `alive` is called first each round and raises if a daemon died."""
-    end = time.monotonic() + deadline_s
-    while True:
-        if alive is not None:
-            alive()
-        got = probe()
-        if got is not None:
-            return got
-        if time.monotonic() >= end:
-            raise DaemonError(f"{what}: not within {deadline_s:g}s")
-        time.sleep(interval_s)
 
 
 @contextlib.contextmanager
@@ -146,6 +129,16 @@ class Daemon:
         code = self.process.poll()
         if code is not None:
             raise DaemonError(f"{self.name} exited with {code}:\n{self.log_tail()}")
+
+    def when_alive(self, probe: Callable[[], T]) -> Callable[[], T]:
+        """`probe` as a check for eventually_sync that first makes sure the daemon still runs
+        (DaemonError if it exited: there is no point waiting for it)."""
+
+        def check() -> T:
+            self.check_alive()
+            return probe()
+
+        return check
 
     def log_tail(self, lines: int = 30) -> str:
         try:
@@ -223,8 +216,8 @@ class NodeExporter(Daemon):
         if self.basic_auth:
             args.append(f"--web.config.file={_write_web_config(self.directory / 'web.yml')}")
         self.spawn(args)
-        wait_until(lambda: _http_ok(self.url, auth=self.auth), deadline_s=deadline_s,
-                   what=f"node_exporter on {self.address}", alive=self.check_alive)
+        eventually_sync(self.when_alive(lambda: _http_ok(self.url, auth=self.auth)), timeout_s=deadline_s,
+                        what=f"node_exporter on {self.address}", detail=self.log_tail)
 
 
 @contextlib.contextmanager
@@ -287,8 +280,8 @@ class Prometheus(Daemon):
         if self.basic_auth:
             args.append(f"--web.config.file={_write_web_config(self.directory / 'web.yml')}")
         self.spawn(args)
-        wait_until(lambda: _http_ok(f"{self.url}/-/ready", auth=self.auth), deadline_s=deadline_s,
-                   what=f"prometheus on {self.address}", alive=self.check_alive)
+        eventually_sync(self.when_alive(lambda: _http_ok(f"{self.url}/-/ready", auth=self.auth)),
+                        timeout_s=deadline_s, what=f"prometheus on {self.address}", detail=self.log_tail)
 
     def query(self, expr: str, **params: str) -> dict[str, Any]:
         """One instant query (for test set-up and captures), the decoded JSON answer."""
@@ -308,8 +301,8 @@ class Prometheus(Daemon):
             result = answer.get("data", {}).get("result", [])
             return result if answer.get("status") == "success" and len(result) >= count else None
 
-        return wait_until(probe, deadline_s=deadline_s, what=f"prometheus series {expr!r}", interval_s=0.1,
-                          alive=self.check_alive)
+        return eventually_sync(self.when_alive(probe), timeout_s=deadline_s, interval_s=0.1,
+                               what=f"prometheus series {expr!r}")
 
 
 @contextlib.contextmanager
@@ -364,9 +357,9 @@ class HAProxy(Daemon):
         if replacing is not None:
             args += ["-sf", str(replacing)]
         process = self.spawn(args)
-        wait_until(lambda: True if self.show("show info").get("Pid") == str(process.pid) else None,
-                   deadline_s=deadline_s, what=f"haproxy pid {process.pid} on {self.stats_socket}",
-                   alive=self.check_alive)
+        eventually_sync(self.when_alive(lambda: self.show("show info").get("Pid") == str(process.pid)),
+                        timeout_s=deadline_s, what=f"haproxy pid {process.pid} on {self.stats_socket}",
+                        detail=self.log_tail)
         return process
 
     def reload(self, *, deadline_s: float = 10.0) -> subprocess.Popen[bytes]:

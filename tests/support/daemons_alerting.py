@@ -2,8 +2,8 @@
 alerting rules and sends to it, and an ASGI app served by uvicorn in a thread — all on free
 loopback ports, with every file in a directory the caller owns.
 
-Built on tests/daemons.py (its `Daemon`, `Prometheus`, `free_port`, `wait_until`): each launcher
-starts its daemon, waits (polling with a deadline) until it answers, and on exit stops every
+Built on tests/support/daemons.py (its `Daemon`, `Prometheus`, `free_port`) and tests/support/wait.py:
+each launcher starts its daemon, waits (polling with a deadline) until it answers, and on exit stops every
 process it started by PID, even when the body failed. Alertmanager runs without clustering
 (`--cluster.listen-address=`), so it binds nothing but its loopback web port.
 
@@ -28,7 +28,8 @@ from typing import Any
 import httpx
 import uvicorn
 
-from tests.support.daemons import Daemon, DaemonError, Prometheus, free_port, wait_until
+from tests.support.daemons import Daemon, DaemonError, Prometheus, free_port
+from tests.support.wait import eventually_sync
 
 ALERTMANAGER = shutil.which("prometheus-alertmanager") or shutil.which("alertmanager") \
     or "/usr/bin/prometheus-alertmanager"
@@ -83,8 +84,8 @@ class Alertmanager(Daemon):
             "--cluster.listen-address=",      # no gossip port on 0.0.0.0
             "--log.level=warn",
         ])
-        wait_until(lambda: _ok(f"{self.url}/-/ready"), deadline_s=deadline_s,
-                   what=f"alertmanager on {self.address}", alive=self.check_alive)
+        eventually_sync(self.when_alive(lambda: _ok(f"{self.url}/-/ready")), timeout_s=deadline_s,
+                        what=f"alertmanager on {self.address}", detail=self.log_tail)
 
     def alerts(self) -> list[dict[str, Any]]:
         """The alerts Alertmanager holds now (API v2)."""
@@ -161,13 +162,14 @@ def serve_app(app: Any, *, deadline_s: float = 10.0, **options: Any) -> Iterator
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, name=f"uvicorn-{port}", daemon=True)
     thread.start()
-    def alive() -> None:
+
+    def started() -> bool:
         if not thread.is_alive():
             raise DaemonError(f"uvicorn on 127.0.0.1:{port} stopped (see the log above)")
+        return server.started
 
     try:
-        wait_until(lambda: True if server.started else None, deadline_s=deadline_s,
-                   what=f"uvicorn on 127.0.0.1:{port}", alive=alive)
+        eventually_sync(started, timeout_s=deadline_s, what=f"uvicorn on 127.0.0.1:{port}")
         yield f"http://127.0.0.1:{port}"
     finally:
         server.should_exit = True

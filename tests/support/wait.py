@@ -29,17 +29,18 @@ T = TypeVar("T")
 Detail = Callable[[], Awaitable[str] | str]
 
 
-# Two signatures so that mypy gives an async check's result type, not its coroutine's.
+# Two signatures so that mypy gives an async check's result type, not its coroutine's. `T | None`: a
+# check may answer None for "not yet", what it returns in the end is not None.
 @overload
 async def eventually(
-    check: Callable[[], Awaitable[T]], *, what: str, timeout_s: float = ..., interval_s: float = ...,
+    check: Callable[[], Awaitable[T | None]], *, what: str, timeout_s: float = ..., interval_s: float = ...,
     retry_on: tuple[type[Exception], ...] = ..., detail: Detail | None = ...,
 ) -> T: ...
 
 
 @overload
 async def eventually(
-    check: Callable[[], T], *, what: str, timeout_s: float = ..., interval_s: float = ...,
+    check: Callable[[], T | None], *, what: str, timeout_s: float = ..., interval_s: float = ...,
     retry_on: tuple[type[Exception], ...] = ..., detail: Detail | None = ...,
 ) -> T: ...
 
@@ -78,7 +79,7 @@ async def eventually(
 
 
 def eventually_sync(
-    check: Callable[[], T],
+    check: Callable[[], T | None],
     *,
     what: str,
     timeout_s: float = 10.0,

@@ -24,8 +24,8 @@ from sqlmodel import select
 from scaler.alerts import AlertsConfig, alarm_state, alerts_router
 from scaler.alerts.store import AlarmSignal
 from scaler.store import Store
-from tests.support.daemons import wait_until
 from tests.support.daemons_alerting import Alertmanager, alertmanager, prometheus_with_rules, serve_app
+from tests.support.wait import eventually_sync
 
 pytestmark = pytest.mark.integration
 
@@ -82,19 +82,19 @@ def test_alarm_fires_once_despite_repeats_and_resolves_once(loop: Loop) -> None:
         state = alarm_state(loop.store, "web", "LBHighLoad", time.time())
         return state if state.firing else None
 
-    state = wait_until(firing, deadline_s=45, interval_s=0.2, what="alarm LBHighLoad firing for pool web")
+    state = eventually_sync(firing, timeout_s=45, interval_s=0.2, what="alarm LBHighLoad firing for pool web")
     assert state.source == "alertmanager/am-it"
 
     # Alertmanager keeps re-sending the firing group (repeat_interval 3s): all duplicates.
-    wait_until(lambda: True if loop.metric("scaler_alert_duplicates_total", receiver="alertmanager") >= 2 else None,
-               deadline_s=30, interval_s=0.2, what="two repeats of the firing alert")
+    eventually_sync(lambda: loop.metric("scaler_alert_duplicates_total", receiver="alertmanager") >= 2,
+                    timeout_s=30, interval_s=0.2, what="two repeats of the firing alert")
     assert [(s.status, s.effect) for s in loop.signals()] == [("firing", "fired")]
     again = alarm_state(loop.store, "web", "LBHighLoad", time.time())
     assert (again.firing, again.since, again.instances) == (True, state.since, 1)
 
     loop.load["web"] = 10.0
-    wait_until(lambda: True if alarm_state(loop.store, "web", "LBHighLoad", time.time()).firing is False else None,
-               deadline_s=45, interval_s=0.2, what="alarm LBHighLoad resolved")
+    eventually_sync(lambda: alarm_state(loop.store, "web", "LBHighLoad", time.time()).firing is False,
+                    timeout_s=45, interval_s=0.2, what="alarm LBHighLoad resolved")
     assert [(s.status, s.effect) for s in loop.signals()] == [("firing", "fired"), ("resolved", "resolved")]
     assert loop.metric("scaler_alert_auth_failures_total", receiver="alertmanager", reason="missing") == 0
     assert loop.metric("scaler_alert_deliveries_total", receiver="alertmanager", result="accepted") == 2
