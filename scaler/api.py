@@ -44,6 +44,12 @@ class ServiceView(Protocol):
 
     def router_health(self) -> dict[str, Any]: ...
 
+    def member_check(self, member_id: str) -> dict[str, Any] | None:
+        """The health checker's last result for a member (None: not checked by this process yet)."""
+
+    def health_panic(self, pool: str) -> str | None:
+        """Why the pool's health checks are in panic (every route kept), None when they are not."""
+
     def reload_policies(self, trigger: str) -> Any: ...
 
 
@@ -57,6 +63,11 @@ class MemberOut(BaseModel):
     address: str | None
     since: str | None
     error: str | None = None
+    health: str = Field("unknown", description="up, down or unknown (not decided yet: routed)")
+    health_since: str | None = None
+    health_reason: str | None = None
+    check: dict[str, Any] | None = Field(None, description="last check: at, result, detail, latency_ms, "
+                                         "consecutive failures and successes")
 
 
 class DecisionOut(BaseModel):
@@ -98,6 +109,8 @@ class PoolOut(BaseModel):
     operation: OperationOut | None
     last_decision: DecisionOut | None
     launch_breaker: BreakerOut
+    health_panic: str | None = Field(None, description="set while more than the panic threshold of the pool "
+                                     "is down: every route is kept and no replacement starts")
 
 
 class ReloadOut(BaseModel):
@@ -148,12 +161,14 @@ def create_app(service: ServiceView, clock: Callable[[], float] = time.time) -> 
             dry_run=policy.dry_run if policy else False,
             size=sum(1 for m in members if MemberState(m.state) in CAPACITY),
             members=[MemberOut(instance=m.instance, state=m.state, address=m.address, since=iso(m.state_since),
-                               error=m.error) for m in members],
+                               error=m.error, health=m.health, health_since=iso(m.health_since),
+                               health_reason=m.health_reason, check=service.member_check(m.id)) for m in members],
             operation=None if op is None else OperationOut(
                 id=op.id, kind=op.kind, state=op.state, from_size=op.from_size, to_size=op.to_size,
                 reason=op.reason, started=iso(op.created_at), finished=iso(op.finished_at), error=op.error),
             last_decision=decision_out(last[0]) if last else None,
             launch_breaker=breaker_out(breaker_state(service.store, name, clock()), clock()),
+            health_panic=service.health_panic(name),
         )
 
     # Alarm receivers: they only record alarms (durably) and never scale inside a request.
@@ -204,8 +219,14 @@ def create_app(service: ServiceView, clock: Callable[[], float] = time.time) -> 
         now = clock()
         rows = [decision_out(d).model_dump() for d in service.store.decisions(pool, limit)]
         st = breaker_state(service.store, pool, now)
-        head = f"{pool}: {st.summary(now)}\n\n" if st.status != "closed" else ""
-        return PlainTextResponse(head + explain(pool, rows, now))
+        head = f"{pool}: {st.summary(now)}\n" if st.status != "closed" else ""
+        panic = service.health_panic(pool)
+        head += f"{pool}: health {panic}\n" if panic else ""
+        for m in service.store.members(pool):
+            if m.health == "down" and m.state != MemberState.DELETED:
+                head += (f"{pool}: {m.instance} ({m.state}) is down since {iso(m.health_since)}: "
+                         f"{m.health_reason}\n")
+        return PlainTextResponse((head + "\n" if head else "") + explain(pool, rows, now))
 
     @app.post("/v1/pools/{pool}/breaker/reset")
     def breaker_reset(pool: str) -> BreakerOut:

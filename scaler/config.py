@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from ipaddress import IPv4Address
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
 
@@ -74,6 +74,53 @@ class CollectorConfig(Strict):
     target: TargetTemplate = TargetTemplate()
 
 
+class HealthCheckConfig(Strict):
+    """How the scaler checks each routed member (announcing, in service, draining). HAProxy's
+    vocabulary: a check every `interval`, failed after `timeout`; `fall` failures in a row mark the
+    member down (its route goes at once), `rise` successes mark it up again.
+
+    The check is an HTTP GET of `url` (or a TCP connect to its host and port with `type: tcp`),
+    opened from network namespace `netns` when set — a vantage point that sees what the router sees.
+    Both are templates filled like collector targets: `{address}` and the instance's endpoints. By
+    default the orchestrator's `health_url` (HAProxy's monitor-uri on the member's address: the
+    openstack and lab drivers report it) from its `health_netns` (the lab's router namespace; unset
+    elsewhere). A member without a usable URL is not checked, and that is reported. Detection takes at most
+    `interval x fall + timeout` (plus one router batch, ~1 ms on the kernel router).
+    """
+
+    enabled: bool = True
+    type: Literal["http", "tcp"] = "http"
+    url: str = "{health_url}"
+    netns: str | None = "{health_netns}"
+    # Status codes that count as healthy: 2xx and 3xx, as HAProxy's `http-check expect` default.
+    expect_status: tuple[int, int] = (200, 399)
+    interval: Duration = Field(default=0.2, gt=0)
+    timeout: Duration = Field(default=0.2, gt=0)
+    rise: int = Field(default=2, ge=1, le=100)
+    fall: int = Field(default=3, ge=1, le=100)
+    # More than this share of the pool down at once: keep routing them all, start no replacement.
+    panic_threshold: float = Field(default=0.5, ge=0, le=1, allow_inf_nan=False)
+    # A member down this long (announcing or in service) is failed and replaced; one that recovers
+    # earlier is only re-announced.
+    replace_after: Duration = Field(default=10.0, ge=0)
+    # How long a member failed by its health is kept (never routed) before its instance is deleted.
+    keep_failed: Duration = Field(default=0.0, ge=0)
+    # A member that went down `flap_limit` times within `flap_window` is replaced at its next
+    # fall instead of re-announced (0 = never): at most 2 x flap_limit route changes per window.
+    flap_limit: int = Field(default=3, ge=0)
+    flap_window: Duration = Field(default=300.0, gt=0)
+
+    @field_validator("timeout")
+    @classmethod
+    def _timeout_within_interval(cls, timeout: float, info: ValidationInfo) -> float:
+        # A check still running when the next one is due would delay every later result.
+        interval = info.data.get("interval")
+        if interval is not None and timeout > interval:
+            raise ValueError(f"timeout ({timeout:g}s) is longer than interval ({interval:g}s): a check must "
+                             f"finish before the next one starts")
+        return timeout
+
+
 class PoolConfig(Strict):
     """A pool's infrastructure. What makes it grow or shrink lives in the policy files."""
 
@@ -90,6 +137,8 @@ class PoolConfig(Strict):
     # After `failures` launches in a row that never became healthy, stop creating members for
     # `cool_off` (0: until `scaler breaker reset POOL`).
     launch_breaker: LaunchBreakerConfig = LaunchBreakerConfig()
+    # Member health checks: a dead member leaves the VIP at once and is replaced.
+    health: HealthCheckConfig = HealthCheckConfig()
 
     @field_validator("drain_grace")
     @classmethod

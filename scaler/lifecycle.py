@@ -48,6 +48,7 @@ from actuators.errors import ActuatorError, BuildTimeout, InstanceNotFound, Laun
 from actuators.orchestrator import Instance, InstanceSpec, Orchestrator
 from actuators.router import ApplyResult, DesiredRoutes, DrainMode, HopState, NextHop, Router, RouteStatus
 from policies import format_duration
+from policies.health import Health, routable
 from scaler.breaker import (
     BreakerMetrics,
     LaunchBreakerConfig,
@@ -78,12 +79,23 @@ def instance_of(m: Member) -> Instance:
 
 
 def desired_routes(pools: Mapping[str, PoolConfig], members: list[Member]) -> dict[IPv4Address, frozenset[NextHop]]:
-    """The router's desired state: every configured VIP, with the next hops of its routed members."""
+    """The router's desired state: every configured VIP, with the next hops of its routed members.
+
+    A member whose health checks found it down has no route, unless more than the pool's panic
+    threshold is down at once: then every routed member keeps its route (`policies.health`)."""
     out: dict[IPv4Address, set[NextHop]] = {p.vip: set() for p in pools.values()}
+    candidates: dict[str, list[tuple[Member, HopState]]] = {}
     for m in members:
         state = ROUTED.get(MemberState(m.state))
         if state is not None and m.address and m.pool in pools:
-            out[pools[m.pool].vip].add(NextHop(IPv4Address(m.address), state))
+            candidates.setdefault(m.pool, []).append((m, state))
+    for name, routed in candidates.items():
+        check = pools[name].health
+        keep = (routable({m.id: Health(m.health) for m, _ in routed}, check.panic_threshold) if check.enabled
+                else {m.id for m, _ in routed})
+        for m, state in routed:
+            if m.id in keep:
+                out[pools[name].vip].add(NextHop(IPv4Address(m.address or ""), state))
     return {vip: frozenset(hops) for vip, hops in out.items()}
 
 
@@ -103,6 +115,9 @@ class Lifecycle:
 
     def __post_init__(self) -> None:
         self._lock = asyncio.Lock()
+        # Held from reading the members to the router's answer, so routes computed from an older
+        # read never overwrite newer ones (a pass and a health withdrawal may run at once).
+        self._routes_lock = asyncio.Lock()
         self.last_apply: ApplyResult | None = None
         self.breaker_metrics = BreakerMetrics.of(self.metrics.registry)
 
@@ -111,20 +126,27 @@ class Lifecycle:
         async with self._lock:
             await self._pass()
 
+    async def reroute(self) -> None:
+        """Apply the routes the store asks for now, without waiting for a pass that may be busy
+        with a slow orchestrator call: how a health withdrawal reaches the router in milliseconds."""
+        await self._route()
+
+    async def _route(self) -> tuple[list[Member], DesiredRoutes, dict[IPv4Address, RouteStatus] | None]:
+        async with self._routes_lock:
+            members = self.store.members()
+            desired = desired_routes(self.pools, members)
+            return members, desired, await self._apply_routes(desired)
+
     async def _pass(self) -> None:
-        members = self.store.members()
         # A step that changes what must be routed (healthy → announcing, in_service → draining,
         # draining → withdrawn) is followed at once by another round, so a healthy member is in the
         # FIB within the same pass instead of one reconcile interval later. Bounded: at most 3 rounds.
-        desired = desired_routes(self.pools, members)
         for _ in range(3):
-            statuses = await self._apply_routes(desired)
+            members, desired, statuses = await self._route()
             await asyncio.gather(*(self._advance(m, statuses) for m in members))
             members = self.store.members()
-            now_desired = desired_routes(self.pools, members)
-            if now_desired == desired:
+            if desired_routes(self.pools, members) == desired:
                 break
-            desired = now_desired
         self._finish_operations()
         self._export_sizes(members)
         self._export_breakers()
@@ -249,6 +271,8 @@ class Lifecycle:
                 self.metrics.actions.labels(m.pool, "withdraw", "ok").inc()
                 self.store.transition(m.id, MemberState.DELETING, now, detail="next hop gone from the FIB")
         elif state is MemberState.FAILED:
+            if m.replaced_by and now - m.state_since < pool.health.keep_failed:
+                return      # a dead member kept for forensics: never routed, deleted later
             if hops is not None and (not m.address or IPv4Address(m.address) not in hops.addresses()):
                 self.store.transition(m.id, MemberState.DELETING, now, detail="cleaning up a failed member")
         elif state is MemberState.DELETING:

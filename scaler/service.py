@@ -29,7 +29,7 @@ from actuators.orchestrator import Orchestrator
 from actuators.registry import ORCHESTRATORS, ROUTERS
 from actuators.router import Router
 from collectors import Collector
-from policies import PoolPolicy
+from policies import PoolPolicy, effective_bounds
 from scaler.alerts import alarm_states
 from scaler.alerts import prune as prune_alerts
 from scaler.api import create_app
@@ -37,6 +37,7 @@ from scaler.audit import Auditor
 from scaler.config import Registries, ServiceConfig, driver_options, load_config, load_policies, policy_fingerprint
 from scaler.engine import Engine
 from scaler.errors import ConfigError
+from scaler.health import HealthChecker
 from scaler.lifecycle import Lifecycle
 from scaler.metrics import Metrics, RouterHealthMetrics
 from scaler.store import Store
@@ -108,6 +109,8 @@ class Service:
                              alarms=lambda pool, now: alarm_states(store, pool, now))
         self.lifecycle.on_deleted = self.engine.forget
         self.auditor = Auditor(self.lifecycle)
+        self.checker = HealthChecker(store, self.pools, self.metrics.registry, reroute=self.lifecycle.reroute,
+                                     wake=self.wake, max_of=self._max_of, clock=clock)
         self.scheduler = AsyncIOScheduler()
         self.server: _Server | None = None
         self._stopping = asyncio.Event()
@@ -163,6 +166,16 @@ class Service:
         result = ReloadResult(True, trigger, now, changed=changed)
         self.last_reload = result
         return result
+
+    def _max_of(self, pool: str, now: float) -> int | None:
+        policy = self.policies.get(pool)
+        return effective_bounds(policy, now).max if policy is not None else None
+
+    def member_check(self, member_id: str) -> dict[str, Any] | None:
+        return self.checker.view(member_id)
+
+    def health_panic(self, pool: str) -> str | None:
+        return self.checker.panic.get(pool)
 
     def prune(self) -> None:
         self.engine.prune()
@@ -236,6 +249,9 @@ class Service:
                                    args=["policy_watch", self._watch_policies], id="policy_watch",
                                    max_instances=1, coalesce=True)
         self.scheduler.start()
+        # Health checks start after the first pass: members found down before a restart stay
+        # withdrawn (their health is stored) until `rise` checks pass again.
+        self.checker.start()
         self.started_at = self.clock()
         log.info("scaler started: pools %s, store %s", ", ".join(sorted(self.pools)), self.cfg.store_url()
                  if self.cfg.store_url().startswith("sqlite") else "(database URL hidden)")
@@ -266,6 +282,7 @@ class Service:
     async def close(self) -> None:
         if self.scheduler.running:
             self.scheduler.shutdown(wait=False)
+        await self.checker.stop()
         # Let a pass in progress finish its current step: every step is resumable, but finishing is kinder.
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self.lifecycle.reconcile(), 10)

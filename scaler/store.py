@@ -91,9 +91,24 @@ class Member(SQLModel, table=True):
     error: str | None = None
     created_at: float
     state_since: float
+    # Health as the scaler's checks last decided it (policies.health.Health), stored on change only.
+    health: str = "unknown"
+    health_since: float | None = None
+    health_reason: str | None = None
+    replaced_by: str | None = None           # the operation that replaces it after it was found dead
 
     def endpoint_map(self) -> dict[str, str]:
         return dict(json.loads(self.endpoints or "{}"))
+
+    def template_values(self) -> dict[str, str]:
+        """What target templates (`{address}`, `{instance}`, endpoints) are filled with. An endpoint the
+        orchestrator does not report fills in as "", which reads as "not set"."""
+        return _Blank({"address": self.address or "", "instance": self.instance, **self.endpoint_map()})
+
+
+class _Blank(dict[str, str]):
+    def __missing__(self, key: str) -> str:
+        return ""
 
 
 class Operation(SQLModel, table=True):
@@ -296,6 +311,39 @@ class Store:
             s.commit()
 
     # --- operations -------------------------------------------------------------------------------
+
+    def set_health(self, member_id: str, health: str, now: float, reason: str, event: str | None = None) -> None:
+        """Record a member's new health and, in the same transaction, the event that says why."""
+        with self.session() as s:
+            m = s.get(Member, member_id)
+            if m is None:
+                raise StoreError(f"member {member_id} does not exist")
+            m.health, m.health_since, m.health_reason = health, now, reason
+            s.add(m)
+            if event is not None:
+                s.add(EventRow(at=now, pool=m.pool, member=m.instance, kind="health", message=event))
+            s.commit()
+
+    def start_replacement(self, dead: Member, from_size: int, reason: str, now: float) -> Operation:
+        """One transaction: `dead` (announcing or in service, already unrouted) fails, and a
+        scale-out of one member replaces it. Not a policy decision: no cooldown applies."""
+        with self.session() as s:
+            m = s.get(Member, dead.id)
+            if m is None or m.state not in (MemberState.ANNOUNCING, MemberState.IN_SERVICE):
+                raise StoreError(f"member {dead.instance} is not serving; nothing to replace")
+            op = self._begin(s, m.pool, OpKind.SCALE_OUT, from_size - 1, from_size, reason, now, None)
+            frm = m.state
+            m.state, m.state_since, m.error, m.replaced_by = MemberState.FAILED, now, reason, op.id
+            s.add(m)
+            s.add(Step(op_id=m.op_id, member_id=m.id, name=MemberState.FAILED, at=now, detail=reason))
+            s.add(EventRow(at=now, pool=m.pool, member=m.instance, kind="member_state",
+                           message=f"{m.instance}: {frm} → failed ({reason})"))
+            mid = new_id("m")
+            s.add(Member(id=mid, pool=m.pool, instance=f"{m.pool}-{op.id.removeprefix('op-')}-0", op_id=op.id,
+                         state=MemberState.CREATING, created_at=now, state_since=now))
+            s.add(Step(op_id=op.id, member_id=mid, name=MemberState.CREATING, at=now))
+            s.commit()
+            return op
 
     def start_scale_out(self, pool: str, count: int, from_size: int, reason: str, now: float,
                         decision: DecisionRow | None = None) -> Operation:

@@ -51,6 +51,9 @@ DEFAULT_LAB_ROOT = Path("/run/scaler-lab")
 
 # ---- naming: one place that knows how lab objects are called ------------------------------------
 
+HEALTH_PORT = 8405       # HAProxy's monitor-uri frontend, the same port as deploy/cloud-init's members
+
+
 def router_ns(lab: str) -> str:
     return f"{lab}-router"
 
@@ -265,6 +268,11 @@ frontend vip
 backend app
     server app 127.0.0.1:{cfg.backend_port}
 
+# What the scaler's health checks GET, at the member's address (as deploy/cloud-init's member does).
+frontend health
+    bind {instance_address(meta.idx)}:{HEALTH_PORT}
+    monitor-uri /healthz
+
 frontend metrics
     bind unix@{paths.metrics_sock} mode 666
     bind {instance_address(meta.idx)}:{cfg.metrics_port}
@@ -355,7 +363,11 @@ class LabOrchestrator:
     def _instance(self, meta: InstanceMeta, status: str) -> Instance:
         p = self.paths(meta.name)
         endpoints = {"metrics_url": "http://localhost/metrics", "metrics_uds": str(p.metrics_sock),
-                     "runtime_api": str(p.admin_sock)}
+                     "runtime_api": str(p.admin_sock),
+                     # Health checks go to the member's address from the router's namespace: they
+                     # see what the router sees (a dead link, a frozen or dropped instance).
+                     "health_url": f"http://{instance_address(meta.idx)}:{HEALTH_PORT}/healthz",
+                     "health_netns": router_ns(self.cfg.lab)}
         if self.cfg.snmpd:
             # The snmp collector opens its socket inside the instance's namespace (Target.netns).
             endpoints["netns"] = self.netns_of(meta.name)

@@ -44,6 +44,12 @@ class View:
     def router_health(self) -> dict[str, Any]:
         return BGP_HEALTH
 
+    def member_check(self, member_id: str) -> dict[str, Any] | None:
+        return None
+
+    def health_panic(self, pool: str) -> str | None:
+        return None
+
     def reload_policies(self, trigger: str) -> Any:
         raise AssertionError("not called by these tests")
 
