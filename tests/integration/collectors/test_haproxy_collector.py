@@ -22,6 +22,8 @@ import pytest
 
 from collectors import CollectorError, Sample, Target
 from collectors.haproxy import HAProxyCollector, HAProxyCollectorConfig
+from tests.support.clock import ManualClock
+from tests.support.wait import eventually, eventually_sync
 
 HAPROXY = shutil.which("haproxy") or "/usr/sbin/haproxy"
 
@@ -116,15 +118,15 @@ backend slow
         return None
 
     def wait_ready(self, *, not_start_time: float | None = None, deadline_s: float = 10.0) -> float:
-        end = time.monotonic() + deadline_s
-        while time.monotonic() < end:
+        def ready() -> float | None:
             if self.processes[-1].poll() is not None:
                 raise RuntimeError(f"haproxy exited: {self.log.read_text()}")
             started = self.start_time()
             if started is not None and started != not_start_time and self.metrics_socket.exists():
                 return started
-            time.sleep(0.05)
-        raise RuntimeError(f"haproxy not ready in {deadline_s}s: {self.log.read_text()}")
+            return None
+
+        return eventually_sync(ready, timeout_s=deadline_s, what="haproxy ready", detail=self.log.read_text)
 
     def stop_all(self) -> None:
         for process in self.processes:
@@ -154,17 +156,7 @@ def lab(tmp_path: Path) -> Iterator[HAProxyLab]:
             shutil.rmtree(short_dir, ignore_errors=True)
 
 
-class Clock:
-    """Real wall clock for stamps; a monotonic clock the test advances, so rates are exact."""
-
-    def __init__(self) -> None:
-        self.mono = 1000.0
-
-    def monotonic(self) -> float:
-        return self.mono
-
-
-def collector_for(clock: Clock, **config: object) -> HAProxyCollector:
+def collector_for(clock: ManualClock, **config: object) -> HAProxyCollector:
     return HAProxyCollector(HAProxyCollectorConfig.model_validate(config), monotonic=clock.monotonic)
 
 
@@ -180,19 +172,20 @@ async def send_requests(port: int, count: int, *, keep_alive: bool) -> None:
             assert response.status_code == 200 and response.text == "ok"
 
 
-async def wait_for(collector: HAProxyCollector, target: Target, metric: str, value: float) -> dict[str, float]:
+async def collect_until(collector: HAProxyCollector, target: Target, metric: str, value: float) -> dict[str, float]:
     """Collect until `metric` reads `value` (HAProxy accepts and closes asynchronously)."""
     got: dict[str, float] = {}
-    for _ in range(60):
+
+    async def reads() -> dict[str, float] | None:
+        nonlocal got
         got = values(await collector.collect(target))
-        if got.get(metric) == value:
-            return got
-        await asyncio.sleep(0.05)
-    raise AssertionError(f"{metric} never read {value}; last {got}")
+        return got if got.get(metric) == value else None
+
+    return await eventually(reads, timeout_s=5.0, what=f"{metric} reading {value:g}", detail=lambda: f"last {got}")
 
 
 async def test_sessions_and_rates_follow_real_traffic(lab: HAProxyLab) -> None:
-    clock = Clock()
+    clock = ManualClock()
     collector = collector_for(clock, frontend="web")
     try:
         for target in (lab.uds_target, lab.tcp_target):
@@ -203,14 +196,14 @@ async def test_sessions_and_rates_follow_real_traffic(lab: HAProxyLab) -> None:
 
         # 20 requests on 20 connections: 20 sessions, 20 requests.
         await send_requests(lab.web_port, 20, keep_alive=False)
-        clock.mono += 10.0
+        clock.advance(10.0)
         got = values(await collector.collect(lab.uds_target))
         assert got["session_rate"] == pytest.approx(2.0)
         assert got["request_rate"] == pytest.approx(2.0)
 
         # 30 requests on one kept-alive connection: 1 session, 30 requests.
         await send_requests(lab.web_port, 30, keep_alive=True)
-        clock.mono += 10.0
+        clock.advance(10.0)
         got = values(await collector.collect(lab.uds_target))
         assert got["session_rate"] == pytest.approx(0.1)
         assert got["request_rate"] == pytest.approx(3.0)
@@ -222,23 +215,23 @@ async def test_sessions_and_rates_follow_real_traffic(lab: HAProxyLab) -> None:
         # Three open, idle client connections are three current sessions on the frontend.
         held = [socket.create_connection(("127.0.0.1", lab.web_port)) for _ in range(3)]
         try:
-            got = await wait_for(collector, lab.uds_target, "current_sessions", 3)
+            got = await collect_until(collector, lab.uds_target, "current_sessions", 3)
             assert got["current_connections"] >= 4
         finally:
             for sock in held:
                 sock.close()
-        await wait_for(collector, lab.uds_target, "current_sessions", 0)
+        await collect_until(collector, lab.uds_target, "current_sessions", 0)
     finally:
         await collector.close()
 
 
 async def test_real_backend_queue(lab: HAProxyLab) -> None:
-    collector = collector_for(Clock())
+    collector = collector_for(ManualClock())
     async with httpx.AsyncClient(trust_env=False, timeout=20) as client:
         # One request holds the slow server's only slot, the next two wait in the backend queue.
         pending = [asyncio.create_task(client.get(f"http://127.0.0.1:{lab.app_port}/")) for _ in range(3)]
         try:
-            got = await wait_for(collector, lab.uds_target, "queue", 2)
+            got = await collect_until(collector, lab.uds_target, "queue", 2)
             assert got["current_sessions"] >= 3  # all frontends: app's three, plus the scrape
         finally:
             for task in pending:
@@ -248,12 +241,12 @@ async def test_real_backend_queue(lab: HAProxyLab) -> None:
 
 
 async def test_reload_resets_counters_without_negative_or_huge_rates(lab: HAProxyLab) -> None:
-    clock = Clock()
+    clock = ManualClock()
     collector = collector_for(clock, frontend="web")
     try:
         await collector.collect(lab.uds_target)
         await send_requests(lab.web_port, 40, keep_alive=False)
-        clock.mono += 5.0
+        clock.advance(5.0)
         before = values(await collector.collect(lab.uds_target))
         assert before["session_rate"] == pytest.approx(8.0)
 
@@ -269,7 +262,7 @@ async def test_reload_resets_counters_without_negative_or_huge_rates(lab: HAProx
 
         # Counters are back near 0 (40 -> a handful): no rate for that interval, never a negative one.
         await send_requests(lab.web_port, 3, keep_alive=False)
-        clock.mono += 5.0
+        clock.advance(5.0)
         after = values(await collector.collect(lab.uds_target))
         assert "session_rate" not in after and "request_rate" not in after
         # Gauges are still read after a reload (its value may include a closing connection: racy).
@@ -277,7 +270,7 @@ async def test_reload_resets_counters_without_negative_or_huge_rates(lab: HAProx
 
         # Re-baselined on the new process: the next interval is exact again.
         await send_requests(lab.web_port, 10, keep_alive=False)
-        clock.mono += 5.0
+        clock.advance(5.0)
         again = values(await collector.collect(lab.uds_target))
         assert again["session_rate"] == pytest.approx(2.0)
         assert again["request_rate"] == pytest.approx(2.0)
@@ -286,7 +279,7 @@ async def test_reload_resets_counters_without_negative_or_huge_rates(lab: HAProx
 
 
 async def test_dead_haproxy_is_a_connect_error_within_the_timeout(lab: HAProxyLab) -> None:
-    collector = collector_for(Clock(), timeout_s=1.0)
+    collector = collector_for(ManualClock(), timeout_s=1.0)
     try:
         await collector.collect(lab.uds_target)
         for process in lab.processes:

@@ -18,7 +18,9 @@ import pytest
 from collectors import CollectorError, Sample, Target
 from collectors.haproxy import HAProxyCollector, HAProxyCollectorConfig
 from collectors.haproxy_stats import HAProxyStatsCollector, HAProxyStatsConfig
+from tests.support.clock import ManualClock
 from tests.support.daemons import HAPROXY, HAProxy, free_port, haproxy
+from tests.support.wait import eventually
 
 pytestmark = [
     pytest.mark.integration,
@@ -88,17 +90,7 @@ def lab(tmp_path: Path) -> Iterator[Lab]:
         lab.slow_server.close()
 
 
-class Clock:
-    """A monotonic clock the test advances, so rates are exact."""
-
-    def __init__(self) -> None:
-        self.mono = 1000.0
-
-    def monotonic(self) -> float:
-        return self.mono
-
-
-def stats_collector(clock: Clock, **config: object) -> HAProxyStatsCollector:
+def stats_collector(clock: ManualClock, **config: object) -> HAProxyStatsCollector:
     return HAProxyStatsCollector(HAProxyStatsConfig.model_validate(config), monotonic=clock.monotonic)
 
 
@@ -114,22 +106,22 @@ async def send_requests(port: int, count: int, *, keep_alive: bool) -> None:
             assert response.status_code == 200 and response.text == "ok"
 
 
-async def wait_for(
-    collector: HAProxyStatsCollector, target: Target, metric: str, value: float, deadline_s: float = 5.0
+async def collect_until(
+    collector: HAProxyStatsCollector, target: Target, metric: str, value: float
 ) -> dict[str, float]:
     """Collect until `metric` reads `value` (HAProxy accepts and closes asynchronously)."""
     got: dict[str, float] = {}
-    end = time.monotonic() + deadline_s
-    while time.monotonic() < end:
+
+    async def reads() -> dict[str, float] | None:
+        nonlocal got
         got = values(await collector.collect(target))
-        if got.get(metric) == value:
-            return got
-        await asyncio.sleep(0.05)
-    raise AssertionError(f"{metric} never read {value}; last {got}")
+        return got if got.get(metric) == value else None
+
+    return await eventually(reads, timeout_s=5.0, what=f"{metric} reading {value:g}", detail=lambda: f"last {got}")
 
 
 async def test_sessions_and_rates_follow_real_traffic(lab: Lab) -> None:
-    clock = Clock()
+    clock = ManualClock()
     collector = stats_collector(clock, frontend="web")
     for target in (lab.uds_target, lab.tcp_target):
         first = values(await collector.collect(target))
@@ -139,13 +131,13 @@ async def test_sessions_and_rates_follow_real_traffic(lab: Lab) -> None:
 
     # 20 requests on 20 connections: 20 sessions, 20 requests.
     await send_requests(lab.web_port, 20, keep_alive=False)
-    clock.mono += 10.0
+    clock.advance(10.0)
     got = values(await collector.collect(lab.uds_target))
     assert (got["session_rate"], got["request_rate"]) == (pytest.approx(2.0), pytest.approx(2.0))
 
     # 30 requests on one kept-alive connection: 1 session, 30 requests.
     await send_requests(lab.web_port, 30, keep_alive=True)
-    clock.mono += 10.0
+    clock.advance(10.0)
     got = values(await collector.collect(lab.uds_target))
     assert (got["session_rate"], got["request_rate"]) == (pytest.approx(0.1), pytest.approx(3.0))
     # The TCP stats socket is another member as far as rates go: deltas since its own first read.
@@ -155,21 +147,21 @@ async def test_sessions_and_rates_follow_real_traffic(lab: Lab) -> None:
     # Three open, idle client connections are three current sessions (the stats socket is no session).
     held = [socket.create_connection(("127.0.0.1", lab.web_port)) for _ in range(3)]
     try:
-        got = await wait_for(collector, lab.uds_target, "current_sessions", 3)
+        got = await collect_until(collector, lab.uds_target, "current_sessions", 3)
         assert got["current_connections"] >= 3
     finally:
         for sock in held:
             sock.close()
-    await wait_for(collector, lab.uds_target, "current_sessions", 0)
+    await collect_until(collector, lab.uds_target, "current_sessions", 0)
 
 
 async def test_real_backend_queue(lab: Lab) -> None:
-    collector = stats_collector(Clock())
+    collector = stats_collector(ManualClock())
     async with httpx.AsyncClient(trust_env=False, timeout=20) as client:
         # One request holds the slow server's only slot, the next two wait in the backend queue.
         pending = [asyncio.create_task(client.get(f"http://127.0.0.1:{lab.app_port}/")) for _ in range(3)]
         try:
-            got = await wait_for(collector, lab.uds_target, "queue", 2)
+            got = await collect_until(collector, lab.uds_target, "queue", 2)
             assert got["current_sessions"] >= 3
         finally:
             for task in pending:
@@ -178,11 +170,11 @@ async def test_real_backend_queue(lab: Lab) -> None:
 
 
 async def test_reload_resets_counters_without_negative_or_huge_rates(lab: Lab) -> None:
-    clock = Clock()
+    clock = ManualClock()
     collector = stats_collector(clock, frontend="web")
     await collector.collect(lab.uds_target)
     await send_requests(lab.web_port, 40, keep_alive=False)
-    clock.mono += 5.0
+    clock.advance(5.0)
     before = values(await collector.collect(lab.uds_target))
     assert before["session_rate"] == pytest.approx(8.0)
 
@@ -193,19 +185,19 @@ async def test_reload_resets_counters_without_negative_or_huge_rates(lab: Lab) -
     assert lab.hx.pid != old_pid
 
     await send_requests(lab.web_port, 3, keep_alive=False)
-    clock.mono += 5.0
+    clock.advance(5.0)
     after = values(await collector.collect(lab.uds_target))
     assert "session_rate" not in after and "request_rate" not in after
     assert "current_sessions" in after and "queue" in after  # gauges are still read
 
     await send_requests(lab.web_port, 10, keep_alive=False)
-    clock.mono += 5.0
+    clock.advance(5.0)
     again = values(await collector.collect(lab.uds_target))
     assert (again["session_rate"], again["request_rate"]) == (pytest.approx(2.0), pytest.approx(2.0))
 
 
 async def test_dead_haproxy_is_a_connect_error_within_the_timeout(lab: Lab) -> None:
-    collector = stats_collector(Clock(), timeout_s=1.0)
+    collector = stats_collector(ManualClock(), timeout_s=1.0)
     await collector.collect(lab.uds_target)
     lab.hx.kill()
     for target in (lab.uds_target, lab.tcp_target):
@@ -217,18 +209,18 @@ async def test_dead_haproxy_is_a_connect_error_within_the_timeout(lab: Lab) -> N
 
 
 async def test_agrees_with_the_exporter_collector(lab: Lab) -> None:
-    clock = Clock()
+    clock = ManualClock()
     stats = stats_collector(clock, frontend="web")
     exporter = HAProxyCollector(HAProxyCollectorConfig(frontend="web"), monotonic=clock.monotonic)
     exporter_target = Target(key="lb1", url=f"http://127.0.0.1:{lab.metrics_port}/metrics")
     try:
         held = [socket.create_connection(("127.0.0.1", lab.web_port)) for _ in range(2)]
         try:
-            await wait_for(stats, lab.uds_target, "current_sessions", 2)
+            await collect_until(stats, lab.uds_target, "current_sessions", 2)
             await stats.collect(lab.uds_target)
             await exporter.collect(exporter_target)
             await send_requests(lab.web_port, 15, keep_alive=False)
-            clock.mono += 5.0
+            clock.advance(5.0)
             from_stats = values(await stats.collect(lab.uds_target))
             from_exporter = values(await exporter.collect(exporter_target))
         finally:
