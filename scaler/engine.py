@@ -130,7 +130,9 @@ class Engine:
     # --- collection -------------------------------------------------------------------------------
 
     async def collect(self) -> None:
-        members = [m for m in self.store.members() if m.state == MemberState.IN_SERVICE]
+        # A member its health checks found down serves nobody (its route is gone): its metrics say
+        # nothing about the load, and its failed reads must not block scale-in as missing data.
+        members = [m for m in self.store.members() if m.state == MemberState.IN_SERVICE and m.health != "down"]
         await asyncio.gather(*(self._collect_pool(name, [m for m in members if m.pool == name])
                                for name in self.policies))
 
@@ -292,9 +294,10 @@ class Engine:
 
     @staticmethod
     def victims(members: list[Member], count: int) -> list[Member]:
-        """Newest in-service members first: the oldest ones hold the longest-lived connections."""
+        """Members found down by their health checks first (they serve nobody), then the newest in
+        service: the oldest ones hold the longest-lived connections."""
         serving = [m for m in members if m.state == MemberState.IN_SERVICE]
-        return sorted(serving, key=lambda m: (m.created_at, m.id), reverse=True)[:count]
+        return sorted(serving, key=lambda m: (m.health == "down", m.created_at, m.id), reverse=True)[:count]
 
     def prune(self) -> None:
         for pool in self.policies:

@@ -124,7 +124,9 @@ async def test_list_probe_delete_of_instances_whose_namespace_is_gone(tmp_path: 
     assert [(i.name, i.status, i.address) for i in listed] == [("a", "error", IPv4Address("198.18.4.2"))]
     assert listed[0].endpoints == {"metrics_url": "http://localhost/metrics",
                                    "metrics_uds": f"{tmp_path}/instances/a/metrics.sock",
-                                   "runtime_api": f"{tmp_path}/instances/a/admin.sock"}
+                                   "runtime_api": f"{tmp_path}/instances/a/admin.sock",
+                                   "health_url": "http://198.18.4.2:8405/healthz",
+                                   "health_netns": f"{orch.cfg.lab}-router"}
     assert await orch.probe(listed[0]) is False
     assert await orch.probe(Instance(name="nope", pool="web", address=None, status="active")) is False
 

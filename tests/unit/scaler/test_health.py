@@ -15,8 +15,11 @@ from prometheus_client import CollectorRegistry
 
 from actuators.drainer import NoDrainer
 from actuators.fake import FakeOrchestrator, FakeOrchestratorConfig, FakeRouter
+from collectors import Sample, Target
+from policies import PolicyFile
 from policies.health import Result
-from scaler.config import PoolConfig
+from scaler.config import CollectorConfig, PoolConfig
+from scaler.engine import Engine
 from scaler.health import CheckTarget, HealthChecker, Outcome, SocketProber, resolve
 from scaler.lifecycle import Lifecycle, desired_routes
 from scaler.metrics import Metrics
@@ -306,3 +309,40 @@ async def test_a_namespace_that_does_not_exist_is_a_checker_error() -> None:
     t = CheckTarget("m", "http", "127.0.0.1", 9, "/", "scaler-test-no-such-namespace", 0.2, (200, 399))
     [out] = await SocketProber().check_all([t])
     assert out.result is Result.ERROR and "scaler-test-no-such-namespace" in out.detail
+
+
+# --- what the engine does with health -----------------------------------------------------------------
+
+
+class CountingCollector:
+    name = "counting"
+
+    def __init__(self) -> None:
+        self.read: list[str] = []
+
+    async def collect(self, target: Target) -> list[Sample]:
+        self.read.append(target.key)
+        return [Sample("current_sessions", 5.0, 0.0)]
+
+    def forget(self, key: str) -> None:
+        return None
+
+    async def close(self) -> None:
+        return None
+
+
+async def test_down_members_are_not_read_and_are_scaled_in_first(store: Store, clock: ManualClock) -> None:
+    bed = Bed(store, clock)
+    a, b, c = await bed.serve(3)
+    store.set_health(b.id, "down", clock(), "by hand")
+    policy = PolicyFile.model_validate({"pools": {"web": {
+        "min": 1, "max": 5, "inputs": {"s": {"source": "counting", "metric": "current_sessions"}},
+        "rules": [{"name": "idle", "input": "s", "below": 10, "adjust": -1}]}}}).pools["web"]
+    counting = CountingCollector()
+    engine = Engine(store, {"counting": counting}, {"counting": CollectorConfig(driver="haproxy")},
+                    {"web": bed.pool}, {"web": policy}, bed.metrics, clock)
+    await engine.collect()
+    assert sorted(counting.read) == sorted([a.id, c.id])
+    members = store.members("web")
+    assert [m.id for m in Engine.victims(members, 1)] == [b.id]          # down first, though not the newest
+    assert [m.id for m in Engine.victims(members, 2)] == [b.id, c.id]    # then the newest
