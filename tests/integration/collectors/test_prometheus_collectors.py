@@ -9,10 +9,10 @@ import asyncio
 import math
 import os
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import httpx
 import pytest
@@ -35,6 +35,7 @@ from tests.support.daemons import (
     node_exporter,
     prometheus,
 )
+from tests.support.wait import eventually
 
 pytestmark = [
     pytest.mark.integration,
@@ -44,7 +45,6 @@ pytestmark = [
     ),
 ]
 
-T = TypeVar("T")
 
 
 @dataclass
@@ -111,18 +111,6 @@ def values(samples: list[Sample]) -> dict[str, float]:
     return {s.metric: s.value for s in samples}
 
 
-async def eventually(probe: Callable[[], Awaitable[T]], *, deadline_s: float = 20.0, what: str) -> T:
-    """Await `probe` until it stops raising CollectorError (Prometheus has not scraped enough yet)."""
-    end = time.monotonic() + deadline_s
-    while True:
-        try:
-            return await probe()
-        except CollectorError as exc:
-            if time.monotonic() > end:
-                raise AssertionError(f"{what}: still {exc.reason} after {deadline_s:g}s: {exc}") from exc
-        await asyncio.sleep(0.2)
-
-
 # -- prometheus_query ---------------------------------------------------------------------------------
 
 
@@ -136,13 +124,14 @@ async def test_query_gives_each_member_its_value_with_one_query_per_round(stack:
     )
     try:
         members = [stack.member(0), stack.member(1)]
-        async def both_metrics() -> None:
+        async def both_metrics() -> bool:
             for got in await asyncio.gather(*(collector.collect(m) for m in members)):
                 if "cpu_busy" not in values(got):
                     raise CollectorError("cpu_busy not there yet", reason="warming")
+            return True
 
         # A rate over 5 s needs two scrapes of each node_exporter.
-        await eventually(both_metrics, what="cpu rate")
+        await eventually(both_metrics, timeout_s=20, interval_s=0.2, retry_on=(CollectorError,), what="cpu rate")
         sent = collector.queries_sent
         round_ = await asyncio.gather(*(collector.collect(m) for m in members * 25))  # 50 members' worth
         assert collector.queries_sent - sent <= 2 * 2  # one per metric (a second round if the TTL ran out)
@@ -162,7 +151,8 @@ async def test_query_of_haproxy_exporter_through_prometheus(stack: Stack) -> Non
         stack.prom.url, metrics={"connections": {"query": "haproxy_process_current_connections"}}
     )
     try:
-        got = values(await eventually(lambda: collector.collect(stack.haproxy_member), what="haproxy series"))
+        got = values(await eventually(lambda: collector.collect(stack.haproxy_member), timeout_s=20, interval_s=0.2,
+                                      retry_on=(CollectorError,), what="haproxy series"))
         assert got["connections"] >= 0
     finally:
         await collector.close()
@@ -192,7 +182,8 @@ async def test_no_data_and_errors_are_never_zero(stack: Stack, query: str, targe
 async def test_stale_result_by_the_collectors_clock(stack: Stack) -> None:
     # Prometheus stamps an instant query with its evaluation time; a clock 2 min ahead makes it old.
     collector = PrometheusQueryCollector(
-        PrometheusQueryConfig(url=stack.prom.url, metrics={"x": {"query": 'up{job="node"}'}}, max_age_s=60),
+        PrometheusQueryConfig.model_validate(
+            {"url": stack.prom.url, "metrics": {"x": {"query": 'up{job="node"}'}}, "max_age_s": 60}),
         clock=lambda: time.time() + 120,
     )
     try:
@@ -226,6 +217,7 @@ async def test_basic_auth_and_a_stopped_server(tmp_path: Path, monkeypatch: pyte
         anonymous = query_collector(prom.url, metrics={"up": {"query": "up"}})
         try:
             assert values(await good.collect(member)) == {"up": 1.0}
+            info: pytest.ExceptionInfo[CollectorError]      # an auth error below, then a connect error
             for collector in (wrong, anonymous):
                 with pytest.raises(CollectorAuthError) as info:
                     await collector.collect(member)

@@ -12,7 +12,7 @@ import secrets
 import shutil
 import socket
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +25,7 @@ from collectors.snmp.ber import GET, encode_oid
 from collectors.snmp.client import Agent, Request, SnmpClient, V3Security
 from collectors.snmp.collector import MEMORY, SnmpCollector, SnmpCollectorConfig
 from collectors.snmp.usm import UsmUser, auth_protocol, priv_protocol
+from tests.support.wait import eventually
 
 SNMPD = shutil.which("snmpd") or "/usr/sbin/snmpd"
 
@@ -139,19 +140,6 @@ def meminfo_used_percent() -> float:
     return 100.0 * (fields["MemTotal"] - fields["MemAvailable"]) / fields["MemTotal"]
 
 
-async def poll_until(collect: Callable[[], Awaitable[list[Sample]]], metric: str, *,
-                     deadline_s: float = 25.0) -> dict[str, float]:
-    """Collect every 0.5 s until `metric` is there (snmpd samples its CPU every 5 s)."""
-    end = time.monotonic() + deadline_s
-    got: dict[str, float] = {}
-    while time.monotonic() < end:
-        got = by_name(await collect())
-        if metric in got:
-            return got
-        await asyncio.sleep(0.5)
-    raise AssertionError(f"{metric} never appeared within {deadline_s}s; last {got}")
-
-
 async def stock_pysnmp_get(port: int, oids: list[str], *, v3: bool) -> list[int]:
     """The same OIDs read by stock pysnmp (the reference implementation)."""
     from pysnmp.hlapi.v3arch.asyncio import (
@@ -202,7 +190,12 @@ async def test_v2c_presets_and_generic_oids(lab: Lab) -> None:
     assert [first["boots"], first["mem_total"]] == await stock_pysnmp_get(
         lab.port, [SNMP_ENGINE_BOOTS, MEMORY["total"]], v3=False)
 
-    got = await poll_until(lambda: collector.collect(lab.target), "cpu_percent")
+    async def with_cpu() -> dict[str, float] | None:
+        got = by_name(await collector.collect(lab.target))
+        return got if "cpu_percent" in got else None
+
+    # snmpd samples its CPU every 5 s: collect every 0.5 s until it has.
+    got = await eventually(with_cpu, timeout_s=25, interval_s=0.5, what="cpu_percent from snmpd")
     assert 0.0 <= got["cpu_percent"] <= 100.0
     assert got["udp_in"] > 0                             # our own GETs reach the agent's UDP stack
     assert got["rx_bytes_per_s{interface=lo}"] >= 0 and got["rx_bytes_per_s"] >= got["rx_bytes_per_s{interface=lo}"]
