@@ -9,8 +9,7 @@ from __future__ import annotations
 import asyncio
 import subprocess
 import sys
-import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,6 +20,7 @@ from fastapi.responses import PlainTextResponse
 
 from scaler.lab.demo import ServiceProcess, free_port
 from tests.support.daemons_alerting import alertmanager, prometheus_with_rules, serve_app
+from tests.support.wait import eventually
 
 pytestmark = pytest.mark.integration
 
@@ -90,7 +90,8 @@ async def setup(tmp_path: Path, metric_server: str) -> AsyncIterator[Setup]:
     await svc.start()
     try:
         # The pool starts empty (min 0, no alarm yet): the only scale-out can come from the alarm.
-        await until(svc, "a first evaluation", lambda: svc.get("/v1/pools/web/decisions?limit=1"))
+        await eventually(lambda: svc.get("/v1/pools/web/decisions?limit=1"), timeout_s=60, interval_s=0.2,
+                         what="a first evaluation", detail=lambda: state_of(svc))
         with alertmanager(tmp_path / "am", webhook_url=f"{svc.base}/v1/alerts/alertmanager",
                           bearer_file=tmp_path / "token", group_wait="1s", group_interval="2s",
                           repeat_interval="3s") as am, \
@@ -106,16 +107,11 @@ async def _size(svc: ServiceProcess, n: int) -> bool:
     return bool(pool["size"] == n and pool["operation"] is None)
 
 
-async def until(svc: ServiceProcess, what: str, check: Callable[[], Any], timeout_s: float = 60) -> Any:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        got = await check()
-        if got:
-            return got
-        await asyncio.sleep(0.2)
+async def state_of(svc: ServiceProcess) -> str:
+    """What a wait that timed out shows: the pool's alarms, its last decision, the service's log."""
     alarms = await svc.get("/v1/pools/web/alarms")
-    last = (await svc.get("/v1/pools/web/decisions?limit=1"))[0]
-    raise AssertionError(f"timed out waiting for {what}\nalarms: {alarms}\nlast decision: {last}\n{svc.tail(40)}")
+    last = (await svc.get("/v1/pools/web/decisions?limit=1")) or [None]
+    return f"alarms: {alarms}\nlast decision: {last[0]}\n{svc.tail(40)}"
 
 
 async def duplicates(svc: ServiceProcess) -> float:
@@ -131,9 +127,11 @@ async def duplicates(svc: ServiceProcess) -> float:
 
 async def test_an_alert_scales_the_pool_out_once_through_its_policy(setup: Setup) -> None:
     svc = setup.service
-    await until(svc, "the alarm's scale-out to 1", lambda: _size(svc, 1))
+    await eventually(lambda: _size(svc, 1), timeout_s=60, interval_s=0.2, what="the alarm's scale-out to 1",
+                     detail=lambda: state_of(svc))
     # Alertmanager re-sends the firing group every 3 s: wait for two repeats, then some evaluations.
-    await until(svc, "two repeated deliveries", lambda: _at_least(duplicates(svc), 2))
+    await eventually(lambda: _at_least(duplicates(svc), 2), timeout_s=60, interval_s=0.2,
+                     what="two repeated deliveries", detail=lambda: state_of(svc))
     await asyncio.sleep(1.5)
 
     decisions = await svc.get("/v1/pools/web/decisions?limit=1000")
