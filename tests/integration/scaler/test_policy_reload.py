@@ -10,8 +10,7 @@ import os
 import signal
 import subprocess
 import sys
-import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +18,7 @@ import httpx
 import pytest
 
 from scaler.lab.demo import ServiceProcess, free_port
+from tests.support.wait import eventually
 
 pytestmark = pytest.mark.integration
 
@@ -67,16 +67,6 @@ async def service(tmp_path: Path) -> AsyncIterator[ServiceProcess]:
         assert await svc.stop() == 0, svc.tail()
 
 
-async def until(svc: ServiceProcess, what: str, check: Callable[[], Any], timeout_s: float = 15) -> Any:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        got = await check()
-        if got:
-            return got
-        await asyncio.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}\n{svc.tail(40)}")
-
-
 async def test_valid_edit_applies_broken_edit_is_rejected_and_old_policy_keeps_deciding(
         service: ServiceProcess, tmp_path: Path) -> None:
     policy = tmp_path / "policies" / "web.yaml"
@@ -85,11 +75,13 @@ async def test_valid_edit_applies_broken_edit_is_rejected_and_old_policy_keeps_d
         pool = await service.get("/v1/pools/web")
         return bool(pool["size"] == n and pool["operation"] is None)
 
-    await until(service, "size 1", lambda: size(1))
+    await eventually(lambda: size(1), timeout_s=15, interval_s=0.1,
+                     what="size 1", detail=lambda: service.tail(40))
 
     # A valid edit, picked up by the file watch, takes effect at the next evaluation.
     policy.write_text(POLICY.replace("min: 1", "min: 2"))
-    await until(service, "size 2 after min: 2", lambda: size(2))
+    await eventually(lambda: size(2), timeout_s=15, interval_s=0.1,
+                     what="size 2 after min: 2", detail=lambda: service.tail(40))
     pols = await service.get("/v1/policies")
     assert pols["valid"] is True and pols["pools"]["web"]["min"] == 2
     assert pols["last_reload"]["trigger"] == "file" and pols["last_reload"]["changed"] == ["web"]
@@ -101,7 +93,8 @@ async def test_valid_edit_applies_broken_edit_is_rejected_and_old_policy_keeps_d
         p = await service.get("/v1/policies")
         return p if not p["valid"] else None
 
-    pols = await until(service, "the broken edit to be rejected", rejected)
+    pols = await eventually(rejected, timeout_s=15, interval_s=0.1,
+                            what="the broken edit to be rejected", detail=lambda: service.tail(40))
     problem = pols["last_reload"]["problems"][0]
     assert problem.startswith(f"{policy}:3:5: pools.web.min: Input should be a valid integer"), problem
     assert pols["pools"]["web"]["min"] == 2 and pols["pools"]["web"]["max"] == 3
@@ -131,9 +124,11 @@ async def test_valid_edit_applies_broken_edit_is_rejected_and_old_policy_keeps_d
     os.utime(policy, ns=(stat.st_atime_ns, stat.st_mtime_ns))
     assert service.proc is not None
     service.proc.send_signal(signal.SIGHUP)
-    pols = await until(service, "SIGHUP reload", lambda: _reloaded_by(service, "SIGHUP"))
+    pols = await eventually(lambda: _reloaded_by(service, "SIGHUP"), timeout_s=15, interval_s=0.1,
+                            what="SIGHUP reload", detail=lambda: service.tail(40))
     assert pols["valid"] and pols["pools"]["web"]["max"] == 1
-    await until(service, "scale-in to the new max", lambda: size(1))
+    await eventually(lambda: size(1), timeout_s=15, interval_s=0.1,
+                     what="scale-in to the new max", detail=lambda: service.tail(40))
     decisions = await service.get("/v1/pools/web/decisions?limit=1000")
     assert any(d["outcome"] == "scale_in" and "above max: 2 > 1" in d["reason"] for d in decisions)
 
