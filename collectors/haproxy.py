@@ -17,7 +17,7 @@ from collections.abc import Callable
 from typing import Self
 
 import httpx
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, FiniteFloat, model_validator
 
 from collectors.base import Sample, Target
 from collectors.errors import CollectorError, CollectorParseError
@@ -73,7 +73,7 @@ class HAProxyCollectorConfig(BaseModel):
     timeout_s: float = Field(default=2.0, gt=0, le=60)
     frontend: str | None = Field(default=None, min_length=1)
     exclude_frontends: tuple[str, ...] = ()
-    max_rate_gap_s: float = Field(default=60.0, gt=0)
+    max_rate_gap_s: FiniteFloat = Field(default=60.0, gt=0)
 
     @model_validator(mode="after")
     def _frontend_or_exclusions(self) -> Self:

@@ -22,7 +22,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Self
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, FiniteFloat, model_validator
 
 from collectors.base import Sample, Target
 from collectors.errors import CollectorAuthError, CollectorError, CollectorParseError, CollectorTimeout
@@ -59,7 +59,7 @@ class HAProxyStatsConfig(BaseModel):
     timeout_s: float = Field(default=2.0, gt=0, le=60)
     frontend: str | None = Field(default=None, min_length=1)
     exclude_frontends: tuple[str, ...] = ()
-    max_rate_gap_s: float = Field(default=60.0, gt=0)
+    max_rate_gap_s: FiniteFloat = Field(default=60.0, gt=0)
     max_answer_bytes: int = Field(default=8 * 1024 * 1024, ge=4096)
 
     @model_validator(mode="after")

@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal, Self
 from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, FiniteFloat, field_validator, model_validator
 
 from collectors.base import Sample, Target, check_output_names
 from collectors.errors import CollectorAuthError, CollectorError, CollectorParseError
@@ -144,7 +144,7 @@ class PrometheusQueryConfig(HttpOptions):
     metrics: dict[str, QuerySpec] = Field(min_length=1)
     member_label: str | None = "instance"
     member_value: str = "${netloc}"
-    max_age_s: float = Field(default=60.0, gt=0)
+    max_age_s: FiniteFloat = Field(default=60.0, gt=0)
     share_ttl_s: float = Field(default=2.0, ge=0, le=60)
     keepalive: bool = True
 

@@ -20,7 +20,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Literal, Self
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, FiniteFloat, field_validator, model_validator
 
 from collectors.base import Sample, Target, check_output_names
 from collectors.errors import CollectorError, CollectorParseError
@@ -148,9 +148,9 @@ class PrometheusScrapeConfig(HttpOptions):
 
     metrics: dict[str, SeriesSpec] = Field(min_length=1)
     start_marker: str | None = None
-    start_tolerance_s: float = Field(default=0.0, ge=0)
-    max_rate_gap_s: float = Field(default=60.0, gt=0)
-    max_age_s: float = Field(default=300.0, gt=0)
+    start_tolerance_s: FiniteFloat = Field(default=0.0, ge=0)
+    max_rate_gap_s: FiniteFloat = Field(default=60.0, gt=0)
+    max_age_s: FiniteFloat = Field(default=300.0, gt=0)
     keepalive: bool = False
 
     @field_validator("metrics")

@@ -52,9 +52,8 @@ from pydantic import (
 )
 
 from policies.cron import check_cron, check_timezone
-from policies.durations import format_duration, parse_duration
+from policies.durations import Duration, PositiveDuration, format_duration
 
-Duration = Annotated[float, BeforeValidator(parse_duration)]
 Name = Annotated[str, Field(pattern=r"^[a-z][a-z0-9_-]{0,39}$")]
 LabelName = Annotated[str, Field(pattern=r"^[a-zA-Z_][a-zA-Z0-9_]*$")]
 
@@ -63,7 +62,9 @@ ALARM_SOURCE = "alarm"
 
 
 class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+    # allow_inf_nan=False: every number is finite (.inf, .nan and 1e999 in YAML are refused): an
+    # infinite threshold or target never (or always) fires, and NaN compares false with everything.
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True, allow_inf_nan=False)
 
 
 def series_name(metric: str, labels: Mapping[str, str]) -> str:
@@ -179,8 +180,9 @@ class Input(Strict):
     @classmethod
     def _percentile_key(cls, data: Any) -> Any:
         # `percentile: 95` is another spelling of `aggregate: p95`.
+        # A non-finite percentile is left to the field's own check, which names its line.
         if isinstance(data, dict) and isinstance(data.get("percentile"), int | float) \
-                and not isinstance(data.get("percentile"), bool):
+                and not isinstance(data.get("percentile"), bool) and math.isfinite(data["percentile"]):
             agg = data.get("aggregate")
             if agg not in (None, "percentile"):
                 raise ValueError(f"write either aggregate: {agg} or percentile: {data['percentile']}, not both")
@@ -521,7 +523,8 @@ class PoolPolicy(Strict):
     warmup: Duration = Field(default=0.0, description="a member's first seconds in service: its metrics are "
                                                       "left out, and scale-ins wait")
     dry_run: bool = False
-    stale_after: Duration = Field(default=30.0, description="an input whose newest point is older has no data")
+    stale_after: PositiveDuration = Field(default=30.0, description="an input whose newest point is older has "
+                                                                    "no data (more than 0: 0 makes every input stale)")
 
     @model_validator(mode="before")
     @classmethod

@@ -17,6 +17,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
 
 from policies import PolicyFile, PoolPolicy, format_duration, parse_duration
+from policies.durations import PositiveDuration
 from scaler import yamlconf
 from scaler.alerts.config import AlertsConfig
 from scaler.breaker import LaunchBreakerConfig
@@ -42,9 +43,10 @@ class ApiConfig(Strict):
 
 
 class Intervals(Strict):
-    collect: Duration = 5.0
-    evaluate: Duration = 5.0
-    reconcile: Duration = 1.0
+    # More than 0 (the scheduler would silently run a 0 s interval every second).
+    collect: PositiveDuration = 5.0
+    evaluate: PositiveDuration = 5.0
+    reconcile: PositiveDuration = 1.0
     # How often the policy directory is checked for edits (0 = never; SIGHUP and POST /v1/reload
     # still reload).
     policy_watch: Duration = Field(default=2.0, ge=0)
@@ -126,7 +128,8 @@ class PoolConfig(Strict):
 
     vip: IPv4Address
     instance: dict[str, Any] = Field(default_factory=dict, description="passed to the orchestrator")
-    boot_timeout: Duration = 300.0
+    # More than 0: with 0, every new member would fail before it could boot.
+    boot_timeout: PositiveDuration = 300.0
     # Longest a member drains: at this point it is withdrawn whatever it still carries.
     drain_timeout: Duration = 120.0
     # Only used when the router drains by withdrawing (BGP, no weights): how long after HAProxy was

@@ -55,7 +55,7 @@ from dataclasses import dataclass, field
 from typing import Literal, Self
 from urllib.parse import parse_qsl, urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, FiniteFloat, field_validator, model_validator
 
 from collectors.base import Sample, Target
 from collectors.errors import CollectorError, CollectorParseError
@@ -153,8 +153,8 @@ class OidSpec(BaseModel):
     oid: str
     type: Literal["gauge", "counter"] = "gauge"
     walk: bool = False
-    scale: float = 1.0
-    max_rate: float | None = Field(default=None, gt=0)
+    scale: FiniteFloat = 1.0
+    max_rate: FiniteFloat | None = Field(default=None, gt=0)
 
     @field_validator("oid")
     @classmethod
@@ -205,10 +205,10 @@ class SnmpCollectorConfig(BaseModel):
     presets: tuple[Preset, ...] = ("cpu", "memory", "load")
     interfaces: InterfaceFilter = InterfaceFilter()
     oids: dict[str, OidSpec] = Field(default_factory=dict)
-    max_rate_gap_s: float = Field(default=60.0, gt=0)
+    max_rate_gap_s: FiniteFloat = Field(default=60.0, gt=0)
     # How far `now - sysUpTime` may move between polls and still be the same agent run: polling
     # latency and the 10 ms tick make it jitter a little; an agent restart moves it by its uptime.
-    start_tolerance_s: float = Field(default=5.0, gt=0)
+    start_tolerance_s: FiniteFloat = Field(default=5.0, gt=0)
     max_repetitions: int = Field(default=16, ge=1, le=200)
     max_oids_per_get: int = Field(default=40, ge=1, le=200)
     max_in_flight: int = Field(default=256, ge=1)

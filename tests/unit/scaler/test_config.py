@@ -106,3 +106,188 @@ def test_a_pool_without_policy_is_an_error(conf: Path) -> None:
     cfg = load_config(conf / "scaler.yaml", REGISTRIES)
     with pytest.raises(ConfigError, match=r"no policy file .* defines pool 'web'"):
         load_policies(cfg)
+
+
+# Every duration and number of scaler.yaml (and of the collectors' options) on a line of its own, so
+# that a case can replace one. Secret files are relative to this file.
+SERVICE = """\
+intervals:
+  collect: 5s
+  evaluate: 5s
+  reconcile: 1s
+  policy_watch: 2s
+  audit: 1m
+orchestrator:
+  driver: fake
+router:
+  driver: fake
+collectors:
+  haproxy:
+    driver: haproxy
+    options:
+      max_rate_gap_s: 60
+  scrape:
+    driver: prometheus_scrape
+    options:
+      metrics:
+        sessions:
+          name: haproxy_frontend_current_sessions
+      start_tolerance_s: 1
+      max_rate_gap_s: 90
+      max_age_s: 300
+  query:
+    driver: prometheus_query
+    options:
+      url: http://prometheus:9090
+      metrics:
+        cpu:
+          query: node_load1
+      max_age_s: 60
+  snmp:
+    driver: snmp
+    options:
+      community:
+        file: community
+      max_rate_gap_s: 120
+      start_tolerance_s: 5
+      oids:
+        octets:
+          oid: 1.3.6.1.2.1.31.1.1.1.6
+          type: counter
+          scale: 8
+          max_rate: 1000000000
+pools:
+  web:
+    vip: 198.19.0.1
+    boot_timeout: 60s
+    drain_timeout: 60s
+    drain_grace: 5s
+    launch_breaker:
+      cool_off: 10m
+alerts:
+  read_timeout: 10s
+  grafana:
+    hmac:
+      secret:
+        file: key
+      pools: [web]
+      max_skew: 5m
+  signals:
+    keys:
+      - id: k1
+        secret:
+          file: key
+        pools: [web]
+    hold:
+      scale_out: 5m
+      scale_in: 5m
+    replay_window: 5m
+    default_ttl: 30d
+    max_ttl: 365d
+"""
+
+FINITE = "Input should be a finite number"
+FINITE_DURATION = "duration must be a finite number of seconds"
+POSITIVE = "Input should be greater than 0"
+
+
+def service_config(tmp_path: Path, old: str, new: str, *more: tuple[str, str]) -> tuple[Path, int, int]:
+    """SERVICE with line `old` replaced by `new` (and each further (old, new) pair), written to
+    tmp_path/scaler.yaml with its secret files; returns (path, line, column) of the first line's key."""
+    lines = SERVICE.splitlines()
+    for o, n in ((old, new), *more):
+        (i,) = [i for i, line in enumerate(lines) if line == o]
+        lines[i] = n
+    index = lines.index(new)
+    (tmp_path / "community").write_text("public-0123456789\n")
+    (tmp_path / "key").write_text("signal-key-0123456789abcdef\n")
+    path = tmp_path / "scaler.yaml"
+    path.write_text("\n".join(lines) + "\n")
+    return path, index + 1, len(new) - len(new.lstrip(" ")) + 1
+
+
+def test_the_edge_value_template_is_valid(tmp_path: Path) -> None:
+    path, _, _ = service_config(tmp_path, "  collect: 5s", "  collect: 5s")
+    cfg = load_config(path, REGISTRIES)
+    assert cfg.intervals.collect == 5 and cfg.alerts.signals.max_ttl == 365 * 86400
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "key", "message"),
+    [
+        # intervals: a job every 0 s would silently run every second (APScheduler); never infinite
+        pytest.param("  collect: 5s", "  collect: 0", "intervals.collect", POSITIVE, id="collect: 0"),
+        pytest.param("  collect: 5s", "  collect: .inf", "intervals.collect", FINITE_DURATION, id="collect: .inf"),
+        pytest.param("  evaluate: 5s", "  evaluate: 0s", "intervals.evaluate", POSITIVE, id="evaluate: 0s"),
+        pytest.param("  reconcile: 1s", "  reconcile: .nan", "intervals.reconcile", FINITE_DURATION,
+                     id="reconcile: .nan"),
+        pytest.param("  policy_watch: 2s", "  policy_watch: .inf", "intervals.policy_watch", FINITE_DURATION,
+                     id="policy_watch: .inf (0 is off)"),
+        pytest.param("  audit: 1m", "  audit: 1e999", "intervals.audit", FINITE_DURATION,
+                     id="audit: 1e999 (0 is only at start)"),
+        # pools
+        pytest.param("    boot_timeout: 60s", "    boot_timeout: 0", "pools.web.boot_timeout", POSITIVE,
+                     id="boot_timeout: 0 (every launch fails)"),
+        pytest.param("    boot_timeout: 60s", "    boot_timeout: .inf", "pools.web.boot_timeout", FINITE_DURATION,
+                     id="boot_timeout: .inf"),
+        pytest.param("    drain_timeout: 60s", "    drain_timeout: .inf", "pools.web.drain_timeout", FINITE_DURATION,
+                     id="drain_timeout: .inf (a member drains forever)"),
+        pytest.param("    drain_grace: 5s", "    drain_grace: .nan", "pools.web.drain_grace", FINITE_DURATION,
+                     id="drain_grace: .nan"),
+        pytest.param("      cool_off: 10m", "      cool_off: .inf", "pools.web.launch_breaker.cool_off",
+                     FINITE_DURATION, id="launch_breaker cool_off: .inf (0 is until reset)"),
+        # alerts: an infinite skew, window or lifetime turns a protection off
+        pytest.param("  read_timeout: 10s", "  read_timeout: .inf", "alerts.read_timeout", FINITE_DURATION,
+                     id="alerts read_timeout: .inf"),
+        pytest.param("      max_skew: 5m", "      max_skew: .inf", "alerts.grafana.hmac.max_skew", FINITE_DURATION,
+                     id="grafana hmac max_skew: .inf"),
+        pytest.param("      scale_out: 5m", "      scale_out: .nan", "alerts.signals.hold.scale_out", FINITE_DURATION,
+                     id="signals hold scale_out: .nan"),
+        pytest.param("      scale_in: 5m", "      scale_in: 0", "alerts.signals.hold.scale_in", POSITIVE,
+                     id="signals hold scale_in: 0"),
+        pytest.param("    replay_window: 5m", "    replay_window: .nan", "alerts.signals.replay_window",
+                     FINITE_DURATION, id="signals replay_window: .nan"),
+        pytest.param("    default_ttl: 30d", "    default_ttl: .inf", "alerts.signals.default_ttl", FINITE_DURATION,
+                     id="signals default_ttl: .inf"),
+        pytest.param("    max_ttl: 365d", "    max_ttl: .inf", "alerts.signals.max_ttl", FINITE_DURATION,
+                     id="signals max_ttl: .inf (permanent URLs)"),
+        # collectors' options
+        pytest.param("      max_rate_gap_s: 60", "      max_rate_gap_s: .inf",
+                     "collectors.haproxy.options.max_rate_gap_s", FINITE, id="haproxy max_rate_gap_s: .inf"),
+        pytest.param("      start_tolerance_s: 1", "      start_tolerance_s: .nan",
+                     "collectors.scrape.options.start_tolerance_s", FINITE,
+                     id="prometheus_scrape start_tolerance_s: .nan"),
+        pytest.param("      max_age_s: 300", "      max_age_s: .inf", "collectors.scrape.options.max_age_s", FINITE,
+                     id="prometheus_scrape max_age_s: .inf"),
+        pytest.param("      max_age_s: 60", "      max_age_s: 1e999", "collectors.query.options.max_age_s", FINITE,
+                     id="prometheus_query max_age_s: 1e999"),
+        pytest.param("      start_tolerance_s: 5", "      start_tolerance_s: .inf",
+                     "collectors.snmp.options.start_tolerance_s", FINITE, id="snmp start_tolerance_s: .inf"),
+        pytest.param("          scale: 8", "          scale: .nan", "collectors.snmp.options.oids.octets.scale", FINITE,
+                     id="snmp oid scale: .nan"),
+        pytest.param("          max_rate: 1000000000", "          max_rate: .inf",
+                     "collectors.snmp.options.oids.octets.max_rate", FINITE, id="snmp oid max_rate: .inf"),
+    ],
+)
+def test_edge_values_are_refused_at_their_line(tmp_path: Path, old: str, new: str, key: str, message: str) -> None:
+    path, line, col = service_config(tmp_path, old, new)
+    with pytest.raises(ConfigError) as err:
+        load_config(path, REGISTRIES)
+    assert any(p.startswith(f"{path}:{line}:{col}: {key}: {message}") for p in err.value.problems), \
+        err.value.problems
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "also"),
+    [
+        pytest.param("  policy_watch: 2s", "  policy_watch: 0", None, id="policy_watch: 0 (off)"),
+        pytest.param("  audit: 1m", "  audit: 0", None, id="audit: 0 (only at start)"),
+        pytest.param("    drain_timeout: 60s", "    drain_timeout: 0", ("    drain_grace: 5s", "    drain_grace: 0"),
+                     id="drain_timeout: 0 (withdraw at once)"),
+        pytest.param("    drain_grace: 5s", "    drain_grace: 0", None, id="drain_grace: 0"),
+        pytest.param("      cool_off: 10m", "      cool_off: 0", None, id="cool_off: 0 (until reset)"),
+    ],
+)
+def test_zeros_that_mean_something_are_kept(tmp_path: Path, old: str, new: str, also: tuple[str, str] | None) -> None:
+    path, _, _ = service_config(tmp_path, old, new, *([also] if also else []))
+    load_config(path, REGISTRIES)
