@@ -13,7 +13,6 @@ import secrets
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -24,6 +23,7 @@ from scaler.lab.demo import EXAMPLES, ServiceProcess, fib_next_hops, free_port, 
 from scaler.lab.network import LabConfig, lab_down, lab_namespaces, lab_up
 from scaler.store import MemberState, Store
 from tests.support.examples import example_config_text
+from tests.support.wait import eventually
 
 pytestmark = [
     pytest.mark.integration,
@@ -78,29 +78,29 @@ async def start(lab: LabConfig, port: int) -> ServiceProcess:
 
 async def kill_when(svc: ServiceProcess, states: set[str], kind: str, timeout_s: float = 60) -> str:
     """SIGKILL the service as soon as an operation of `kind` runs and a member is in one of `states`."""
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
+
+    async def caught() -> str | None:
         pool = await svc.get("/v1/pools/web")
         op = pool["operation"]
         hit = [m["state"] for m in pool["members"] if m["state"] in states]
-        if op and op["kind"] == kind and hit:
-            assert svc.proc is not None
-            svc.proc.send_signal(signal.SIGKILL)
-            await svc.proc.wait()
-            return hit[0]
-        await asyncio.sleep(0.01)
-    raise AssertionError(f"no {kind} in states {states} within {timeout_s}s:\n{svc.tail()}")
+        return hit[0] if op and op["kind"] == kind and hit else None
+
+    state = await eventually(caught, timeout_s=timeout_s, interval_s=0.01, what=f"a {kind} in states {states}",
+                             detail=svc.tail)
+    assert svc.proc is not None
+    svc.proc.send_signal(signal.SIGKILL)
+    await svc.proc.wait()
+    return state
 
 
 async def settled(svc: ServiceProcess, size: int, timeout_s: float = 60) -> dict:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
+    async def pool_settled() -> dict | None:
         pool = await svc.get("/v1/pools/web")
         states = [m["state"] for m in pool["members"]]
-        if pool["operation"] is None and states == ["in_service"] * size:
-            return pool
-        await asyncio.sleep(0.2)
-    raise AssertionError(f"pool did not settle at {size}:\n{svc.tail()}")
+        return pool if pool["operation"] is None and states == ["in_service"] * size else None
+
+    return await eventually(pool_settled, timeout_s=timeout_s, interval_s=0.2, what=f"the pool settled at {size}",
+                            detail=svc.tail)
 
 
 async def assert_nothing_orphaned(lab: LabConfig, size: int) -> None:
