@@ -21,7 +21,6 @@ import subprocess
 import tempfile
 import threading
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address
 from pathlib import Path
@@ -161,17 +160,6 @@ def fib_all(router_ns: str) -> dict[IPv4Address, set[IPv4Address]]:
         for nh in r.get("nexthops", []):
             hops.add(IPv4Address(nh["gateway"]))
     return routes
-
-
-async def until(cond: Callable[[], bool], timeout_s: float = 20.0, what: str = "condition",
-                interval_s: float = 0.01) -> float:
-    """Poll `cond` until true; returns the seconds it took. Raises AssertionError at the deadline."""
-    t0 = time.monotonic()
-    while not cond():
-        if time.monotonic() - t0 > timeout_s:
-            raise AssertionError(f"{what}: not reached after {timeout_s:.0f}s")
-        await asyncio.sleep(interval_s)
-    return time.monotonic() - t0
 
 
 async def apply_when_up(driver: BgpRouter, desired: Any, timeout_s: float = 20.0) -> Any:

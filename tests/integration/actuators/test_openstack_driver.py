@@ -11,7 +11,7 @@ import asyncio
 import base64
 import functools
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Iterator
 from ipaddress import IPv4Address
 from pathlib import Path
 from typing import Any
@@ -33,6 +33,7 @@ from actuators.openstack.options import OpenStackOrchestratorConfig
 from actuators.openstack.orchestrator import OpenStackOrchestrator
 from actuators.orchestrator import Instance, InstanceSpec
 from tests.fake_openstack import FakeCloud, FakeOpenStack, Hooks
+from tests.support.wait import eventually
 
 pytestmark = [
     pytest.mark.integration,
@@ -43,14 +44,6 @@ pytestmark = [
 
 VIP = IPv4Address("198.51.100.10")
 POOL = "web"
-
-
-async def until(check: Callable[[], Awaitable[bool]], timeout_s: float = 10.0, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout_s
-    while not await check():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what} not reached within {timeout_s}s")
-        await asyncio.sleep(0.02)
 
 
 @pytest.fixture
@@ -166,7 +159,7 @@ async def test_create_boots_on_the_vip_port_and_becomes_active(
     assert server["key_name"] == "ops"
 
     assert await driver.probe(inst) is False          # still in BUILD
-    await until(lambda: driver.probe(inst), what="ACTIVE")
+    await eventually(lambda: driver.probe(inst), what="ACTIVE")
     assert active_log == ["web-1a2b3c4d-0"]
     [listed] = await driver.list(POOL)
     assert (listed.name, listed.address, listed.status) == ("web-1a2b3c4d-0", inst.address, "active")
@@ -216,7 +209,7 @@ async def test_members_use_an_anti_affinity_group_and_spread_over_zones(
     # A fourth member has no host left: Nova puts it in ERROR, the probe says so with the fault.
     fourth = await driver.create(spec, "web-1a2b3c4d-3")
     with pytest.raises(InstanceErrored, match="No valid host"):
-        await until(lambda: driver.probe(fourth), what="probe error")
+        await eventually(lambda: driver.probe(fourth), what="probe error")
     # A second driver (a restarted scaler) reuses the group instead of making another.
     assert len(cloud.server_groups) == 1
 
@@ -301,7 +294,7 @@ async def test_a_server_stuck_in_build_times_out(
         inst = await d.create(spec, "web-1a2b3c4d-0")
         assert await d.probe(inst) is False
         with pytest.raises(BuildTimeout, match="still in BUILD"):
-            await until(lambda: d.probe(inst), what="build timeout")
+            await eventually(lambda: d.probe(inst), what="build timeout")
         await d.delete(inst.name)
     finally:
         await d.close()
@@ -314,12 +307,12 @@ async def test_repeated_error_launches_each_raise_a_typed_error_and_clean_up(
     for i in range(3):
         inst = await driver.create(spec, f"web-1a2b3c4d-{i}")
         with pytest.raises(InstanceErrored, match="fake hypervisor failure"):
-            await until(functools.partial(driver.probe, inst), what="error")
+            await eventually(functools.partial(driver.probe, inst), what="error")
         await driver.delete(inst.name)
     assert cloud.live_servers() == [] and cloud.ports == {}
     # The cloud recovered: the next launch works.
     inst = await driver.create(spec, "web-1a2b3c4d-3")
-    await until(lambda: driver.probe(inst), what="ACTIVE")
+    await eventually(lambda: driver.probe(inst), what="ACTIVE")
 
 
 async def test_probe_of_a_vanished_server_raises_not_found(
@@ -336,7 +329,7 @@ async def test_probe_of_a_vanished_server_raises_not_found(
 async def test_http_probe_asks_the_health_url(
         driver: OpenStackOrchestrator, cloud: FakeCloud, spec: InstanceSpec) -> None:
     inst = await driver.create(spec, "web-1a2b3c4d-0")
-    await until(lambda: driver.probe(inst), what="ACTIVE")
+    await eventually(lambda: driver.probe(inst), what="ACTIVE")
     # Nothing listens on this loopback port: ACTIVE but not serving → False, not an error.
     dead = Instance(inst.name, POOL, inst.address, "building",
                     {**inst.endpoints, "health_url": "http://127.0.0.1:9/healthz"})
@@ -501,7 +494,7 @@ async def test_heat_pool_grows_and_shrinks_by_stack_update(
         text = base64.b64decode(server["OS-EXT-SRV-ATTR:user_data"]).decode()
         assert f"hostname: {inst.name}" in text and f"bind {inst.address}:8404" in text
         assert f"bind {VIP}:80" in text and "__SCALER_" not in text
-        await until(functools.partial(driver.probe, inst), what="ACTIVE")
+        await eventually(functools.partial(driver.probe, inst), what="ACTIVE")
     [group] = cloud.server_groups.values()
     assert group["policy"] == "anti-affinity" and len(group["members"]) == 3
     assert {i.name for i in await driver.list(POOL)} == {i.name for i in made}
@@ -551,7 +544,7 @@ async def test_heat_error_member_is_reported_and_deleted(
     cloud.knobs.error_next_boots = 1
     inst = await driver.create(heat_spec, "web-1a2b3c4d-0")
     with pytest.raises(InstanceErrored, match="fake hypervisor failure"):
-        await until(lambda: driver.probe(inst), what="error")
+        await eventually(lambda: driver.probe(inst), what="error")
     assert fake.heat.get("scaler-web")["stack_status"] == "CREATE_FAILED"
     await driver.delete(inst.name)
     assert cloud.live_servers() == [] and cloud.ports == {}

@@ -6,12 +6,13 @@ Each test gets its own lab with a random name (`sclt` + 2 hex digits) and ALWAYS
 from __future__ import annotations
 
 import asyncio
+import functools
 import os
 import secrets
 import shutil
 import signal
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from ipaddress import IPv4Address
 
 import pytest
@@ -31,6 +32,7 @@ from actuators.lab.orchestrator import (
 from actuators.linux import netns
 from actuators.orchestrator import Instance, InstanceSpec
 from scaler.lab.network import LabConfig, LoadRun, lab_down, lab_namespaces, lab_status, lab_up
+from tests.support.wait import eventually
 
 pytestmark = [
     pytest.mark.integration,
@@ -58,14 +60,6 @@ def orch(lab: LabConfig) -> LabOrchestrator:
     return LabOrchestrator(lab.orchestrator_config())
 
 
-async def eventually(check: Callable[[], Awaitable[bool]], timeout_s: float = 10.0, what: str = "") -> None:
-    deadline = time.monotonic() + timeout_s
-    while not await check():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"not within {timeout_s}s: {what}")
-        await asyncio.sleep(0.05)
-
-
 async def route_vip(lab: LabConfig, *instances: Instance) -> None:
     """What the router driver does in production, done the plain way."""
     hops: list[str] = []
@@ -79,7 +73,7 @@ async def serving(orch: LabOrchestrator, lab: LabConfig, *names: str) -> list[In
     out = []
     for name in names:
         inst = await orch.create(spec, name)
-        await eventually(lambda i=inst: orch.probe(i), what=f"{name} serves")   # type: ignore[misc]
+        await eventually(functools.partial(orch.probe, inst), what=f"{name} serves")
         out.append(inst)
     return out
 
@@ -114,7 +108,7 @@ async def test_down_cleans_a_half_built_lab(lab: LabConfig) -> None:
     await netns.run(["ip", "netns", "add", ns])
     stray = await asyncio.create_subprocess_exec("ip", "netns", "exec", ns, "sleep", "60")
     try:
-        await eventually(lambda: asyncio.sleep(0, bool(pids_in_netns(ns))), what="sleep runs in ns")
+        await eventually(lambda: bool(pids_in_netns(ns)), what="sleep runs in ns")
         report = await lab_down(lab)
         assert await asyncio.wait_for(stray.wait(), 5) is not None
         assert stray.pid in {pid for pid, _ in report.processes}
@@ -149,7 +143,7 @@ async def test_create_after_crash_finishes_exactly_once(lab: LabConfig, orch: La
     haproxy_pid = read_pidfile(orch.paths("x").haproxy_pid)
     assert haproxy_pid is not None
     os.kill(haproxy_pid, signal.SIGKILL)
-    await eventually(lambda: asyncio.sleep(0, process_cmdline(haproxy_pid) == ""), what="haproxy dead")
+    await eventually(lambda: process_cmdline(haproxy_pid) == "", what="haproxy dead")
     assert await orch.probe(first) is False
     assert [i.status for i in await orch.list("web")] == ["error"]
     await orch.create(spec, "x")

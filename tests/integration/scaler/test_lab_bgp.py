@@ -9,13 +9,13 @@ namespace, no process naming the lab directory (FRR's daemons, ExaBGP and its br
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import os
 import secrets
 import shutil
 import subprocess
-import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from ipaddress import IPv4Address
 from typing import Any
 
@@ -38,6 +38,7 @@ from scaler.lab.network import (
     lab_status,
     lab_up,
 )
+from tests.support.wait import eventually
 
 pytestmark = [
     pytest.mark.integration,
@@ -70,14 +71,6 @@ async def lab() -> AsyncIterator[LabConfig]:
         yield cfg
     finally:
         await teardown(cfg)
-
-
-async def eventually(check: Callable[[], Awaitable[bool]], timeout_s: float = 10.0, what: str = "") -> None:
-    deadline = time.monotonic() + timeout_s
-    while not await check():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"not within {timeout_s}s: {what}")
-        await asyncio.sleep(0.02)
 
 
 async def test_bgp_lab_up_twice_then_down_leaves_nothing(lab: LabConfig) -> None:
@@ -150,18 +143,18 @@ async def test_the_bgp_driver_with_the_lab_options_reaches_the_fib(lab: LabConfi
     try:
         await router.start()
         await lab.frr().wait_established(BGP_SPEAKER_ADDRESS, timeout_s=30)
-        await eventually(lambda: asyncio.sleep(0, router.speaker.connected), what="ExaBGP API connected")
+        await eventually(lambda: router.speaker.connected, what="ExaBGP API connected")
         for members in (instances[:1], instances[:2], instances, instances[1:2], []):
             want = {str(i.address) for i in members}
             await router.apply({lab.vip: frozenset(NextHop(i.address) for i in members if i.address)})
-            await eventually(lambda w=want: fib_equals(lab, w), what=f"FIB == {sorted(want)}")  # type: ignore[misc]
+            await eventually(functools.partial(fib_equals, lab, want), what=f"FIB == {sorted(want)}")
             assert await fib_without_compat(lab) == want
         assert router.health()["sessions"][0]["state"] == "synced"
         assert (await lab_status(lab)).bgp_sessions == {str(BGP_SPEAKER_ADDRESS): "Established"}
     finally:
         await router.close()
     # The speaker is the driver's child: nothing of it stays in the ctl namespace.
-    await eventually(lambda: asyncio.sleep(0, pids_in_netns(lab.ctl_ns) == []), what="ctl namespace empty")
+    await eventually(lambda: pids_in_netns(lab.ctl_ns) == [], what="ctl namespace empty")
 
 
 async def fib_equals(lab: LabConfig, want: set[str]) -> bool:
@@ -178,7 +171,7 @@ async def test_scales_out_and_in_over_bgp() -> None:
         await lab_up(cfg)
         result = await run_scenario(cfg, out=lambda line: print(line, flush=True))
         # The scaler stopped: its ExaBGP and the API bridge went with it.
-        await eventually(lambda: asyncio.sleep(0, pids_in_netns(cfg.ctl_ns) == []), what="ctl namespace empty")
+        await eventually(lambda: pids_in_netns(cfg.ctl_ns) == [], what="ctl namespace empty")
     finally:
         await teardown(cfg)
     # The numbers the lead reports (run with -s to see them on success).
