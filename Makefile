@@ -7,7 +7,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 # Debian packages the lab, the demo and the integration tests run for real.
 APT_PACKAGES := haproxy frr iproute2 procps psmisc curl ca-certificates python3-venv \
-	snmpd snmp prometheus prometheus-node-exporter prometheus-alertmanager
+	snmpd snmp prometheus prometheus-node-exporter prometheus-alertmanager nftables
 
 .PHONY: help deps system-deps venv demo demo-bgp test test-unit lint bench clean lab-down
 

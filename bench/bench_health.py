@@ -150,7 +150,7 @@ async def detection(failures: int, out: Path) -> None:
     from scaler.lab.demo import ServiceProcess, fib_next_hops, free_port, write_config
     from scaler.lab.network import LabConfig, LoadRun, lab_down, lab_up
 
-    lab = LabConfig(name=f"sclhd{secrets.token_hex(1)}", backend_delay_ms=5)
+    lab = LabConfig(name=f"sclb{secrets.token_hex(1)}", backend_delay_ms=5)
     await lab_down(lab)
     await lab_up(lab)
     svc = None

@@ -5,13 +5,16 @@ The real prober is tested against sockets on loopback at the end."""
 from __future__ import annotations
 
 import asyncio
+import re
 import socket
 from collections.abc import Iterator, Sequence
 from ipaddress import IPv4Address
+from pathlib import Path
 from typing import Any
 
 import pytest
 from prometheus_client import CollectorRegistry
+from ruamel.yaml import YAML
 
 from actuators.drainer import NoDrainer
 from actuators.fake import FakeOrchestrator, FakeOrchestratorConfig, FakeRouter
@@ -346,3 +349,11 @@ async def test_down_members_are_not_read_and_are_scaled_in_first(store: Store, c
     members = store.members("web")
     assert [m.id for m in Engine.victims(members, 1)] == [b.id]          # down first, though not the newest
     assert [m.id for m in Engine.victims(members, 2)] == [b.id, c.id]    # then the newest
+
+
+def test_the_readme_health_example_is_the_defaults() -> None:
+    readme = (Path(__file__).resolve().parents[3] / "README.md").read_text()
+    block = next(b for b in re.findall(r"```yaml\n(.*?)```", readme, flags=re.S) if "    health:" in b)
+    health = YAML(typ="safe").load(block)["pools"]["web"]["health"]
+    assert PoolConfig.model_validate({"vip": str(VIP), "health": health}) == PoolConfig.model_validate(
+        {"vip": str(VIP)})
