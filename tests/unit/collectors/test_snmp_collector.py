@@ -50,6 +50,7 @@ from collectors.snmp.collector import (
     TargetAddress,
     parse_target_url,
 )
+from tests.support.clock import ManualClock
 
 CAPTURED: dict[str, Any] = json.loads(
     (Path(__file__).resolve().parents[2] / "fixtures" / "snmp" / "captured.json").read_text())
@@ -188,27 +189,17 @@ def captured_community_file(tmp_path: Path) -> Path:
     return path
 
 
-class Clock:
-    """Monotonic time the test moves; the scripted agent's uptime moves with it."""
-
-    def __init__(self) -> None:
-        self.now = 5000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
 class Poller:
     def __init__(self, agent: FakeAgent, community_file: Path, **config: Any) -> None:
         self.agent = agent
-        self.clock = Clock()
+        self.clock = ManualClock(mono=5000.0)
         self.uptime = 100.0
         settings = {"community": {"file": str(community_file)}, "timeout_s": 0.3, "retries": 0} | config
-        self.collector = SnmpCollector(SnmpCollectorConfig.model_validate(settings), monotonic=self.clock)
+        self.collector = SnmpCollector(SnmpCollectorConfig.model_validate(settings), monotonic=self.clock.monotonic)
         self.target = Target(key="vm1", url=f"udp://127.0.0.1:{agent.port}")
 
     def advance(self, seconds: float) -> None:
-        self.clock.now += seconds
+        self.clock.advance(seconds)
         self.uptime += seconds
         self.agent.values[SYS_UPTIME] = (TIMETICKS, int(self.uptime * 100))
 
@@ -352,7 +343,7 @@ async def test_no_cpu_rate_across_an_untrusted_interval(poller: Poller, step: st
     poller.agent.vm(uptime_s=poller.uptime, cpu=CPU0)
     await poller.poll()
     if step == "restart":
-        poller.clock.now += 10
+        poller.clock.advance(10)
         poller.uptime = 3.0                                   # snmpd started 3 s ago
         cpu = plus(CPU0, user=100, idle=900)
     elif step == "gap":
@@ -624,7 +615,7 @@ async def test_replay_of_two_real_snmpd_polls(agent: FakeAgent, captured_communi
     try:
         agent.replay = list(answers)
         await p.poll()
-        p.clock.now += polls[1]["seconds"]
+        p.clock.advance(polls[1]["seconds"])
         got = await p.poll()
     finally:
         await p.collector.close()
@@ -637,7 +628,7 @@ async def test_replay_of_two_real_snmpd_polls(agent: FakeAgent, captured_communi
     expected = 100 * (total - delta["idle"] - delta["wait"]) / total
     assert got["cpu_percent"] == pytest.approx(expected)
     _, _, second = parse_v2c(answers[1])
-    mem = {name: second.varbinds[9 + i][2] for i, name in enumerate(MEMORY)}
+    mem: dict[str, Any] = {name: second.varbinds[9 + i][2] for i, name in enumerate(MEMORY)}
     assert got["memory_used_percent"] == pytest.approx(100 * (mem["total"] - mem["sysavail"]) / mem["total"])
     assert got["load1"] == float(second.varbinds[14][2])                    # type: ignore[arg-type]
 

@@ -23,14 +23,7 @@ from scaler.engine import Engine, Read
 from scaler.lifecycle import Lifecycle
 from scaler.metrics import Metrics
 from scaler.store import MemberState, Store
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.t = 1_000_000.0
-
-    def __call__(self) -> float:
-        return self.t
+from tests.support.clock import ManualClock
 
 
 class Sessions:
@@ -68,7 +61,7 @@ class World:
     store: Store
     engine: Engine
     lifecycle: Lifecycle
-    clock: Clock
+    clock: ManualClock
     collector: Sessions
     alarms: dict[str, Alarm]
 
@@ -98,7 +91,7 @@ def make(tmp_path: Path) -> Iterator[object]:
         stores.append(store)
         store.migrate()
         store.ensure_pool("web", "198.19.0.1", 0)
-        clock, metrics, collector = Clock(), Metrics(), Sessions()
+        clock, metrics, collector = ManualClock(1_000_000.0), Metrics(), Sessions()
         alarms: dict[str, Alarm] = {}
         pools = {"web": PoolConfig.model_validate({"vip": "198.19.0.1"})}
         engine = Engine(store, {"fake": collector}, {"fake": CollectorConfig(driver="fake")}, pools,
@@ -124,13 +117,13 @@ async def test_a_firing_alarm_scales_out_through_its_rule_and_resolved_never_sca
     w.collector.value = 15.0                      # the pool's own measurements never ask to shrink
     await grow_to_min(w)
 
-    w.clock.t += 5
+    w.clock.advance(5)
     await w.engine.collect()
     w.engine.evaluate()
     assert w.last()["outcome"] == "hold"          # never received: not firing
 
     w.alarms["LBHighLoad"] = Alarm(True)
-    w.clock.t += 5
+    w.clock.advance(5)
     await w.engine.collect()
     w.engine.evaluate()
     d = w.last()
@@ -140,13 +133,13 @@ async def test_a_firing_alarm_scales_out_through_its_rule_and_resolved_never_sca
 
     w.alarms["LBHighLoad"] = Alarm(False)
     for _ in range(3):
-        w.clock.t += 5
+        w.clock.advance(5)
         await w.engine.collect()
         w.engine.evaluate()
         assert w.last()["outcome"] == "hold", w.last()
     # …while a scale-in the measurements ask for still happens with the alarm resolved.
     w.collector.value = 5.0
-    w.clock.t += 5
+    w.clock.advance(5)
     await w.engine.collect()
     w.engine.evaluate()
     assert (w.last()["outcome"], w.last()["rule"]) == ("scale_in", "idle")
@@ -160,14 +153,14 @@ async def test_unknown_alarm_state_blocks_scale_in(make) -> None:  # type: ignor
         {"name": "alarm-out", "alarm": "LBHighLoad", "adjust": "+1"},
         {"name": "idle", "input": "s", "below": 10, "adjust": -1}]})
     w.alarms["LBHighLoad"] = Alarm(None)          # the receiver knows it but cannot vouch for it
-    w.clock.t += 5
+    w.clock.advance(5)
     await w.engine.collect()
     w.engine.evaluate()
     d = w.last()
     assert d["outcome"] == "hold" and "LBHighLoad" in str(d["reason"]), d
 
     w.alarms["LBHighLoad"] = Alarm(False)
-    w.clock.t += 5
+    w.clock.advance(5)
     await w.engine.collect()
     w.engine.evaluate()
     assert w.last()["outcome"] == "scale_in"
@@ -176,7 +169,7 @@ async def test_unknown_alarm_state_blocks_scale_in(make) -> None:  # type: ignor
 async def test_warming_members_are_left_out_of_the_inputs(make) -> None:  # type: ignore[no-untyped-def]
     w = make({"warmup": "60s"})
     await grow_to_min(w)
-    w.clock.t += 10
+    w.clock.advance(10)
     await w.engine.collect()
     assert w.collector.reads == 0
     point = w.engine.series["web"]["s"][-1]
@@ -184,7 +177,7 @@ async def test_warming_members_are_left_out_of_the_inputs(make) -> None:  # type
     w.engine.evaluate()
     assert w.last()["outcome"] == "hold"
 
-    w.clock.t += 60
+    w.clock.advance(60)
     await w.engine.collect()
     assert w.collector.reads == 1 and w.engine.series["web"]["s"][-1].value == 5.0
 
@@ -195,19 +188,19 @@ async def test_stabilization_history_is_kept_between_evaluations(make) -> None: 
                         {"name": "busy", "input": "s", "above": 20, "adjust": "+1"}]})
     await grow_to_min(w)
     w.collector.value = 30.0                       # busy → 2
-    w.clock.t += 5
+    w.clock.advance(5)
     await w.engine.collect()
     w.engine.evaluate()
     assert w.last()["desired"] == 2
     await w.settle()
     w.collector.value = 5.0                        # idle at once, but the window remembers "2"
-    w.clock.t += 5
+    w.clock.advance(5)
     await w.engine.collect()
     w.engine.evaluate()
     d = w.last()
     assert d["outcome"] == "hold" and d["context"]["cause"] == "stabilization", d
     assert w.engine.history["web"]
-    w.clock.t += 61
+    w.clock.advance(61)
     await w.engine.collect()
     w.engine.evaluate()
     assert w.last()["outcome"] == "scale_in"
@@ -252,12 +245,12 @@ async def test_an_interface_counter_reset_is_no_data_for_the_total_never_another
                          "rx": {"source": "snmp", "metric": "rx_bytes_per_s", "aggregate": "max"}}})
     snmp = with_interfaces(w)
     await grow_to_min(w)
-    w.clock.t += 5
+    w.clock.advance(5)
     await w.engine.collect()
     assert w.engine.series["web"]["rx"][-1].value == 1100.0      # the unlabelled total
 
     snmp.rx["eth0"] = None                                       # eth0's counter went back: no total
-    w.clock.t += 5
+    w.clock.advance(5)
     await w.engine.collect()
     point = w.engine.series["web"]["rx"][-1]
     assert point.value is None, point                            # not eth1's 100
@@ -272,7 +265,7 @@ async def test_an_interface_is_read_only_when_its_labels_are_named(make) -> None
                                   "labels": {"interface": "eth0", "vrf": "red"}}}})
     snmp = with_interfaces(w)
     await grow_to_min(w)
-    w.clock.t += 5
+    w.clock.advance(5)
     await w.engine.collect()
     series = w.engine.series["web"]
     assert series["eth0"][-1].value == 1000.0
@@ -282,7 +275,7 @@ async def test_an_interface_is_read_only_when_its_labels_are_named(make) -> None
     assert series["both"][-1].value is None       # a superset of a sample's labels matches nothing
 
     snmp.rx["eth1"] = None                        # another interface's reset leaves eth0's own rate alone
-    w.clock.t += 5
+    w.clock.advance(5)
     await w.engine.collect()
     assert series["eth0"][-1].value == 1000.0 and series["eth0"][-1].complete
 
@@ -293,7 +286,7 @@ async def test_two_samples_of_one_series_are_no_data_with_the_reason(make) -> No
     snmp = with_interfaces(w)
     snmp.extra = [Sample("rx_bytes_per_s", 7.0, snmp.stamp)]   # a second unlabelled total: neither is used
     await grow_to_min(w)
-    w.clock.t += 5
+    w.clock.advance(5)
     await w.engine.collect()
     point = w.engine.series["web"]["rx"][-1]
     assert point.value is None
@@ -316,7 +309,7 @@ async def test_a_named_haproxy_frontend_is_the_unlabelled_series(make) -> None: 
     w.engine.collector_configs = {"haproxy": CollectorConfig.model_validate(
         {"driver": "haproxy", "target": {"url": "http://{address}:8404/metrics"}})}
     await grow_to_min(w)
-    w.clock.t += 5
+    w.clock.advance(5)
     await w.engine.collect()
     point = w.engine.series["web"]["s"][-1]
     assert point.value == 3.0, point
