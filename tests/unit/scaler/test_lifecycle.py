@@ -10,11 +10,12 @@ from pydantic import ValidationError
 
 from actuators.fake import FakeOrchestrator, FakeOrchestratorConfig, FakeRouter, FakeRouterConfig
 from actuators.orchestrator import InstanceSpec
-from actuators.router import ApplyResult, DesiredRoutes, HopState, Router, RouteStatus
+from actuators.router import ApplyResult, DesiredRoutes, DrainMode, HopState, Router, RouteStatus
 from scaler.config import PoolConfig
 from scaler.lifecycle import Lifecycle
 from scaler.metrics import Metrics
 from scaler.store import MemberState, OpState, Store
+from tests.support import rows
 from tests.support.clock import ManualClock
 
 VIP = IPv4Address("198.19.0.1")
@@ -39,7 +40,7 @@ def store(store: Store) -> Store:
     return store
 
 
-def make(store: Store, orch: FakeOrchestrator, router: FakeRouter, clock: ManualClock,
+def make(store: Store, orch: FakeOrchestrator, router: Router, clock: ManualClock,
          drainer: CountingDrainer | None = None, **pool: object) -> Lifecycle:
     cfg = PoolConfig.model_validate({"vip": str(VIP), "boot_timeout": "60s", "drain_timeout": "30s", **pool})
     return Lifecycle(store, orch, router, drainer or CountingDrainer(), {"web": cfg}, Metrics(), clock)
@@ -63,7 +64,7 @@ async def test_scale_out_goes_through_every_state_and_routes_only_when_healthy(s
     assert len(router.hops(VIP)) == 2 and len(router.batches) == 1
     assert store.running_operation("web") is None
     assert store.operations("web")[0].id == op.id and store.operations("web")[0].state == OpState.DONE
-    assert store.pool("web").last_scale_out_at == clock()
+    assert rows.pool(store, "web").last_scale_out_at == clock()
     steps = [s.name for s in store.steps(op.id)]
     assert steps.count("in_service") == 2
     order = ["creating", "booting", "healthy", "announcing", "in_service"]
@@ -84,16 +85,16 @@ async def test_scale_in_drains_then_withdraws_then_deletes(store: Store) -> None
     assert len(drainer.drained) == 1
     clock.advance(5)
     await lc.reconcile()                                   # buckets and connections left: keep waiting
-    assert store.member(victim.id).state == MemberState.DRAINING
+    assert rows.member(store, victim.id).state == MemberState.DRAINING
     router.config.drain_buckets, drainer.conns = 0, 0
     await lc.reconcile()                                   # drained → withdrawn → route removed → deleting
-    assert store.member(victim.id).state == MemberState.DELETING
+    assert rows.member(store, victim.id).state == MemberState.DELETING
     assert IPv4Address(victim.address) not in router.hops(VIP)
     assert len(drainer.drained) == 1                       # asked once, not every pass
-    steps = [s.name for s in store.steps(store.member(victim.id).op_id)]
+    steps = [s.name for s in store.steps(rows.member(store, victim.id).op_id)]
     assert steps == ["draining", "drain_haproxy", "withdrawn", "deleting"]
     await lc.reconcile()
-    assert store.member(victim.id).state == MemberState.DELETED
+    assert rows.member(store, victim.id).state == MemberState.DELETED
     assert IPv4Address(victim.address) not in router.hops(VIP)
     assert victim.instance not in orch.instances
     assert store.running_operation("web") is None
@@ -226,7 +227,7 @@ async def serve_two_and_drain_one(store: Store, lc: Lifecycle, clock: ManualCloc
 
 
 def withdrawn_detail(store: Store, member_id: str) -> str:
-    m = store.member(member_id)
+    m = rows.member(store, member_id)
     return next(s.detail for s in store.steps(m.op_id) if s.member_id == member_id and s.name == "withdrawn")
 
 
@@ -252,22 +253,22 @@ async def test_withdraw_mode_withdraws_after_the_grace_not_before(store: Store, 
                                                                   conns: int | None, withdraw_at: float,
                                                                   detail: str) -> None:
     clock, orch = ManualClock(), FakeOrchestrator(FakeOrchestratorConfig(boot_probes=0))
-    router = FakeRouter(FakeRouterConfig(drain_mode="withdraw"))
+    router = FakeRouter(FakeRouterConfig(drain_mode=DrainMode.WITHDRAW))
     drainer = CountingDrainer(conns=conns)
     lc = make(store, orch, router, clock, drainer, **pool)
     victim = await serve_two_and_drain_one(store, lc, clock)
-    addr = IPv4Address(store.member(victim).address)
+    addr = IPv4Address(rows.member(store, victim).address)
     start = clock()
     await lc.reconcile()                                   # HAProxy asked; still routed, full share
-    assert store.member(victim).state == MemberState.DRAINING and addr in router.hops(VIP)
+    assert rows.member(store, victim).state == MemberState.DRAINING and addr in router.hops(VIP)
     assert len(drainer.drained) == 1
     clock.now = start + withdraw_at - 0.5
     await lc.reconcile()                                   # connections open, grace not over: keep it
-    assert store.member(victim).state == MemberState.DRAINING and addr in router.hops(VIP)
+    assert rows.member(store, victim).state == MemberState.DRAINING and addr in router.hops(VIP)
     assert drain_observations(lc) == (None, None)
     clock.now = start + withdraw_at
     await lc.reconcile()                                   # withdrawn → route removed → deleting
-    assert store.member(victim).state == MemberState.DELETING
+    assert rows.member(store, victim).state == MemberState.DELETING
     assert addr not in router.hops(VIP)
     assert detail in withdrawn_detail(store, victim)
     assert drain_observations(lc) == (1.0, withdraw_at)
@@ -276,16 +277,16 @@ async def test_withdraw_mode_withdraws_after_the_grace_not_before(store: Store, 
 
 async def test_withdraw_mode_withdraws_at_once_when_no_connection_is_left(store: Store) -> None:
     clock, orch = ManualClock(), FakeOrchestrator(FakeOrchestratorConfig(boot_probes=0))
-    router, drainer = FakeRouter(FakeRouterConfig(drain_mode="withdraw")), CountingDrainer(conns=4)
+    router, drainer = FakeRouter(FakeRouterConfig(drain_mode=DrainMode.WITHDRAW)), CountingDrainer(conns=4)
     lc = make(store, orch, router, clock, drainer, drain_grace="20s")
     victim = await serve_two_and_drain_one(store, lc, clock)
     await lc.reconcile()
-    assert store.member(victim).state == MemberState.DRAINING
+    assert rows.member(store, victim).state == MemberState.DRAINING
     clock.advance(2)
     drainer.conns = 0                                      # the keep-alive clients went elsewhere
     await lc.reconcile()
-    assert store.member(victim).state == MemberState.DELETING
-    assert IPv4Address(store.member(victim).address) not in router.hops(VIP)
+    assert rows.member(store, victim).state == MemberState.DELETING
+    assert IPv4Address(rows.member(store, victim).address) not in router.hops(VIP)
     assert withdrawn_detail(store, victim) == "no connections left after 2s: withdrawn"
 
 
@@ -293,7 +294,7 @@ async def test_withdraw_mode_asks_haproxy_first_and_gives_the_grace_from_then(st
     """The request comes before the withdraw, while the member is still routed. A scaler that
     comes back 7s after the scale-in (grace 5s) asks HAProxy then, and withdraws 5s later."""
     clock, orch = ManualClock(), FakeOrchestrator(FakeOrchestratorConfig(boot_probes=0))
-    router = FakeRouter(FakeRouterConfig(drain_mode="withdraw"))
+    router = FakeRouter(FakeRouterConfig(drain_mode=DrainMode.WITHDRAW))
     drainer = RouteWatchingDrainer(router, conns=2)
     lc = make(store, orch, router, clock, drainer)
     victim = await serve_two_and_drain_one(store, lc, clock)
@@ -301,22 +302,22 @@ async def test_withdraw_mode_asks_haproxy_first_and_gives_the_grace_from_then(st
     clock.now = start + 7
     await lc.reconcile()
     assert drainer.routed_at_request == [True]
-    assert store.member(victim).state == MemberState.DRAINING
+    assert rows.member(store, victim).state == MemberState.DRAINING
     clock.now = start + 11
     await lc.reconcile()
-    assert store.member(victim).state == MemberState.DRAINING
+    assert rows.member(store, victim).state == MemberState.DRAINING
     clock.now = start + 12
     await lc.reconcile()
-    assert store.member(victim).state == MemberState.DELETING
+    assert rows.member(store, victim).state == MemberState.DELETING
     assert "grace 5s over: withdrawn with 2 connections" in withdrawn_detail(store, victim)
-    steps = [s.name for s in store.steps(store.member(victim).op_id)]
+    steps = [s.name for s in store.steps(rows.member(store, victim).op_id)]
     assert steps == ["draining", "drain_haproxy", "withdrawn", "deleting"]
     assert drainer.routed_at_request == [True]
 
 
 async def test_withdraw_mode_waits_while_the_router_cannot_be_read(store: Store) -> None:
     clock, orch = ManualClock(), FakeOrchestrator(FakeOrchestratorConfig(boot_probes=0))
-    router, drainer = FakeRouter(FakeRouterConfig(drain_mode="withdraw")), CountingDrainer(conns=0)
+    router, drainer = FakeRouter(FakeRouterConfig(drain_mode=DrainMode.WITHDRAW)), CountingDrainer(conns=0)
     lc = make(store, orch, router, clock, drainer)
     victim = await serve_two_and_drain_one(store, lc, clock)
     router.fail = True
@@ -324,10 +325,10 @@ async def test_withdraw_mode_waits_while_the_router_cannot_be_read(store: Store)
     clock.advance(6)
     await lc.reconcile()
     assert len(drainer.drained) == 1
-    assert store.member(victim).state == MemberState.DRAINING
+    assert rows.member(store, victim).state == MemberState.DRAINING
     router.fail = False
     await lc.reconcile()
-    assert store.member(victim).state == MemberState.DELETING
+    assert rows.member(store, victim).state == MemberState.DELETING
 
 
 @pytest.mark.parametrize("wrap", [
@@ -340,13 +341,13 @@ async def test_weight_mode_ignores_the_grace_and_waits_for_buckets(store: Store,
     lc = make(store, orch, RouterWithoutDrainMode(router) if wrap else router, clock, drainer)
     victim = await serve_two_and_drain_one(store, lc, clock)
     await lc.reconcile()
-    assert router.routes[VIP][IPv4Address(store.member(victim).address)] is HopState.DRAINING
+    assert router.routes[VIP][IPv4Address(rows.member(store, victim).address)] is HopState.DRAINING
     clock.advance(6)                                       # past the default grace, buckets left
     await lc.reconcile()
-    assert store.member(victim).state == MemberState.DRAINING
+    assert rows.member(store, victim).state == MemberState.DRAINING
     router.config.drain_buckets = 0
     await lc.reconcile()
-    assert store.member(victim).state == MemberState.DELETING
+    assert rows.member(store, victim).state == MemberState.DELETING
     assert withdrawn_detail(store, victim) == "drained in 6s"
 
 

@@ -29,6 +29,7 @@ from scaler.lifecycle import Lifecycle
 from scaler.metrics import Metrics
 from scaler.store import MemberState, OpState, Store
 from tests.fake_openstack import FakeCloud, FakeOpenStack
+from tests.support import rows
 from tests.support.clock import ManualClock
 
 VIP = IPv4Address("198.51.100.10")
@@ -120,10 +121,10 @@ async def test_a_create_retried_after_a_crash_adopts_the_server_it_made(
     m = store.members("web")[0]
     # The crashed scaler's create went through, but it died before persisting "booting".
     made = await driver.create(InstanceSpec("web", VIP, INSTANCE), m.instance)
-    assert store.member(m.id).state == MemberState.CREATING
+    assert rows.member(store, m.id).state == MemberState.CREATING
     lc = lifecycle(store, driver, clock)                   # the restarted scaler
     await lc.reconcile()
-    after = store.member(m.id)
+    after = rows.member(store, m.id)
     assert after.state == MemberState.BOOTING
     assert after.endpoint_map()["server_id"] == made.endpoints["server_id"]
     assert after.address == str(made.address)
@@ -268,15 +269,15 @@ async def test_audit_withdraws_a_member_whose_server_vanished(
     if scale_in:
         store.start_scale_in("web", [gone], 2, "idle", clock())
         await settle(lc, clock, passes=2)                   # draining: buckets and connections left
-        assert store.member(gone.id).state == MemberState.DRAINING
+        assert rows.member(store, gone.id).state == MemberState.DRAINING
     cloud.delete_server(gone.endpoint_map()["server_id"])   # behind the scaler's back
     clock.advance(1)
     findings = await auditor.audit()
     assert [(f.kind, f.instance, f.action) for f in findings] == [("vanished", gone.instance, via)]
     assert router.hops(VIP) == {IPv4Address(kept.address or "")}      # withdrawn before audit() returned
     await settle(lc, clock, passes=2)
-    assert store.member(gone.id).state == MemberState.DELETED
-    assert store.member(kept.id).state == MemberState.IN_SERVICE
+    assert rows.member(store, gone.id).state == MemberState.DELETED
+    assert rows.member(store, kept.id).state == MemberState.IN_SERVICE
     assert port_owners(cloud) == {kept.instance}           # its ports went too
 
 
