@@ -8,10 +8,11 @@
 A request is answered 2xx only once what it carried is committed to the store, and it never waits
 for (or triggers) scaling: an alarm is an input the engine reads at its next evaluation. Each step
 refuses as early and as cheaply as it can, in this order: credentials in headers (401), the body,
-read with a size limit and a deadline (413, 408), signatures over the raw body (401), parsing
-(422), the number of alerts (413), the pools the credential may speak for (403). Nothing is stored
-for a refused request. Duplicates answer 200: Alertmanager re-sends every 4xx forever, so 4xx is
-kept for what an operator must fix (credentials, limits, malformed payloads).
+read with a size limit and a deadline (413, 408), signatures over the raw body (401), UTF-8 (422),
+the pools the credential may speak for, read from the JSON before the payload schema is checked
+(403), the payload schema (422), the number of alerts (413). Nothing is stored for a refused
+request. Duplicates answer 200: Alertmanager re-sends every 4xx forever, so 4xx is kept for what an
+operator must fix (credentials, limits, malformed payloads).
 
 This module must not scale, sleep, or read the clock except through the injected `clock`.
 """
@@ -265,6 +266,42 @@ def _auth(exc: AuthError) -> Refused:
     return Refused(exc.status, "unauthorized" if exc.status == 401 else "forbidden", exc.message, exc.reason)
 
 
+def pools_named(doc: Any, pool_label: str) -> set[str]:
+    """The pools the alerts of a delivery name (their `pool_label` label), read from the parsed JSON
+    before the payload schema is checked: what is not shaped like a delivery names no pool here (the
+    schema refuses it afterwards)."""
+    alerts = doc.get("alerts") if isinstance(doc, dict) else None
+    named: set[str] = set()
+    for alert in alerts if isinstance(alerts, list) else ():
+        labels = alert.get("labels") if isinstance(alert, dict) else None
+        pool = labels.get(pool_label) if isinstance(labels, dict) else None
+        if isinstance(pool, str) and pool:
+            named.add(pool)
+    return named
+
+
+def check_pools(receiver: str, sender: str, scopes: Sequence[list[str]], named: Collection[str]) -> None:
+    """All or nothing: one pool outside any of the sender's scopes refuses the delivery (403), so
+    a misrouted group is visible at once (Alertmanager's failed-notification metrics, ours)."""
+    denied = sorted(p for p in named if not all(allows(scope, p) for scope in scopes))
+    if denied:
+        raise _auth(forbidden("pool_not_allowed", f"{receiver} credential {sender!r} may not send alerts for "
+                              f"pool(s) {', '.join(repr(p)[:80] for p in denied[:10])}"))
+
+
+async def check_pools_before_parsing(receiver: str, request: Request, pool_label: str) -> None:
+    """The pool check on the raw JSON: a credential gets 403 for a pool outside its scope whatever
+    else the delivery holds, not a 422 that describes the payload (a valid alert of its own pool
+    beside a malformed one of another pool is still a misrouted group). Starlette keeps the parsed
+    JSON, so FastAPI does not parse the body a second time."""
+    try:
+        doc = await request.json()
+    except ValueError:          # not JSON: FastAPI answers 422 for it
+        return
+    sender, scopes = request.state.alerts_sender
+    check_pools(receiver, sender, scopes, pools_named(doc, pool_label))
+
+
 async def read_body(request: Request, limit: int, timeout_s: float) -> bytes:
     """The whole body, refused (413) as soon as it exceeds `limit` and (408) if it takes longer
     than `timeout_s`. Kept on the request so FastAPI parses these same bytes afterwards."""
@@ -380,6 +417,7 @@ def alerts_router(store: Store, config: AlertsConfig | Callable[[], AlertsConfig
             raise _auth(exc) from None
         require_utf8(await read_body(request, cfg.max_body_bytes, cfg.read_timeout))
         request.state.alerts_sender = (credential.name, [list(credential.pools)])
+        await check_pools_before_parsing("alertmanager", request, cfg.pool_label)
 
     async def grafana_guard(request: Request) -> None:
         cfg = current()
@@ -403,6 +441,7 @@ def alerts_router(store: Store, config: AlertsConfig | Callable[[], AlertsConfig
             raise _auth(exc) from None
         require_utf8(body)
         request.state.alerts_sender = (name, scopes)
+        await check_pools_before_parsing("grafana", request, cfg.pool_label)
 
     async def signal_guard(request: Request) -> None:
         cfg = current()
@@ -457,13 +496,9 @@ def alerts_router(store: Store, config: AlertsConfig | Callable[[], AlertsConfig
         if len(alerts) > cfg.max_alerts:
             raise Refused(413, "too_many_alerts", f"{len(alerts)} alerts in one delivery, more than "
                           f"alerts.max_alerts={cfg.max_alerts}; set max_alerts in the sender")
-        named = {a.labels.get(cfg.pool_label, "") for a in alerts} - {""}
-        # All or nothing: a credential naming one pool it may not speak for stores nothing, so a
-        # misrouted group is visible (Alertmanager's failed-notification metrics, ours) at once.
-        denied = sorted(p for p in named if not all(allows(scope, p) for scope in scopes))
-        if denied:
-            raise _auth(forbidden("pool_not_allowed", f"{receiver} credential {name!r} may not send alerts for "
-                                  f"pool(s) {', '.join(repr(p)[:80] for p in denied[:10])}"))
+        # The guard checked the pools on the raw JSON already; the same check on the validated
+        # payload keeps "nothing stored for a pool outside the scope" true on its own.
+        check_pools(receiver, name, scopes, {a.labels.get(cfg.pool_label, "") for a in alerts} - {""})
         known = set(pools())
         incoming = []
         for a in alerts:

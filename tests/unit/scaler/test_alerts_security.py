@@ -139,6 +139,63 @@ async def test_a_group_naming_one_forbidden_pool_stores_nothing(h: Harness) -> N
     nothing_stored(h)
 
 
+@pytest.mark.parametrize("spoil", [
+    pytest.param(lambda a: a.pop("fingerprint"), id="an alert without fingerprint"),
+    pytest.param(lambda a: a.update(startsAt="2026-13-01T00:00:00Z"), id="startsAt month 13"),
+    pytest.param(lambda a: a.update(status="pending"), id="unknown alert status"),
+    pytest.param(lambda a: a["labels"].update(severity=1), id="a label value that is not a string"),
+    pytest.param(lambda a: a.update(generatorURL=["x"]), id="a generatorURL that is not a string"),
+    pytest.param(None, id="payload version 3"),
+])
+async def test_a_pool_outside_the_scope_is_403_before_the_payload_is_validated(h: Harness, spoil: Any) -> None:
+    # The lb-b token's own group, with one alert for lb-a (which it may not signal) and something
+    # the payload schema refuses: 403 naming the pool, not a 422 describing the payload.
+    body = copy.deepcopy(delivery("02").body)
+    body["alerts"][1]["labels"]["pool"] = "lb-a"
+    if spoil is None:
+        body["version"] = "3"
+    else:
+        spoil(body["alerts"][0])
+    response = await h.client.post(AM, content=wire_body(body), headers={**JSON, **delivery("02").headers})
+    assert response.status_code == 403, response.text
+    assert response.json()["detail"] == "alertmanager credential 'am-trunc' may not send alerts for pool(s) 'lb-a'"
+    nothing_stored(h)
+    assert h.metric("scaler_alert_deliveries_total", receiver="alertmanager", result="forbidden") == 1
+    assert h.metric("scaler_alert_auth_failures_total", receiver="alertmanager", reason="pool_not_allowed") == 1
+
+
+async def test_a_malformed_delivery_for_its_own_pool_is_still_422(h: Harness) -> None:
+    body = copy.deepcopy(delivery("02").body)          # lb-b only: the token may signal it
+    body["alerts"][0].pop("fingerprint")
+    response = await h.client.post(AM, content=wire_body(body), headers={**JSON, **delivery("02").headers})
+    assert response.status_code == 422, response.text
+    nothing_stored(h)
+
+
+async def test_an_unknown_pool_in_the_scope_is_202(h: Harness) -> None:
+    # The basic credential may signal every pool ("*"): a pool this scaler does not manage is
+    # recorded and answered 202, never a 4xx (Alertmanager would re-send it forever).
+    body = copy.deepcopy(delivery("01").body)
+    body["alerts"][0]["labels"]["pool"] = "lb-z"
+    response = await h.client.post(AM, content=wire_body(body), headers={**JSON, "Authorization": BASIC})
+    assert response.status_code == 202, response.text
+    assert response.json()["result"] == "unknown_pool"
+
+
+async def test_grafana_checks_the_pools_before_the_payload_too(tmp_path: Path) -> None:
+    config = alerts_config(tmp_path, grafana={"hmac": {"secret": {"file": str(tmp_path / "hmac")}, "pools": ["lb-b"],
+                                                       "timestamp_header": TS_HEADER}})
+    async with harness(tmp_path / "s.db", config, KNOWN) as h:
+        h.clock.now = NOW
+        doc = copy.deepcopy(delivery("04").body)               # lb-a, which the HMAC key may not sign for
+        doc["alerts"][0].pop("fingerprint")
+        body = wire_body(doc)
+        response = await h.client.post(GRAFANA, content=body, headers=grafana_headers(body))
+        assert response.status_code == 403, response.text
+        assert "'lb-a'" in response.json()["detail"]
+        nothing_stored(h)
+
+
 async def test_receiver_without_credentials_accepts_nothing(tmp_path: Path) -> None:
     config = alerts_config(tmp_path, alertmanager={"credentials": []})
     async with harness(tmp_path / "s.db", config, KNOWN) as h:
