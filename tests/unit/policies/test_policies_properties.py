@@ -5,6 +5,7 @@ shrinks the pool, and a flapping input cannot cause more actions than the cooldo
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from typing import Any
 
 import pytest
@@ -61,7 +62,7 @@ values = st.one_of(st.none(), st.floats(min_value=0, max_value=150, allow_nan=Fa
 readings = st.lists(values, min_size=0, max_size=12)
 
 
-def as_series(seq: list[float | None], end: float = NOW, step: float = 2.0, partial: bool = False) -> list[Point]:
+def as_series(seq: Sequence[float | None], end: float = NOW, step: float = 2.0, partial: bool = False) -> list[Point]:
     n = len(seq)
     return [Point(end - step * (n - i - 1), v, "lb2: timeout" if v is None or partial else "",
                   complete=not partial) for i, v in enumerate(seq)]
@@ -218,6 +219,7 @@ def test_square_wave_actions_bounded_by_cooldown(rules: str, period: int, cooldo
     """A square wave of period P over T seconds causes at most ceil(T / cooldown) actions."""
     p = pool(rules, min=1, max=1000, cooldown={"scale_out": cooldown, "scale_in": cooldown},
              stabilization={"scale_in": "30s" if stabilize else 0})
+    history: tuple[tuple[float, int], ...]
     size, last_out, last_in, actions, history = 5, None, None, 0, ()
     pts: dict[str, list[Point]] = {"sessions": [], "cpu": [], "queue": [], "HighLatency": []}
     total = 600

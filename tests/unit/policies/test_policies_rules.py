@@ -511,8 +511,8 @@ def test_remember_appends_and_forgets_what_no_window_reads() -> None:
 PARIS = ZoneInfo("Europe/Paris")
 
 
-def paris(*args: int) -> float:
-    return datetime(*args, tzinfo=PARIS).timestamp()  # type: ignore[misc]
+def paris(year: int, month: int, day: int, hour: int = 0, minute: int = 0, second: int = 0) -> float:
+    return datetime(year, month, day, hour, minute, second, tzinfo=PARIS).timestamp()
 
 
 BUSINESS = {"name": "business-hours", "cron": "0 8 * * 1-5", "duration": "10h", "min": 4, "max": 12,
