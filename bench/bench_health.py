@@ -204,11 +204,12 @@ async def detection(failures: int, out: Path) -> None:
                             raise RuntimeError(f"{kind}: not withdrawn in 10 s:\n{svc.tail()}")
                         await asyncio.sleep(0.005)
                     times.append(time.monotonic() - t0)
-                    if kind == "freeze":
-                        os.kill(pid, signal.SIGCONT)    # let its delete stop it; it stays withdrawn
                     await asyncio.sleep(2.5)            # in-flight requests time out (1 s client timeout)
                     after = (await load.next_tick() or {}).get("total", {}).get("failed", 0)
                     failed.append(after - before)
+                    if kind == "freeze":                # only now: a resumed HAProxy would still answer
+                        with contextlib.suppress(ProcessLookupError):
+                            os.kill(pid, signal.SIGCONT)
                     print(f"{kind}: {times[-1] * 1000:.0f} ms, {failed[-1]} failed requests", flush=True)
                 qs = statistics.quantiles(times, n=100, method="inclusive")
                 write(out, f"health_detection_{kind}", {
