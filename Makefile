@@ -22,7 +22,12 @@ system-deps:  ## apt-get install the daemons the lab runs (only what is missing)
 	  apt-get update -qq && apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
 	fi
 
+# Debian's python3 creates no virtualenv without python3-venv (ensurepip is in it): install it first.
 $(VENV)/.installed: pyproject.toml
+	@test -x $(PY) || $(PYTHON) -c 'import ensurepip' 2>/dev/null || { \
+	  echo "installing: python3-venv"; \
+	  export DEBIAN_FRONTEND=noninteractive; \
+	  apt-get update -qq && apt-get install -y -qq --no-install-recommends python3-venv >/dev/null; }
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -e '.[dev]'
@@ -44,7 +49,7 @@ test: deps  ## run every test (unit and integration; needs root for network name
 test-unit: venv  ## run the unit tests only (no root needed)
 	$(PY) -m pytest -m 'not integration'
 
-lint: venv  ## ruff and mypy
+lint: venv  ## ruff, and mypy over the code and the tests
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/mypy
 
