@@ -27,7 +27,7 @@ import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Literal, Protocol
+from typing import Any, Literal, Protocol
 from urllib.parse import urlsplit
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
@@ -185,8 +185,20 @@ class HealthMetrics:
                                     "reason (down, flapping)", ["pool", "reason"], registry=r)
         self.panic = Gauge("scaler_health_panic", "1 while more than the panic threshold of the pool is down: "
                            "every route kept, no replacement", ["pool"], registry=r)
+        self._children: dict[tuple[str, Result], tuple[Any, Any]] = {}
         self.round_seconds = Histogram("scaler_health_round_seconds", "Time of one round of checks of a pool",
                                        ["pool"], registry=r, buckets=(0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1))
+
+
+    def count(self, pool: str, out: Outcome) -> None:
+        """One check's counter and latency (the labelled children looked up once per pool and result)."""
+        children = self._children.get((pool, out.result))
+        if children is None:
+            children = self._children[(pool, out.result)] = (self.checks.labels(pool, str(out.result)),
+                                                              self.latency.labels(pool))
+        children[0].inc()
+        if out.result is not Result.ERROR:
+            children[1].observe(out.latency_s)
 
 
 @dataclass
@@ -198,6 +210,7 @@ class MemberCheck:
     counters: Counters
     last_at: float | None = None
     last: Outcome | None = None
+    exported: bool = False           # scaler_member_health set for it (then only on changes)
     downs: deque[float] = field(default_factory=lambda: deque(maxlen=64))
 
     def as_dict(self) -> dict[str, object]:
@@ -229,6 +242,7 @@ class HealthChecker:
         self.panic: dict[str, str | None] = {}       # pool → why it is in panic (None: it is not)
         self._tasks: list[asyncio.Task[None]] = []
         self._said: set[tuple[str, str]] = set()     # (pool, message) logged once
+        self._targets: dict[str, tuple[tuple[str | None, str], CheckTarget | str]] = {}
 
     # --- running ---------------------------------------------------------------------------------
 
@@ -273,7 +287,12 @@ class HealthChecker:
         targets: list[CheckTarget] = []
         checked: list[Member] = []
         for m in members:
-            t = resolve(cfg, m)
+            # Resolved once per member and kept while its address and endpoints stay the same: the
+            # templates and the endpoints' JSON cost more than the check itself at 4,000 checks/s.
+            key = (m.address, m.endpoints)
+            cached = self._targets.get(m.id)
+            t = cached[1] if cached is not None and cached[0] == key else resolve(cfg, m)
+            self._targets[m.id] = (key, t)
             if isinstance(t, str):
                 self._say(pool, t, logging.ERROR)
                 continue
@@ -306,15 +325,15 @@ class HealthChecker:
         if mc is None:
             mc = self.members[m.id] = MemberCheck(pool, m.instance, Counters(Health(m.health)))
         mc.last_at, mc.last = self.clock(), out
-        self.metrics.checks.labels(pool, str(out.result)).inc()
-        if out.result is not Result.ERROR:
-            self.metrics.latency.labels(pool).observe(out.latency_s)
-        else:
+        self.metrics.count(pool, out)
+        if out.result is Result.ERROR:
             self._say(pool, f"health check of {m.instance} could not be made: {out.detail}", logging.WARNING)
         before = mc.counters.health
         mc.counters = observe(mc.counters, out.result, cfg.rise, cfg.fall)
         after = mc.counters.health
-        self.metrics.health.labels(pool, m.instance).set({Health.UP: 1, Health.DOWN: 0}.get(after, -1))
+        if after is not before or not mc.exported:
+            self.metrics.health.labels(pool, m.instance).set({Health.UP: 1, Health.DOWN: 0}.get(after, -1))
+            mc.exported = True
         if after is before or after is Health.UNKNOWN:
             return None
         if after is Health.DOWN:
@@ -393,6 +412,7 @@ class HealthChecker:
     def _forget_gone(self, pool: str, ids: set[str]) -> None:
         for mid in [k for k, mc in self.members.items() if k not in ids and mc.pool == pool]:
             mc = self.members.pop(mid)
+            self._targets.pop(mid, None)
             with contextlib.suppress(KeyError):
                 self.metrics.health.remove(pool, mc.instance)
 
