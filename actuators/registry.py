@@ -17,7 +17,7 @@ from pydantic import BaseModel
 from actuators.bgp import BgpRouter, BgpRouterConfig
 from actuators.fake import FakeOrchestrator, FakeOrchestratorConfig, FakeRouter, FakeRouterConfig
 from actuators.kernel.router import KernelRouter, KernelRouterConfig
-from actuators.lab.orchestrator import LabOrchestrator, LabOrchestratorConfig
+from actuators.lab.orchestrator import LabInstanceOptions, LabOrchestrator, LabOrchestratorConfig
 from actuators.openstack.options import InstanceOptions, OpenStackOrchestratorConfig
 from actuators.openstack.orchestrator import OpenStackOrchestrator
 from actuators.orchestrator import Orchestrator
@@ -30,7 +30,9 @@ DriverT = TypeVar("DriverT")
 @dataclass(frozen=True, slots=True)
 class Registration(Generic[ConfigT, DriverT]):
     """How to build one driver: its options model, a factory taking the validated options, and
-    (orchestrators) the model of a pool's `instance:` mapping, None if the driver reads none."""
+    (orchestrators) the model of a pool's `instance:` mapping, validated as the driver validates
+    `InstanceSpec.params` (a model without fields: the driver reads none, every key is refused);
+    None: not checked (the fake orchestrator ignores it)."""
 
     config: type[ConfigT]
     factory: Callable[[ConfigT], DriverT]
@@ -38,7 +40,7 @@ class Registration(Generic[ConfigT, DriverT]):
 
 
 ORCHESTRATORS: dict[str, Registration[Any, Orchestrator]] = {
-    "lab": Registration(LabOrchestratorConfig, LabOrchestrator),
+    "lab": Registration(LabOrchestratorConfig, LabOrchestrator, LabInstanceOptions),
     "fake": Registration(FakeOrchestratorConfig, FakeOrchestrator),
     "openstack": Registration(OpenStackOrchestratorConfig, OpenStackOrchestrator, InstanceOptions),
 }

@@ -3,13 +3,14 @@
 `load_config(path)` returns a validated `ServiceConfig` or raises ConfigError listing every problem
 as FILE:LINE:COL. `load_policies(cfg)` does the same for the policy files and checks them against
 the service config (known pools, known collectors). Driver options are validated by the driver's
-own config model, so an error inside `orchestrator.options` still names its line.
+own config model, so an error inside `orchestrator.options` still names its line; so is each pool's
+`instance:` mapping, by the model the orchestrator validates it with when it creates a member.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from ipaddress import IPv4Address
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -127,7 +128,8 @@ class PoolConfig(Strict):
     """A pool's infrastructure. What makes it grow or shrink lives in the policy files."""
 
     vip: IPv4Address
-    instance: dict[str, Any] = Field(default_factory=dict, description="passed to the orchestrator")
+    instance: dict[str, Any] = Field(default_factory=dict, description="passed to the orchestrator, which "
+                                     "validates it (so does load_config, with Registries.instances)")
     # More than 0: with 0, every new member would fail before it could boot.
     boot_timeout: PositiveDuration = 300.0
     # Longest a member drains: at this point it is withdrawn whatever it still carries.
@@ -188,11 +190,13 @@ class ServiceConfig(Strict):
 
 @dataclass(frozen=True)
 class Registries:
-    """Config models of the known drivers, by name: {"lab": LabOrchestratorConfig, ...}."""
+    """Config models of the known drivers, by name: {"lab": LabOrchestratorConfig, ...}; `instances`:
+    by orchestrator driver, the model of a pool's `instance:` mapping (a driver not listed: not checked)."""
 
     orchestrators: Mapping[str, type[BaseModel]]
     routers: Mapping[str, type[BaseModel]]
     collectors: Mapping[str, type[BaseModel]]
+    instances: Mapping[str, type[BaseModel]] = field(default_factory=dict)
 
 
 def _check_driver(kind: str, section: Any, registry: Mapping[str, type[BaseModel]], path: Path, doc: Any,
@@ -209,6 +213,23 @@ def _check_driver(kind: str, section: Any, registry: Mapping[str, type[BaseModel
     return []
 
 
+def _check_instances(cfg: ServiceConfig, instances: Mapping[str, type[BaseModel]], path: Path,
+                     doc: Any) -> list[str]:
+    """Every pool's `instance:` with the orchestrator's model, as the driver validates
+    `InstanceSpec.params` at a create (the mapping as written, no context), so a typo there is
+    reported now with its line instead of failing the pool's first scale-out."""
+    model = instances.get(cfg.orchestrator.driver)
+    if model is None:
+        return []
+    problems: list[str] = []
+    for name, pool in cfg.pools.items():
+        try:
+            model.model_validate(dict(pool.instance))
+        except ValidationError as exc:
+            problems += yamlconf.problems_of(exc, path, doc, prefix=("pools", name, "instance"))
+    return problems
+
+
 def load_config(path: Path, registries: Registries) -> ServiceConfig:
     """Read and validate scaler.yaml, including each driver's options."""
     doc = yamlconf.load(path)
@@ -218,6 +239,7 @@ def load_config(path: Path, registries: Registries) -> ServiceConfig:
     cfg = cfg.model_copy(update={"source": path})
     problems = _check_driver("orchestrator", cfg.orchestrator, registries.orchestrators, path, doc,
                              ("orchestrator",))
+    problems += _check_instances(cfg, registries.instances, path, doc)
     problems += _check_driver("router", cfg.router, registries.routers, path, doc, ("router",))
     for name, col in cfg.collectors.items():
         problems += _check_driver("collector", col, registries.collectors, path, doc, ("collectors", name))

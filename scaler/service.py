@@ -51,6 +51,7 @@ REGISTRIES = Registries(
     orchestrators={k: v.config for k, v in ORCHESTRATORS.items()},
     routers={k: v.config for k, v in ROUTERS.items()},
     collectors={k: v.config for k, v in collectors.COLLECTORS.items()},
+    instances={k: v.instance for k, v in ORCHESTRATORS.items() if v.instance is not None},
 )
 
 

@@ -13,7 +13,7 @@ from typing import Any, TypeVar
 
 from pydantic import BaseModel, ValidationError
 from ruamel.yaml import YAML
-from ruamel.yaml.comments import CommentedMap, CommentedSeq
+from ruamel.yaml.comments import CommentedMap, CommentedSeq, merge_attrib
 from ruamel.yaml.error import MarkedYAMLError
 
 from scaler.errors import ConfigError
@@ -36,6 +36,18 @@ def load(path: Path) -> Any:
         raise ConfigError([f"{where}: YAML syntax: {exc.problem}"]) from exc
 
 
+def _key_position(node: CommentedMap, key: Any) -> tuple[int, int]:
+    """(line, col), 0-based, where `key` is written: in `node`, or, for a key merged in with
+    `<<: *anchor`, in the anchored mapping (the line to fix)."""
+    if key in node.lc.data:
+        line, col = node.lc.key(key)
+        return line, col
+    for merged in getattr(node, merge_attrib, []):
+        if isinstance(merged, CommentedMap) and key in merged:
+            return _key_position(merged, key)
+    return node.lc.line, node.lc.col
+
+
 def position(doc: Any, loc: Sequence[str | int]) -> tuple[int, int, str]:
     """(line, col, key path) of the deepest node of `loc` that exists in `doc` (1-based)."""
     line, col = 1, 1
@@ -43,7 +55,7 @@ def position(doc: Any, loc: Sequence[str | int]) -> tuple[int, int, str]:
     found: list[str] = []
     for part in loc:
         if isinstance(node, CommentedMap) and part in node:
-            ln, cl = node.lc.key(part)
+            ln, cl = _key_position(node, part)
             line, col = ln + 1, cl + 1
             node = node[part]
         elif isinstance(node, CommentedSeq) and isinstance(part, int) and 0 <= part < len(node):

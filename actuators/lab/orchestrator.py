@@ -26,7 +26,7 @@ import shutil
 import socket
 import sys
 import time
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Iterable, Mapping
 from ipaddress import IPv4Address
 from pathlib import Path
 
@@ -217,6 +217,23 @@ class LabOrchestratorConfig(BaseModel):
         return self.dir
 
 
+class LabInstanceOptions(BaseModel):
+    """A pool's `instance:` mapping in scaler.yaml (`InstanceSpec.params`), as this driver reads it:
+    nothing. Every lab instance is the same HAProxy namespace, set up by the orchestrator's options,
+    so `instance:` stays empty (or absent) and any key in it is refused as unknown."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+def lab_instance_options(params: Mapping[str, object], pool: str) -> LabInstanceOptions:
+    """A pool's instance options, validated; OrchestratorError names every unknown key."""
+    try:
+        return LabInstanceOptions.model_validate(dict(params))
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(str(x) for x in e['loc'])}: {e['msg']}" for e in exc.errors())
+        raise OrchestratorError(f"pool {pool}: instance options: {problems}") from None
+
+
 class InstancePaths:
     """Where one instance's files live."""
 
@@ -401,6 +418,7 @@ class LabOrchestrator:
 
     async def create(self, spec: InstanceSpec, name: str) -> Instance:
         check_instance_name(name)
+        lab_instance_options(spec.params, spec.pool)
         if self.cfg.vip is not None and spec.vip != self.cfg.vip:
             raise OrchestratorError(f"instance {name}: this lab serves VIP {self.cfg.vip}, not {spec.vip}")
         paths = self.paths(name)
@@ -621,8 +639,8 @@ class LabOrchestrator:
 
 
 __all__ = [
-    "SNMP_SECRET_NAMES", "InstanceMeta", "LabOrchestrator", "LabOrchestratorConfig", "allocate_index", "client_ns",
-    "ensure_lab_snmp_secrets", "instance_address", "instance_ifname", "instance_ns", "kill_netns_processes",
-    "kill_pidfile", "lab_snmp_secrets", "pids_in_netns", "render_haproxy_cfg", "router_address", "router_ifname",
-    "router_ns",
+    "SNMP_SECRET_NAMES", "InstanceMeta", "LabInstanceOptions", "LabOrchestrator", "LabOrchestratorConfig",
+    "allocate_index", "client_ns", "ensure_lab_snmp_secrets", "instance_address", "instance_ifname", "instance_ns",
+    "kill_netns_processes", "kill_pidfile", "lab_instance_options", "lab_snmp_secrets", "pids_in_netns",
+    "render_haproxy_cfg", "router_address", "router_ifname", "router_ns",
 ]

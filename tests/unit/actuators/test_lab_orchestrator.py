@@ -151,6 +151,15 @@ async def test_create_refuses_when_the_lab_is_not_up(tmp_path: Path) -> None:
     assert not (tmp_path / "instances" / "a").exists()
 
 
+async def test_create_refuses_instance_options_the_lab_does_not_read(tmp_path: Path) -> None:
+    # The lab reads nothing from a pool's `instance:` (scaler.yaml): a key there is a mistake, said
+    # before anything is made (scaler check says it first, with the key's line).
+    orch = LabOrchestrator(LabOrchestratorConfig(lab="sclu", dir=tmp_path))
+    with pytest.raises(OrchestratorError, match="pool web: instance options: flavour: Extra inputs are not permitted"):
+        await orch.create(InstanceSpec(pool="web", vip=VIP, params={"flavour": "big"}), "a")
+    assert not (tmp_path / "instances" / "a").exists()
+
+
 async def test_kill_pidfile_checks_the_command_line(tmp_path: Path) -> None:
     proc = await asyncio.create_subprocess_exec(sys.executable, "-c", "import time; time.sleep(30)",
                                                 str(tmp_path))

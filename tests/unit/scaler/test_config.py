@@ -291,3 +291,99 @@ def test_edge_values_are_refused_at_their_line(tmp_path: Path, old: str, new: st
 def test_zeros_that_mean_something_are_kept(tmp_path: Path, old: str, new: str, also: tuple[str, str] | None) -> None:
     path, _, _ = service_config(tmp_path, old, new, *([also] if also else []))
     load_config(path, REGISTRIES)
+
+
+def line_of(path: Path, text: str) -> tuple[int, int]:
+    """(line, column) of the one line of `path` that is `text` (its first non-blank character)."""
+    (index,) = [i for i, line in enumerate(path.read_text().splitlines()) if line == text]
+    return index + 1, len(text) - len(text.lstrip(" ")) + 1
+
+
+def test_a_typo_in_a_lab_pool_instance_is_reported_at_its_line(conf: Path) -> None:
+    # The lab reads nothing from `instance:`: every key there is unknown.
+    path = conf / "scaler.yaml"
+    edit(path, "    vip: 198.19.0.1\n", "    vip: 198.19.0.1\n    instance:\n      flavour: big\n")
+    line, col = line_of(path, "      flavour: big")
+    with pytest.raises(ConfigError) as err:
+        load_config(path, REGISTRIES)
+    assert err.value.problems == [f"{path}:{line}:{col}: pools.web.instance.flavour: unknown key"]
+
+
+# Two OpenStack pools sharing their instance options through a YAML anchor, as docs/openstack.md shows.
+OPENSTACK = """\
+orchestrator:
+  driver: openstack
+  options:
+    cloud: lb-prod
+router:
+  driver: fake
+collectors:
+  haproxy:
+    driver: haproxy
+pools:
+  web:
+    vip: 198.51.100.10
+    instance: &lb
+      image: haproxy-lb
+      flavor: lb.medium
+      networks: [lb-vip-net]
+      server_group:
+        policy: anti-affinity
+      haproxy:
+        backends: ["10.0.1.10:8080"]
+  api:
+    vip: 198.51.100.20
+    instance:
+      <<: *lb
+      haproxy:
+        backends: ["10.0.2.10:8443"]
+        mode: tcp
+"""
+
+
+def test_the_openstack_instance_template_is_valid(tmp_path: Path) -> None:
+    (tmp_path / "scaler.yaml").write_text(OPENSTACK)
+    cfg = load_config(tmp_path / "scaler.yaml", REGISTRIES)
+    assert cfg.pools["api"].instance["flavor"] == "lb.medium"
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "expected"),
+    [
+        pytest.param("      flavor: lb.medium", "      flavour: lb.medium",
+                     [("      flavour: lb.medium", "pools.web.instance.flavour: unknown key"),
+                      ("      flavour: lb.medium", "pools.api.instance.flavour: unknown key"),
+                      ("    instance: &lb", "pools.web.instance.flavor: required key is missing"),
+                      ("    instance:", "pools.api.instance.flavor: required key is missing")],
+                     id="a typo in the anchored options: both pools, at the anchor's line"),
+        pytest.param("        mode: tcp", "        mode: tpc",
+                     [("        mode: tpc", "pools.api.instance.haproxy.mode: Input should be 'http' or 'tcp'")],
+                     id="a bad value in one pool's own options"),
+        pytest.param("        policy: anti-affinity", "        polcy: anti-affinity",
+                     [("        polcy: anti-affinity", "pools.web.instance.server_group.polcy: unknown key"),
+                      ("        polcy: anti-affinity", "pools.api.instance.server_group.polcy: unknown key")],
+                     id="a typo in a nested mapping"),
+        pytest.param("      networks: [lb-vip-net]", "      networks: []",
+                     [("      networks: []", "pools.web.instance.networks: List should have at least 1 item"),
+                      ("      networks: []", "pools.api.instance.networks: List should have at least 1 item")],
+                     id="no network"),
+    ],
+)
+def test_openstack_pool_instance_errors_are_reported_at_their_line(tmp_path: Path, old: str, new: str,
+                                                                    expected: list[tuple[str, str]]) -> None:
+    path = tmp_path / "scaler.yaml"
+    assert old in OPENSTACK
+    path.write_text(OPENSTACK.replace(old, new, 1))
+    with pytest.raises(ConfigError) as err:
+        load_config(path, REGISTRIES)
+    assert len(err.value.problems) == len(expected), err.value.problems
+    for text, message in expected:
+        line, col = line_of(path, text)
+        assert any(p.startswith(f"{path}:{line}:{col}: {message}") for p in err.value.problems), \
+            (line, col, message, err.value.problems)
+
+
+def test_an_orchestrator_without_an_instance_model_is_not_checked(tmp_path: Path) -> None:
+    # The fake orchestrator registers no instance model: its pools' `instance:` is not validated.
+    path, _, _ = service_config(tmp_path, "    vip: 198.19.0.1", "    vip: 198.19.0.1\n    instance: {anything: 1}")
+    assert load_config(path, REGISTRIES).pools["web"].instance == {"anything": 1}
