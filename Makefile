@@ -9,7 +9,7 @@ PY := $(VENV)/bin/python
 APT_PACKAGES := haproxy frr iproute2 procps psmisc curl ca-certificates python3-venv \
 	snmpd snmp prometheus prometheus-node-exporter prometheus-alertmanager nftables
 
-.PHONY: help deps system-deps venv demo demo-bgp test test-unit lint bench clean lab-down
+.PHONY: help deps system-deps venv demo demo-bgp demo-health test test-unit lint bench clean lab-down
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -42,6 +42,9 @@ demo: deps  ## run the demo: lab up, scale 1 → 2+ under load, back to 1, timel
 
 demo-bgp: deps  ## the same demo with the bgp router driver (ExaBGP → FRR)
 	$(PY) -m scaler demo --router bgp
+
+demo-health: deps  ## a member of three dies: out of the FIB within a second, replaced, deleted
+	$(PY) -m scaler demo --scenario health
 
 test: deps  ## run every test (unit and integration; needs root for network namespaces)
 	$(PY) -m pytest

@@ -246,7 +246,7 @@ async def _lab_load(lab: object, cfg: object, args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from scaler.lab.demo import demo
 
-    return asyncio.run(demo(router=args.router, keep=args.keep, name=args.name))
+    return asyncio.run(demo(router=args.router, keep=args.keep, name=args.name, scenario=args.scenario))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -330,6 +330,9 @@ def main(argv: list[str] | None = None) -> int:
                    "(plain ECMP: changes reset some flows)")
     d.add_argument("--name", type=_lab_name, default="scl", help="lab name: prefix of every namespace (default scl)")
     d.add_argument("--keep", action="store_true", help="leave the lab up afterwards")
+    d.add_argument("--scenario", choices=["scale", "health"], default="scale",
+                   help="scale: 1 → 2+ → 1 under load (default); health: one of three members dies, "
+                        "leaves the FIB and is replaced")
     d.set_defaults(fn=cmd_demo)
 
     args = p.parse_args(argv)

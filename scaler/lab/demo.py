@@ -1,5 +1,6 @@
-"""The demo and the end-to-end scenario: lab up, scaler started as a real process on the example
-config, load ramped through the VIP, pool scales 1 → 2+ and back to 1, timeline printed, lab down.
+"""The demo and the end-to-end scenarios: lab up, scaler started as a real process on the example
+config, load through the VIP, timeline printed, lab down. `scale` (the default): the pool scales
+1 → 2+ and back to 1. `health`: one of three members dies and is withdrawn and replaced.
 
 `Scenario` records what it observed (every FIB check, load totals per phase, the timeline) without
 judging it; `scaler demo` prints it and the integration tests assert on it. The FIB is read with
@@ -27,12 +28,12 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import httpx
 from ruamel.yaml import YAML
 
-from actuators.lab.orchestrator import lab_snmp_secrets
+from actuators.lab.orchestrator import InstancePaths, LabOrchestrator, lab_snmp_secrets, read_pidfile
 from actuators.linux import netns
 from scaler.lab.network import LabConfig, LoadRun, RouterKind, lab_down, lab_up
 
@@ -186,19 +187,20 @@ class Scenario:
         self.timeline.append(stamped)
         self.out(stamped)
 
-    async def members(self) -> dict[str, tuple[str, str | None]]:
+    async def members(self) -> dict[str, tuple[str, str | None, str]]:
         pool = await self.service.get(f"/v1/pools/{self.pool}")
-        return {m["instance"]: (m["state"], m["address"]) for m in pool["members"]}
+        return {m["instance"]: (m["state"], m["address"], m.get("health", "unknown")) for m in pool["members"]}
 
     async def check_fib(self) -> Check:
         """FIB hops must be routable members; every member in service (before and after) must be in it.
 
         The member list is read before and after the FIB, so a transition during the read is never
         a false problem: a hop is stray only if its member was in no routed state (announcing …
-        withdrawn) in either list, and missing only if its member was in service in the first list
-        and still in service or draining in the second. This holds for both drivers because each
-        reports a change in `status()` only once it is in the FIB: the kernel driver when netlink
-        acknowledges it, the bgp driver `settle_s` (0.3 s) after ExaBGP acknowledged it, while FRR
+        withdrawn) in either list, and missing only if its member was in service (and not found down
+        by its health checks) in the first list and still in service or draining in the second. This
+        holds for both drivers because each reports a change in `status()` only once it is in the FIB:
+        the kernel driver when netlink acknowledges it, the bgp driver `settle_s` (0.3 s) after ExaBGP
+        acknowledged it, while FRR
         installs it ~80 ms after that acknowledgement. So `in_service` (set when status shows the
         hop) implies the hop is in the FIB, and `deleting` (set when status no longer shows it)
         implies it is gone. The withdraw itself is sent only after the member is stored as
@@ -209,21 +211,22 @@ class Scenario:
         after = await self.members()
         addr_state: dict[str, set[str]] = {}
         for snap in (before, after):
-            for state, addr in snap.values():
+            for state, addr, _ in snap.values():
                 if addr:
                     addr_state.setdefault(addr, set()).add(state)
         stray = {a for a in fib if not addr_state.get(a, set()) & ROUTED}
-        must = {a for _, (s, a) in before.items() if s == "in_service" and a
-                and after.get(_, ("", None))[0] in ("in_service", "draining")}
+        must = {a for name, (s, a, h) in before.items() if s == "in_service" and a and h != "down"
+                and after.get(name, ("", None, ""))[0] in ("in_service", "draining")
+                and after.get(name, ("", None, ""))[2] != "down"}
         missing = must - fib
         problem = None
         if stray or missing:
             problem = (f"FIB {sorted(fib)} vs members {before} / {after}: stray {sorted(stray)}, "
                        f"missing {sorted(missing)}")
-        serving = {a for s, a in after.values() if s == "in_service" and a}
+        serving = {a for s, a, _ in after.values() if s == "in_service" and a}
         c = Check(time.monotonic() - self.t0, fib, serving, problem)
         self.checks.append(c)
-        size = sum(1 for s, _ in after.values() if s in ("creating", "booting", "healthy", "announcing",
+        size = sum(1 for s, _, _ in after.values() if s in ("creating", "booting", "healthy", "announcing",
                                                          "in_service"))
         self.alive = len(after)     # members not deleted yet
         if not self.sizes or self.sizes[-1][1] != size:
@@ -380,7 +383,103 @@ async def run_scenario(lab: LabConfig, *, out: Callable[[str], None] = print, hi
     return ScenarioResult(peak, sc.size(), high, low, sc.checks, sc.timeline, router=lab.router, times=times)
 
 
-async def demo(router: RouterKind = "kernel", keep: bool = False, name: str = "scl") -> int:
+HEALTH_POLICY = """\
+# The health demo's policy: a fixed size of 3, so the only change is the replacement of a dead member.
+pools:
+  web:
+    min: 3
+    max: 3
+    inputs:
+      sessions: {source: haproxy, metric: current_sessions, aggregate: avg}
+    rules:
+      - {name: busy, input: sessions, above: 100000, for: 1m, adjust: +1}
+"""
+
+
+@dataclass
+class HealthResult:
+    """What the health scenario saw: the dead member's next hop leaving the FIB, and the pool back."""
+
+    victim: str
+    withdrawn_after_s: float | None
+    detection_s: float
+    back_to: int
+    deleted: bool
+    load: dict[str, Any]
+    checks: list[Check]
+    timeline: list[str]
+
+    @property
+    def fib_problems(self) -> list[str]:
+        return [c.problem for c in self.checks if c.problem]
+
+    @property
+    def ok(self) -> bool:
+        return (self.withdrawn_after_s is not None and self.back_to == 3 and self.deleted
+                and not self.fib_problems)
+
+    def summary(self) -> str:
+        took = f"{self.withdrawn_after_s * 1000:.0f} ms" if self.withdrawn_after_s is not None else "never"
+        return (f"HAProxy of {self.victim} killed: its next hop left the FIB after {took} (detection "
+                f"{self.detection_s * 1000:.0f} ms = interval x fall + timeout), pool back to {self.back_to}, "
+                f"dead instance {'deleted' if self.deleted else 'NOT deleted'}; {len(self.checks)} FIB checks, "
+                f"{len(self.fib_problems)} problems; requests {self.load.get('ok', 0)} ok, "
+                f"{describe_failures(self.load)} (the dead member's flows, before its withdrawal)")
+
+
+async def run_health_scenario(lab: LabConfig, *, out: Callable[[str], None] = print,
+                              timeout_s: float = 90) -> HealthResult:
+    """Three members under load; one HAProxy is killed; its next hop leaves the FIB, a replacement
+    comes into service and the dead instance is deleted. Every event is printed as it happens."""
+    policy = lab.lab_dir / "health-demo-policy.yaml"
+    policy.parent.mkdir(parents=True, exist_ok=True)
+    policy.write_text(HEALTH_POLICY)
+    health = {"interval": "200ms", "timeout": "200ms", "fall": 3, "rise": 2, "replace_after": "2s"}
+    port = free_port()
+    service = ServiceProcess(write_config(lab, port, policy=policy, overrides={
+        "intervals.reconcile": "500ms", "pools.web.health": health}), port)
+    sc = Scenario(lab, service, out=out)
+    await service.start()
+    sc.say(f"scaler running (pid {service.proc.pid if service.proc else '?'}, API {service.base}, "
+           f"router {lab.router}, health checks every 200ms, fall 3, replace after 2s)")
+    victim, took, deleted = "", None, False
+    load_totals: dict[str, Any] = {}
+    try:
+        await sc.watch_until(lambda: bool(sc.checks and len(sc.checks[-1].serving) == 3), timeout_s,
+                             what="three members in service")
+        load = LoadRun(lab, short_rps=50, keepalive_clients=4, max_seconds=2 * timeout_s, timeout_s=1.0,
+                       retry=False)
+        await load.start()
+        try:
+            members = await sc.members()
+            victim, (_, address, _) = next(iter(sorted(members.items())))
+            pid = read_pidfile(InstancePaths(lab.lab_dir, victim).haproxy_pid)
+            sc.say(f"failure      {victim}: HAProxy killed (SIGKILL, pid {pid}); its next hop {address} is "
+                   f"still in the FIB")
+            if pid:
+                os.kill(pid, signal.SIGKILL)
+            t = time.monotonic()
+            while address in await fib_next_hops(lab.router_ns, str(lab.vip)):
+                if time.monotonic() - t > 10:
+                    break
+                await asyncio.sleep(0.01)
+            else:
+                took = time.monotonic() - t
+                sc.say(f"fib          {address} gone from the router's FIB {took * 1000:.0f} ms after the kill")
+            await sc.watch_until(lambda: sc.size() == 3 and sc.alive == 3 and bool(sc.checks)
+                                 and len(sc.checks[-1].fib) == 3, timeout_s, load, "the replacement")
+        finally:
+            summary = await load.stop()
+        load_totals = summary if summary.get("type") == "summary" else load.totals()
+        await sc.print_news()
+        deleted = victim not in {i.name for i in await LabOrchestrator(lab.orchestrator_config()).list("web")}
+    finally:
+        await service.stop()
+    return HealthResult(victim, took, 0.2 * 3 + 0.2, sc.size(), deleted, load_totals, sc.checks, sc.timeline)
+
+
+async def demo(router: RouterKind = "kernel", keep: bool = False, name: str = "scl",
+               scenario: Literal["scale", "health"] = "scale") -> int:
     if os.geteuid() != 0:
         print("scaler demo needs root (network namespaces)", file=sys.stderr)
         return 2
@@ -390,16 +489,17 @@ async def demo(router: RouterKind = "kernel", keep: bool = False, name: str = "s
     where = (f"the scaler's ExaBGP in {lab.ctl_ns} announces the VIP to FRR in {lab.router_ns}"
              if router == "bgp" else f"a resilient nexthop group in {lab.router_ns}")
     print(f"lab {lab.name} up: client → router → LB namespaces, VIP {lab.vip}; router: {where}")
-    result: ScenarioResult | None = None
+    result: ScenarioResult | HealthResult | None = None
     try:
-        result = await run_scenario(lab)
+        result = await (run_health_scenario(lab) if scenario == "health" else run_scenario(lab))
     finally:
         if not keep:
             report = await lab_down(lab)
             print(f"lab down: {report}")
     print()
     print(result.summary())
-    if result.failed_requests_allowed and (result.high.get("failed") or result.low.get("failed")):
+    if isinstance(result, ScenarioResult) and result.failed_requests_allowed and (
+            result.high.get("failed") or result.low.get("failed")):
         print("(BGP has no weights: adding a member rehashes about half of the established flows and a "
               "withdraw resets the connections left on the removed one; the kernel driver breaks none)")
     print("DEMO OK" if result.ok else "DEMO FAILED")

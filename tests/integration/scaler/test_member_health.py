@@ -25,7 +25,7 @@ import pytest
 
 from actuators.lab.orchestrator import InstancePaths, LabOrchestrator, instance_ns, read_pidfile
 from actuators.linux import netns
-from scaler.lab.demo import ServiceProcess, fib_next_hops, free_port, write_config
+from scaler.lab.demo import ServiceProcess, fib_next_hops, free_port, run_health_scenario, write_config
 from scaler.lab.network import LabConfig, LoadRun, lab_down, lab_namespaces, lab_up
 from tests.support.wait import eventually
 
@@ -151,6 +151,52 @@ async def test_a_dead_member_leaves_the_fib_at_once_and_is_replaced(lab: LabConf
             _continue_all(lab)
 
 
+async def test_a_flapping_member_changes_routes_a_bounded_number_of_times(lab: LabConfig) -> None:
+    # Documented bound: flapping faster than rise/fall changes no route; slower, at most 2 x flap_limit
+    # route changes per flap_window, then the member is replaced.
+    svc = await start(lab, {**HEALTH, "replace_after": "1h", "flap_limit": 3, "flap_window": "5m"})
+    try:
+        pool = await settled(svc, 3)
+        victim = pool["members"][0]
+        pid = read_pidfile(InstancePaths(lab.lab_dir, victim["instance"]).haproxy_pid)
+        assert pid
+
+        async def flap(period_s: float, seconds: float) -> tuple[list[str], list[str]]:
+            deadline = time.monotonic() + seconds
+            try:
+                while time.monotonic() < deadline:
+                    os.kill(pid, signal.SIGSTOP)
+                    await asyncio.sleep(period_s)
+                    os.kill(pid, signal.SIGCONT)
+                    await asyncio.sleep(period_s)
+            except ProcessLookupError:
+                pass            # replaced: its instance was deleted
+            finally:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGCONT)
+            events = await svc.get("/v1/events?pool=web")
+            hop = victim["address"]
+            changes = [e["message"] for e in events if e["kind"] == "route"
+                       and (f"add next hop {hop} " in e["message"] or f"remove next hop {hop} " in e["message"])]
+            downs = [e["message"] for e in events if e["kind"] == "health"
+                     and e["message"].startswith(f"{victim['instance']} unhealthy")]
+            return changes, downs
+
+        # Frozen 0.3 s at a time: never `fall` (3) failed checks in a row, so nothing changes.
+        changes, downs = await flap(0.3, 4)
+        print(f"fast flapping: {len(downs)} downs, {len(changes)} route changes")
+        assert downs == [] and len(changes) == 1, changes       # only its first announce
+        # Frozen 1.2 s, resumed 1.2 s: down, up, down, up, down → replaced at the third fall.
+        changes, downs = await flap(1.2, 12)
+        print(f"slow flapping: {len(downs)} downs, {len(changes)} route changes")
+        assert len(changes) <= 1 + 2 * 3, changes
+        assert len(downs) >= 3, downs
+        pool = await settled(svc, 3)
+        assert victim["instance"] not in {m["instance"] for m in pool["members"]}
+    finally:
+        await svc.stop()
+
+
 @pytest.mark.parametrize("lab", ["bgp"], indirect=True)
 async def test_a_dead_member_leaves_the_fib_over_bgp(lab: LabConfig) -> None:
     # FRR installs a withdrawn path ~85 ms after ExaBGP sends it (docs/lab.md): within the same slack.
@@ -192,3 +238,10 @@ def _continue_all(lab: LabConfig) -> None:
         if pid:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGCONT)
+
+
+async def test_the_health_demo(lab: LabConfig) -> None:
+    result = await run_health_scenario(lab, out=lambda line: print(line, flush=True))
+    assert result.ok, "\n".join(result.timeline)
+    assert any(" unhealthy: HTTP check failed 3 times (fall 3): connection refused: withdrawn" in line
+               for line in result.timeline)
