@@ -10,7 +10,7 @@ import socket
 from collections.abc import Iterator, Sequence
 from ipaddress import IPv4Address
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import pytest
 from prometheus_client import CollectorRegistry
@@ -28,6 +28,7 @@ from scaler.lifecycle import Lifecycle, desired_routes
 from scaler.metrics import Metrics
 from scaler.store import Member, MemberState, Store
 from tests.support.clock import ManualClock
+from tests.support.rows import member
 
 VIP = IPv4Address("198.19.0.1")
 
@@ -154,7 +155,7 @@ async def test_a_member_down_for_replace_after_is_failed_replaced_and_deleted(st
     for _ in range(3):
         await bed.lc.reconcile()
     assert len(bed.serving()) == 3 and a.address not in bed.hops() and len(bed.hops()) == 3
-    assert store.member(a.id).state == MemberState.DELETED                 # type: ignore[union-attr]
+    assert member(store, a.id).state == MemberState.DELETED
     assert ("delete", a.instance) in bed.orch.calls
     assert store.running_operation("web") is None
 
@@ -167,12 +168,12 @@ async def test_keep_failed_holds_the_dead_instance_unrouted_before_deleting_it(s
     await bed.rounds(4)
     for _ in range(3):
         await bed.lc.reconcile()
-    assert store.member(a.id).state == MemberState.FAILED                  # type: ignore[union-attr]
+    assert member(store, a.id).state == MemberState.FAILED
     assert a.instance in bed.orch.instances and a.address not in bed.hops()
     clock.advance(61)
     await bed.lc.reconcile()
     await bed.lc.reconcile()
-    assert store.member(a.id).state == MemberState.DELETED                 # type: ignore[union-attr]
+    assert member(store, a.id).state == MemberState.DELETED
 
 
 async def test_a_blind_checker_keeps_every_route_and_says_why(store: Store, clock: ManualClock) -> None:
@@ -229,9 +230,9 @@ async def test_a_flapping_member_is_replaced_after_flap_limit_downs(store: Store
         bed.prober.results[a.address or ""] = Result.OK
         await bed.rounds(2)
         changes += (a.address in bed.hops()) != before
-        if store.member(a.id).state == MemberState.FAILED:                 # type: ignore[union-attr]
+        if member(store, a.id).state == MemberState.FAILED:
             break
-    assert store.member(a.id).state == MemberState.FAILED                  # type: ignore[union-attr]
+    assert member(store, a.id).state == MemberState.FAILED
     withdraws = [e for e in store.events("web") if e.kind == "route" and f"remove next hop {a.address}" in e.message]
     assert len(withdraws) == 3                            # bounded: flap_limit withdrawals, then replaced
     assert bed.sample("scaler_health_replacements_total", pool="web", reason="flapping") == 1
@@ -271,8 +272,8 @@ def test_a_member_without_a_health_url_is_not_checked_and_that_is_said() -> None
 # --- the real prober, on loopback ---------------------------------------------------------------------
 
 
-def target(port: int, kind: str = "http", timeout_s: float = 0.3) -> CheckTarget:
-    return CheckTarget("m", kind, "127.0.0.1", port, "/healthz", None, timeout_s, (200, 399))  # type: ignore[arg-type]
+def target(port: int, kind: Literal["http", "tcp"] = "http", timeout_s: float = 0.3) -> CheckTarget:
+    return CheckTarget("m", kind, "127.0.0.1", port, "/healthz", None, timeout_s, (200, 399))
 
 
 async def http_server(status: int) -> tuple[asyncio.Server, int]:
