@@ -1,6 +1,6 @@
 """Benchmark: how many LB members one core can poll every 10 s, per HAProxy collector.
 
-Starts a real HAProxy 2.6 on 127.0.0.1 (tests/daemons.py; stopped by PID at the end, even on
+Starts a real HAProxy 2.6 on 127.0.0.1 (tests/support/daemons.py; stopped by PID at the end, even on
 failure) with the exporter on TCP and the stats socket on TCP and on a unix socket, once with the
 50 backends x 10 servers configuration of bench_haproxy_parse.py and once with a small one (one
 frontend, one backend). For each collector, rounds of concurrent polls (as the engine runs them: one

@@ -38,7 +38,7 @@ A pool's collector, in YAML (credentials are file or environment references, nev
 Targets: `Target.url` is `udp://HOST[:PORT][?timeout_s=S&retries=N]` (HOST an IPv4 address,
 `[IPv6]` or a DNS name; port 161 by default; the query overrides the collector's timeout and retries
 for that target; a bare `HOST[:PORT]` is accepted too). `Target.netns` names a network namespace the
-UDP socket is opened in. The wire work is `snmp_client` (hand-encoded BER, pysnmp's USM crypto).
+UDP socket is opened in. The wire work is `collectors.snmp.client` (hand-encoded BER, pysnmp's USM crypto).
 It must not log or raise a credential, block the event loop, or act on the agent.
 """
 

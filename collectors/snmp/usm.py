@@ -4,9 +4,9 @@ key localisation, message authentication and privacy, and the v3 message framing
 Cryptography stays pysnmp's: passphrase hashing, key localisation (including the AES-192/256 key
 extensions of the Blumenthal and Reeder drafts and 3DES) and the DES/3DES/AES ciphers with their
 IV and salt rules are pysnmp's USM services, called directly. Only the framing around them is ours
-(pre-encoded, see `snmp_ber`), and the HMAC is placed at the offset where we wrote the placeholder
+(pre-encoded, see `collectors.snmp.ber`), and the HMAC is placed at the offset where we wrote the placeholder
 instead of searched for. Credentials live only inside `UsmUser`/`LocalizedKeys`, whose repr shows none.
-It does no I/O and keeps no per-agent state (the session in `snmp_client` does).
+It does no I/O and keeps no per-agent state (the session in `collectors.snmp.client` does).
 """
 
 from __future__ import annotations

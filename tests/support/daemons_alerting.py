@@ -108,7 +108,7 @@ def alertmanager(directory: Path, *, webhook_url: str, bearer_file: Path | None 
 
 @dataclass
 class RulingPrometheus(Prometheus):
-    """A Prometheus (tests/daemons.py) that also evaluates alerting `rules` and sends to Alertmanager."""
+    """A Prometheus (tests/support/daemons.py) that also evaluates alerting `rules` and sends to Alertmanager."""
 
     rules: Sequence[Mapping[str, Any]] = field(default_factory=list)
     alertmanager_address: str = ""

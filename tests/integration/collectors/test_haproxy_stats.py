@@ -1,4 +1,4 @@
-"""The haproxy_stats collector against a real HAProxy 2.6 on loopback (tests/daemons.py): the stats
+"""The haproxy_stats collector against a real HAProxy 2.6 on loopback (tests/support/daemons.py): the stats
 socket as a unix socket and as TCP, real traffic with known counts, a real backend queue, a seamless
 reload (`-sf`) that resets every counter, a killed process, and agreement with the `haproxy`
 exporter collector on the metrics both report."""

@@ -1,4 +1,4 @@
-"""prometheus_query and prometheus_scrape against real daemons on loopback (tests/daemons.py): a
+"""prometheus_query and prometheus_scrape against real daemons on loopback (tests/support/daemons.py): a
 Prometheus 2.42 server scraping two node_exporters 1.5 and a HAProxy 2.6 exporter every second.
 
 Prometheus needs a scrape or two before a query answers: every wait polls with a deadline."""

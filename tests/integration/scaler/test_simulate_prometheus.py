@@ -1,4 +1,4 @@
-"""`scaler simulate --prometheus`: range queries against a real Prometheus 2.42 (tests/daemons.py) that
+"""`scaler simulate --prometheus`: range queries against a real Prometheus 2.42 (tests/support/daemons.py) that
 scrapes a node_exporter every second, with basic auth, replayed through a policy whose decisions are
 known in advance."""
 
