@@ -26,17 +26,16 @@ import dataclasses
 import weakref
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Annotated
 
 from prometheus_client import CollectorRegistry, Counter, Gauge
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field
 from sqlmodel import Field as SqlField
 from sqlmodel import Session, SQLModel
 
-from policies import Cause, Decision, Outcome, format_duration, parse_duration
+from policies import Cause, Decision, Outcome, format_duration
+from policies.durations import Duration
 from scaler.store import EventRow, Store
 
-Duration = Annotated[float, BeforeValidator(parse_duration)]
 EVENT_KIND = "launch_breaker"
 MAX_ERROR = 500     # characters of the last failure kept (cloud fault messages can be long)
 

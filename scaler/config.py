@@ -15,16 +15,15 @@ from ipaddress import IPv4Address
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
 
-from policies import PolicyFile, PoolPolicy, format_duration, parse_duration
-from policies.durations import PositiveDuration
+from policies import PolicyFile, PoolPolicy, format_duration
+from policies.durations import Duration, PositiveDuration
 from scaler import yamlconf
 from scaler.alerts.config import AlertsConfig
 from scaler.breaker import LaunchBreakerConfig
 from scaler.errors import ConfigError
 
-Duration = Annotated[float, BeforeValidator(parse_duration)]
 PoolName = Annotated[str, Field(pattern=r"^[a-z][a-z0-9_-]{0,39}$")]
 
 

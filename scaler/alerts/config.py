@@ -30,12 +30,11 @@ import binascii
 import hashlib
 from typing import Annotated, Self
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, SecretStr, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
 
 from collectors.secrets import Secret
-from policies import parse_duration
+from policies.durations import Duration
 
-Duration = Annotated[float, BeforeValidator(parse_duration)]
 # A pool a credential may act for, or "*" for every pool (present and future).
 PoolPattern = Annotated[str, Field(pattern=r"^(\*|[a-z][a-z0-9_-]{0,39})$")]
 CredentialName = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")]
