@@ -69,6 +69,7 @@ class HopStatus:
     address: IPv4Address
     state: HopState
     buckets: int | None = None   # flow buckets still mapped to it (resilient groups), None if unknown
+    flows: int | None = None     # flows the router still pins to it (conntrack pinning), None if unknown
 
 
 @dataclass(frozen=True, slots=True)

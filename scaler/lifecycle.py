@@ -13,7 +13,8 @@ draining, so no state can leave a route to a deleted instance.
 
 Draining follows the router's `DrainMode`. Both start by asking the member's HAProxy to close
 keep-alive connections after their current response. WEIGHT (resilient nexthop groups): the
-member's weight drops, and it is withdrawn once its buckets and connections reach 0, so no flow
+member's weight drops (conntrack pinning: it leaves the group and keeps its pinned flows), and it is
+withdrawn once its buckets (pinned flows) and connections reach 0, so no flow
 breaks. WITHDRAW (BGP, no weights): the member keeps receiving new flows until its route goes, so
 it is withdrawn after the pool's `drain_grace` (or as soon as it has no connection), and flows it
 still carries are reset. `drain_timeout` bounds both.
@@ -303,18 +304,21 @@ class Lifecycle:
         hop = next((h for h in hops.hops if m.address and h.address == IPv4Address(m.address)), None)
         if hop is not None and hop.state is not HopState.DRAINING:
             return      # the weight change is not in the router yet
-        buckets = hop.buckets if hop is not None else 0
+        # What the router still sends it: flows pinned by conntrack (exact), else resilient buckets.
+        pinned = hop is not None and hop.flows is not None
+        left = (hop.flows if pinned else hop.buckets) if hop is not None else 0
+        unit = "pinned flows" if pinned else "buckets"
         try:
             conns = await self.drainer.connections(endpoints)
         except ActuatorError:
             conns = None
         elapsed = now - m.state_since
-        drained = (buckets or 0) == 0 and (conns or 0) == 0
+        drained = (left or 0) == 0 and (conns or 0) == 0
         if drained or elapsed >= pool.drain_timeout:
             self.metrics.drain_seconds.labels(m.pool).observe(elapsed)
             detail = (f"drained in {format_duration(elapsed)}" if drained else
                       f"drain deadline {format_duration(pool.drain_timeout)} reached with "
-                      f"{conns if conns is not None else '?'} connections and {buckets} buckets left")
+                      f"{conns if conns is not None else '?'} connections and {left} {unit} left")
             self.store.transition(m.id, MemberState.WITHDRAWN, now, detail=detail)
 
     async def _drain_by_withdraw(self, m: Member, pool: PoolConfig, now: float) -> None:

@@ -56,6 +56,9 @@ SO_RCVBUFFORCE = 33
 RTM_NEWROUTE = 24
 RTM_DELROUTE = 25
 RTM_GETROUTE = 26
+RTM_NEWRULE = 32
+RTM_DELRULE = 33
+RTM_GETRULE = 34
 RTM_NEWNEXTHOP = 104
 RTM_DELNEXTHOP = 105
 RTM_GETNEXTHOP = 106
@@ -98,6 +101,13 @@ NHA_RES_BUCKET_INDEX = 1
 NHA_RES_BUCKET_IDLE_TIME = 2
 NHA_RES_BUCKET_NH_ID = 3
 
+FRA_PRIORITY = 6
+FRA_FWMARK = 10
+FRA_TABLE = 15
+FRA_FWMASK = 16
+FRA_PROTOCOL = 21
+FR_ACT_TO_TBL = 1
+
 USER_HZ = 100                # clock_t in netlink is USER_HZ, fixed at 100 on Linux
 MAX_WEIGHT = 65536           # weight-1 in 8 bits + weight_high (16-bit weights since kernel 6.12)
 
@@ -105,6 +115,7 @@ _NLMSGHDR = struct.Struct("=IHHII")     # len, type, flags, seq, pid
 _NLATTR = struct.Struct("=HH")          # len, type
 _NHMSG = struct.Struct("=BBBBI")        # family, scope, protocol, resvd, flags
 _RTMSG = struct.Struct("=BBBBBBBBI")    # family, dst_len, src_len, tos, table, protocol, scope, type, flags
+_FIB_RULE_HDR = struct.Struct("=BBBBBBBBI")   # family, dst_len, src_len, tos, table, res1, res2, action, flags
 _NH_GRP = struct.Struct("=IBBH")        # id, weight-1, weight_high, resvd
 _U16 = struct.Struct("=H")
 _U32 = struct.Struct("=I")
@@ -438,6 +449,40 @@ def decode_route(payload: bytes) -> Route:
     )
 
 
+@dataclass(frozen=True, slots=True)
+class Rule:
+    """An IPv4 policy routing rule: packets with `fwmark` (under `fwmask`) look up `table`."""
+
+    priority: int
+    table: int
+    fwmark: int | None = None
+    fwmask: int = 0xFFFFFFFF
+    protocol: int = 0
+
+
+def encode_rule(r: Rule) -> bytes:
+    table8 = r.table if r.table < 256 else RT_TABLE_UNSPEC
+    out = bytearray(_FIB_RULE_HDR.pack(socket.AF_INET, 0, 0, 0, table8, 0, 0, FR_ACT_TO_TBL, 0))
+    out += nla_u32(FRA_PRIORITY, r.priority) + nla_u32(FRA_TABLE, r.table)
+    if r.fwmark is not None:
+        out += nla_u32(FRA_FWMARK, r.fwmark) + nla_u32(FRA_FWMASK, r.fwmask)
+    if r.protocol:
+        out += nla(FRA_PROTOCOL, bytes([r.protocol]))
+    return bytes(out)
+
+
+def decode_rule(payload: bytes) -> Rule:
+    _, _, _, _, table8, _, _, _, _ = _FIB_RULE_HDR.unpack_from(payload)
+    attrs = parse_nlas(payload[_FIB_RULE_HDR.size:])
+    return Rule(
+        priority=_u32(attrs[FRA_PRIORITY]) if FRA_PRIORITY in attrs else 0,
+        table=_u32(attrs[FRA_TABLE]) if FRA_TABLE in attrs else table8,
+        fwmark=_u32(attrs[FRA_FWMARK]) if FRA_FWMARK in attrs else None,
+        fwmask=_u32(attrs[FRA_FWMASK]) if FRA_FWMASK in attrs else 0xFFFFFFFF,
+        protocol=attrs[FRA_PROTOCOL][0] if FRA_PROTOCOL in attrs else 0,
+    )
+
+
 # --- requests ------------------------------------------------------------------------------------
 
 @dataclass(frozen=True, slots=True)
@@ -509,6 +554,23 @@ def dump_routes(*, table: int = RT_TABLE_MAIN, protocol: int = 0) -> Request:
     payload = _RTMSG.pack(socket.AF_INET, 0, 0, 0, table8, protocol, 0, 0, 0) + nla_u32(RTA_TABLE, table)
     return Request(RTM_GETROUTE, NLM_F_REQUEST | NLM_F_DUMP, payload,
                    f"dump routes of table {table} protocol {protocol}")
+
+
+def add_rule(rule: Rule) -> Request:
+    """RTM_NEWRULE, failing with EEXIST if the same rule exists."""
+    return Request(RTM_NEWRULE, _CHANGE | NLM_F_CREATE | NLM_F_EXCL, encode_rule(rule),
+                   f"add rule pref {rule.priority} fwmark {rule.fwmark:#x} lookup {rule.table}"
+                   if rule.fwmark is not None else f"add rule pref {rule.priority} lookup {rule.table}")
+
+
+def del_rule(rule: Rule) -> Request:
+    return Request(RTM_DELRULE, _CHANGE, encode_rule(rule),
+                   f"delete rule pref {rule.priority} lookup {rule.table}")
+
+
+def dump_rules() -> Request:
+    return Request(RTM_GETRULE, NLM_F_REQUEST | NLM_F_DUMP,
+                   _FIB_RULE_HDR.pack(socket.AF_INET, 0, 0, 0, 0, 0, 0, 0, 0), "dump rules")
 
 
 def lookup_route(dst: IPAddress) -> Request:
@@ -769,6 +831,9 @@ class NetlinkClient:
                 raise
             return []
         return [decode_route(m.payload) for m in msgs if m.type == RTM_NEWROUTE]
+
+    def rules(self) -> list[Rule]:
+        return [decode_rule(m.payload) for m in self.dump(dump_rules()) if m.type == RTM_NEWRULE]
 
     def lookup(self, destinations: Sequence[IPAddress]) -> list[Route | Reply]:
         """The route to each destination (one batch); a Reply in place of a Route carries the error."""

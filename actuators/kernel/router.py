@@ -31,12 +31,13 @@ import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address
-from typing import TypeVar
+from typing import Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from actuators.errors import RouterConflict, RouterError
 from actuators.kernel import netlink as nl
+from actuators.kernel import pinning
 from actuators.router import ApplyResult, DesiredRoutes, DrainMode, HopState, HopStatus, NextHop, Router, RouteStatus
 
 log = logging.getLogger(__name__)
@@ -47,11 +48,23 @@ T = TypeVar("T")
 
 
 class KernelRouterConfig(BaseModel):
-    """How the driver programs the router. Timers are seconds, sent in USER_HZ (1/100 s)."""
+    """How the driver programs the router. Timers are seconds, sent in USER_HZ (1/100 s).
+
+    `mode: conntrack` (the default): a plain group places new flows, conntrack pins established ones
+    to their member (`actuators.kernel.pinning`): a new member gets its share of new flows at once and
+    a leaving one is drained by an exact count. `mode: resilient`: a resilient group whose buckets
+    move only after `idle_timer_s` of silence — no state on the router, but a new member fills slowly
+    (about exp(-R·T/B) of the buckets are free to move), and `idle_timer_s` must exceed the longest
+    silence HAProxy allows a live flow, or a silent flow can be moved under its client.
+    """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     netns: str | None = None                       # namespace of the router; None = this process's
+    mode: Literal["conntrack", "resilient"] = "conntrack"
+    # conntrack mode: the pinning rules' priority (before the main table's 32766) and our nft table.
+    pin_priority: int = Field(default=1000, ge=1, le=32765)
+    nft_table: str = Field(default="scaler_pin", pattern=r"^[a-z][a-z0-9_]{0,30}$")
     buckets: int = Field(default=128, ge=1, le=0xFFFF)     # fixed when the group is created
     # Up to an hour: the kernel silently clamps much larger values, which would never compare equal.
     idle_timer_s: float = Field(default=30, ge=0, le=3600)
@@ -74,6 +87,16 @@ class KernelRouterConfig(BaseModel):
     def weight(self, state: HopState) -> int:
         return self.active_weight if state is HopState.ACTIVE else self.draining_weight
 
+    def unsafe_for(self, silence_s: float) -> str | None:
+        """Why this config can move a live flow whose client is silent for `silence_s` (the longest
+        silence the pools' HAProxy allows), or None. Only resilient mode moves idle flows."""
+        if self.mode == "resilient" and self.idle_timer_s <= silence_s:
+            return (f"idle_timer_s ({self.idle_timer_s:g}) must be longer than the longest silence a live "
+                    f"flow may have ({silence_s:g}s: pools.*.max_client_silence), or a silent client's flow "
+                    f"can be moved to another LB, which resets it; use e.g. {silence_s * 1.25:g}, or mode: "
+                    f"conntrack")
+        return None
+
     def state(self, weight: int) -> HopState:
         return HopState.DRAINING if weight <= self.draining_weight else HopState.ACTIVE
 
@@ -90,10 +113,17 @@ def _same_timer(actual: int | None, wanted: int) -> bool:
 
 @dataclass(frozen=True, slots=True)
 class Snapshot:
-    """What the router holds: every nexthop object (any protocol) and our /32 routes in our table."""
+    """What the router holds: every nexthop object (any protocol), our /32 routes in our table, and
+    (conntrack mode) our pinning rules by fwmark and our routes in the members' own tables."""
 
     nexthops: Mapping[int, nl.Nexthop]
     routes: Mapping[IPv4Address, nl.Route]
+    rules: Mapping[int, nl.Rule] = field(default_factory=dict)
+    pin_routes: Mapping[tuple[int, IPv4Address], nl.Route] = field(default_factory=dict)
+
+    def pinned(self, vip: IPv4Address) -> set[IPv4Address]:
+        """Members whose own table routes `vip` (conntrack mode): in the group or draining."""
+        return {IPv4Address(table) for table, v in self.pin_routes if v == vip and table in self.rules}
 
 
 @dataclass(slots=True)
@@ -105,6 +135,11 @@ class Plan:
     removed: list[Pair] = field(default_factory=list)
     reweighted: list[Pair] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
+    # conntrack mode: what the nftables table must map during the batch (old and new members, so
+    # a new member's first flows are marked) and after it.
+    pin_vips: set[IPv4Address] = field(default_factory=set)
+    pins_during: set[IPv4Address] = field(default_factory=set)
+    pins_after: set[IPv4Address] = field(default_factory=set)
 
 
 SHADOW_IDS = range(1, 1 << 24)      # 0.0.0.0/8: ids no address can have
@@ -157,6 +192,10 @@ def plan(desired: DesiredRoutes, snap: Snapshot, cfg: KernelRouterConfig,
     """
     _validate(desired)
     p = Plan()
+    conntrack = cfg.mode == "conntrack"
+    pin_adds: list[nl.Request] = []
+    pin_deletes: list[nl.Request] = []
+    pin_routes_after = dict(snap.pin_routes)
     new_nexthops: list[nl.Request] = []
     groups: list[nl.Request] = []
     routes: list[nl.Request] = []
@@ -185,10 +224,24 @@ def plan(desired: DesiredRoutes, snap: Snapshot, cfg: KernelRouterConfig,
             if hops:
                 conflicts.append(f"VIP {vip}: our nexthop {gid} is a single nexthop, not a group")
             group = None
-        elif group is not None and not group.is_resilient:
-            raise RouterError(f"VIP {vip}: group {gid} is not resilient and the kernel cannot change a "
-                              "group's type in place; delete it by hand")
+        elif group is not None and group.is_resilient == conntrack:
+            kind = "resilient" if group.is_resilient else "a plain (hash-threshold) group"
+            raise RouterError(f"VIP {vip}: group {gid} is {kind} but the driver's mode is {cfg.mode}, and the "
+                              f"kernel cannot change a group's type in place: set mode back, or remove the "
+                              f"route and the group by hand (ip route del {vip}/32 table {cfg.table}; ip "
+                              f"nexthop del id {gid}) for the next apply to recreate them — the flows "
+                              f"through it are reset once")
         old = {m.id: m.weight for m in group.group} if group is not None else {}
+        pinned_old = snap.pinned(vip) if conntrack else set()
+
+        if conntrack:
+            wanted = {h.address for h in hops}
+            for member in sorted(pinned_old - wanted):
+                key = (pinning.mark_of(member), vip)
+                pin_deletes.append(nl.del_route(snap.pin_routes[key])
+                                   .named(f"delete pinned route {vip}/32 table {key[0]} ({member})"))
+                pin_routes_after.pop(key)
+            p.removed += [(vip, m) for m in sorted(pinned_old - wanted) if int(m) not in old]
 
         if not hops:
             if route is not None:
@@ -218,32 +271,57 @@ def plan(desired: DesiredRoutes, snap: Snapshot, cfg: KernelRouterConfig,
                 new_nexthops.append(nl.add_nexthop(obj, replace_existing=nh is not None)
                                     .named(f"{verb} nexthop {nid} via {hop.address} dev #{oif}"))
             members.append(nl.GroupMember(nid, cfg.weight(hop.state)))
+            if conntrack:
+                mark = pinning.mark_of(hop.address)
+                pin = nl.Route(dst=vip, dst_len=32, table=mark, protocol=ours, nh_id=nid)
+                have = snap.pin_routes.get((mark, vip))
+                if have is None or have.nh_id != nid:
+                    pin_adds.append(nl.add_route(pin, replace_existing=have is not None)
+                                    .named(f"pin route {vip}/32 nhid {nid} table {mark} ({hop.address})"))
+                pin_routes_after[(mark, vip)] = pin
         if conflicts:
             continue
-        if len(members) == 1:
+        if conntrack:
+            # New flows go to the active members only (all of them if none is active: a VIP keeps a
+            # route); draining ones keep their pinned flows through their own tables.
+            active = [m for m, h in zip(members, hops, strict=True) if h.state is HopState.ACTIVE]
+            members = [nl.GroupMember(m.id, 1) for m in (active or members)]
+        elif len(members) == 1:
             members.append(_shadow_for(hops[0].address, vip, snap, ours, oifs, created, free_shadow_ids,
                                        new_nexthops, cfg.draining_weight))
 
         want = {m.id: m.weight for m in members}
-        obj = nl.Nexthop(gid, protocol=ours, group=tuple(members), group_type=nl.NEXTHOP_GRP_TYPE_RES,
-                         buckets=cfg.buckets, idle_timer=idle, unbalanced_timer=unbalanced)
+        if conntrack:
+            obj = nl.Nexthop(gid, protocol=ours, group=tuple(members), group_type=nl.NEXTHOP_GRP_TYPE_MPATH)
+        else:
+            obj = nl.Nexthop(gid, protocol=ours, group=tuple(members), group_type=nl.NEXTHOP_GRP_TYPE_RES,
+                             buckets=cfg.buckets, idle_timer=idle, unbalanced_timer=unbalanced)
         if group is None:
             groups.append(nl.add_nexthop(obj).named(f"add group {gid} of VIP {vip}"))
         else:
             if group.buckets is not None and group.buckets != cfg.buckets:
                 p.warnings.append(f"VIP {vip}: group {gid} has {group.buckets} buckets, config says "
                                   f"{cfg.buckets}; the count is fixed at creation and is kept")
-            timers_ok = _same_timer(group.idle_timer, idle) and _same_timer(group.unbalanced_timer, unbalanced)
+            timers_ok = conntrack or (_same_timer(group.idle_timer, idle)
+                                      and _same_timer(group.unbalanced_timer, unbalanced))
             if want != old or not timers_ok:
                 # Replace in place (never delete + add): buckets of unchanged members keep their
                 # flows. The bucket count is left out: the kernel refuses any change of it.
                 groups.append(nl.add_nexthop(obj, replace_existing=True)
                               .named(f"replace group {gid} of VIP {vip}"))
-        real_want = {k for k in want if not is_shadow(k)}
-        real_old = {k for k in old if not is_shadow(k)}
-        p.added += [(vip, IPv4Address(m)) for m in sorted(real_want - real_old)]
-        p.removed += [(vip, IPv4Address(m)) for m in sorted(real_old - real_want)]
-        p.reweighted += [(vip, IPv4Address(m)) for m in sorted(real_want & real_old) if want[m] != old[m]]
+        if conntrack:
+            # A member's state is "in the group" (active) or "pinned only" (draining).
+            before = {int(m) for m in pinned_old} | set(old)
+            after = {int(h.address) for h in hops}
+            p.added += [(vip, IPv4Address(m)) for m in sorted(after - before)]
+            p.removed += [(vip, IPv4Address(m)) for m in sorted(set(old) - after)]
+            p.reweighted += [(vip, IPv4Address(m)) for m in sorted(after & before) if (m in old) != (m in want)]
+        else:
+            real_want = {k for k in want if not is_shadow(k)}
+            real_old = {k for k in old if not is_shadow(k)}
+            p.added += [(vip, IPv4Address(m)) for m in sorted(real_want - real_old)]
+            p.removed += [(vip, IPv4Address(m)) for m in sorted(real_old - real_want)]
+            p.reweighted += [(vip, IPv4Address(m)) for m in sorted(real_want & real_old) if want[m] != old[m]]
         members_after[gid] = set(want)
 
         r = nl.Route(dst=vip, dst_len=32, table=cfg.table, protocol=ours, nh_id=gid)
@@ -258,13 +336,27 @@ def plan(desired: DesiredRoutes, snap: Snapshot, cfg: KernelRouterConfig,
     if conflicts:
         raise RouterConflict("; ".join(conflicts))
 
+    if conntrack:
+        rules_after = {table for table, _ in pin_routes_after}
+        rule_adds = [nl.add_rule(nl.Rule(cfg.pin_priority, mark, fwmark=mark, protocol=ours))
+                     .named(f"add rule fwmark {mark:#x} lookup {mark} ({IPv4Address(mark)})")
+                     for mark in sorted(rules_after - set(snap.rules))]
+        rule_deletes = [nl.del_rule(rule).named(f"delete rule fwmark {mark:#x} ({IPv4Address(mark)})")
+                        for mark, rule in sorted(snap.rules.items()) if mark not in rules_after]
+        pin_adds += rule_adds
+        pin_deletes += rule_deletes
+        p.pin_vips = {v for _, v in pin_routes_after} | {v for v, hops in desired.items() if hops}
+        p.pins_after = {IPv4Address(m) for m in rules_after}
+        p.pins_during = p.pins_after | {IPv4Address(m) for m in snap.rules}
     used = set().union(*members_after.values()) if members_after else set()
+    used |= {table for table, _ in pin_routes_after}      # a draining member's own route uses its nexthop
     nexthop_deletes = [
         nl.del_nexthop(nid).named(f"delete nexthop {nid} ({IPv4Address(nid)})")
         for nid, nh in sorted(snap.nexthops.items())
         if nh.protocol == ours and not nh.is_group and nid not in used and nid not in created
     ]
-    p.requests = new_nexthops + groups + routes + route_deletes + group_deletes + nexthop_deletes
+    p.requests = (new_nexthops + pin_adds + groups + routes + route_deletes + group_deletes + pin_deletes
+                  + nexthop_deletes)
     return p
 
 
@@ -297,6 +389,10 @@ class KernelRouter(Router):
         self._client = client if client is not None else nl.NetlinkClient(config.netns)
         self._lock = asyncio.Lock()
         self._closed = False
+        # The nftables script last written (conntrack mode), so an unchanged table is not rewritten
+        # on every apply; None after start and on replay(), which always rewrites it.
+        self._pins_written: str | None = None
+        self.last_usage: pinning.Usage | None = None
 
     async def apply(self, desired: DesiredRoutes) -> ApplyResult:
         return await self._run(self._apply_sync, dict(desired))
@@ -304,6 +400,7 @@ class KernelRouter(Router):
     async def replay(self, desired: DesiredRoutes) -> ApplyResult:
         # The kernel is read before every apply, so a replay is an apply of everything: whatever a
         # router restart or an `ip route flush` removed is recreated, in one batch.
+        self._pins_written = None
         return await self.apply(desired)
 
     async def status(self, vip: IPv4Address) -> RouteStatus:
@@ -329,7 +426,17 @@ class KernelRouter(Router):
             r.dst: r for r in self._client.routes(table=cfg.table, protocol=cfg.protocol)
             if isinstance(r.dst, IPv4Address) and r.dst_len == 32 and r.table == cfg.table
         }
-        return Snapshot(nexthops, routes)
+        if cfg.mode != "conntrack":
+            return Snapshot(nexthops, routes)
+        # Ours: our protocol, and a fwmark equal to the table it looks up (a member's address).
+        rules = {r.fwmark: r for r in self._client.rules()
+                 if r.protocol == cfg.protocol and r.fwmark is not None and r.fwmark == r.table}
+        pin_routes = {
+            (r.table, r.dst): r for r in self._client.routes(table=nl.RT_TABLE_UNSPEC, protocol=cfg.protocol)
+            if isinstance(r.dst, IPv4Address) and r.dst_len == 32 and r.table != cfg.table
+            and r.nh_id == r.table
+        }
+        return Snapshot(nexthops, routes, rules, pin_routes)
 
     def resolve_gateways(self, addresses: Sequence[IPv4Address]) -> dict[IPv4Address, int]:
         """The output interface of each member address: it must be on a network connected to the router."""
@@ -359,6 +466,10 @@ class KernelRouter(Router):
         p = plan(desired, snap, self.config, oifs)
         for warning in p.warnings:
             log.warning("%s", warning)
+        conntrack = self.config.mode == "conntrack"
+        if conntrack:
+            # Before the batch: the map knows every member that can receive a new flow during it.
+            self._write_pins(p.pin_vips, p.pins_during)
         replies = self._client.batch(p.requests)
         failures = [r for r in replies if not r.ok]
         if failures:
@@ -368,13 +479,39 @@ class KernelRouter(Router):
             if any(f.error == errno.EEXIST and f.request.flags & nl.NLM_F_EXCL for f in failures):
                 raise RouterConflict(str(err)) from err
             raise err
+        if conntrack:
+            self._write_pins(p.pin_vips, p.pins_after)
         return ApplyResult(
             added=tuple(p.added), removed=tuple(p.removed), reweighted=tuple(p.reweighted),
             messages=len(p.requests), elapsed_s=time.perf_counter() - start,
         )
 
+    def _write_pins(self, vips: set[IPv4Address], members: set[IPv4Address]) -> None:
+        script = pinning.render(self.config.nft_table, vips, members)
+        if script != self._pins_written:
+            pinning.write(self.config.netns, script)
+            self._pins_written = script
+
+    def _pinned_status(self, vip: IPv4Address) -> RouteStatus:
+        """conntrack mode: members in the group are active; members pinned but out of it are
+        draining, with their live flows counted in the router's conntrack table."""
+        snap = self.snapshot()
+        route = snap.routes.get(vip)
+        group = snap.nexthops.get(route.nh_id) if route is not None and route.nh_id is not None else None
+        if group is not None and not group.is_group:
+            group = None
+        pinned = snap.pinned(vip)
+        in_group = {IPv4Address(m.id) for m in group.group} if group is not None else set()
+        usage = None
+        if pinned - in_group:           # someone drains: count the flows still pinned to it
+            usage = pinning.usage(self.config.netns, [vip])
+            self.last_usage = usage
+        return RouteStatus(vip, _pinned_hops(in_group, pinned, usage))
+
     def _status_sync(self, vip: IPv4Address) -> RouteStatus:
         cfg = self.config
+        if cfg.mode == "conntrack":
+            return self._pinned_status(vip)
         route = next((r for r in self._client.routes(table=cfg.table, protocol=cfg.protocol)
                       if r.dst == vip and r.dst_len == 32), None)
         if route is None or route.nh_id is None:
@@ -395,3 +532,13 @@ class KernelRouter(Router):
             HopStatus(IPv4Address(m.id), cfg.state(m.weight), None if counts is None else counts.get(m.id, 0))
             for m in group.group if not is_shadow(m.id)
         ))
+
+
+def _pinned_hops(in_group: set[IPv4Address], pinned: set[IPv4Address], usage: pinning.Usage | None,
+                 ) -> tuple[HopStatus, ...]:
+    """Members in the group take new flows (active); members only pinned are draining."""
+    hops = [HopStatus(a, HopState.ACTIVE) for a in sorted(in_group)]
+    for a in sorted(pinned - in_group):
+        flows = usage.live.get(pinning.mark_of(a), 0) if usage is not None else None
+        hops.append(HopStatus(a, HopState.DRAINING, flows=flows))
+    return tuple(hops)

@@ -155,7 +155,9 @@ class Rig:
 async def _rig(lab: Lab, **config: Any) -> Rig:
     wire = CountingSocket(socket_in(lab.router, socket.AF_NETLINK, socket.SOCK_RAW, socket.NETLINK_ROUTE))
     client = nl.NetlinkClient(lab.router, opener=lambda: wire)  # type: ignore[arg-type, return-value]
-    return Rig(KernelRouter(KernelRouterConfig(netns=lab.router, **config), client=client), wire)
+    # The tests above the conntrack section are about resilient groups; that section sets its mode.
+    cfg = KernelRouterConfig.model_validate({"netns": lab.router, "mode": "resilient", **config})
+    return Rig(KernelRouter(cfg, client=client), wire)
 
 
 @pytest.fixture
@@ -409,3 +411,162 @@ async def test_drain_with_zero_idle_timer_sends_no_new_flows(lab: Lab) -> None:
     finally:
         await rig.router.close()
 
+
+
+# --- conntrack pinning (mode: conntrack) --------------------------------------------------------------
+
+@pytest.fixture
+async def pin_rig(lab: Lab) -> AsyncIterator[Rig]:
+    r = await _rig(lab, mode="conntrack")
+    yield r
+    await r.router.close()
+
+
+@contextlib.asynccontextmanager
+async def echo_listeners(lab: Lab) -> AsyncIterator[None]:
+    """Listeners on VIP:PORT in each member that answer every line with the member's index, on the
+    same connection for as long as the client keeps it: established flows to watch."""
+    servers = []
+
+    def serve(index: int) -> Any:
+        async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            with contextlib.suppress(ConnectionError):
+                while await reader.readline():
+                    writer.write(f"{index}\n".encode())
+                    await writer.drain()
+            writer.close()
+        return handle
+
+    try:
+        for i, member in enumerate(lab.members):
+            sock = socket_in(member, socket.AF_INET, socket.SOCK_STREAM)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.bind((str(VIP), PORT))
+            servers.append(await asyncio.start_server(serve(i), sock=sock))
+        yield
+    finally:
+        for server in servers:
+            server.close()
+            await server.wait_closed()
+
+
+class Conn:
+    """One persistent client connection; `ask()` returns the member that answered (raises on a reset)."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader, self.writer = reader, writer
+
+    @classmethod
+    async def open(cls, lab: Lab) -> Conn:
+        sock = socket_in(lab.client, socket.AF_INET, socket.SOCK_STREAM)
+        sock.setblocking(False)
+        await asyncio.wait_for(asyncio.get_running_loop().sock_connect(sock, (str(VIP), PORT)), 5)
+        reader, writer = await asyncio.open_connection(sock=sock)
+        return cls(reader, writer)
+
+    async def ask(self, lab: Lab) -> IPv4Address:
+        self.writer.write(b"?\n")
+        await self.writer.drain()
+        line = await asyncio.wait_for(self.reader.readline(), 5)
+        if not line:
+            raise ConnectionResetError("closed by the member")
+        return lab.addresses[int(line)]
+
+    async def close(self) -> None:
+        self.writer.close()
+        with contextlib.suppress(ConnectionError):
+            await self.writer.wait_closed()
+
+
+def pin_rules(lab: Lab) -> set[int]:
+    return {int(r["fwmark"], 16) for r in lab.ipj("rule", "show") if r.get("fwmark") and r.get("protocol") == "99"}
+
+
+async def test_conntrack_mode_pins_with_rules_member_tables_and_a_plain_group(lab: Lab, pin_rig: Rig) -> None:
+    result = await pin_rig.router.apply({VIP: lab.hops(A, A, A)})
+    assert set(result.added) == {(VIP, a) for a in lab.addresses}
+    group = lab.nexthops()[int(VIP)]
+    assert "type" not in group or group["type"] == "mpath"          # a plain hash-threshold group
+    assert lab.group_weights(VIP) == dict.fromkeys(lab.addresses, 1)
+    assert pin_rules(lab) == {int(a) for a in lab.addresses}
+    for a in lab.addresses:
+        [route] = lab.ipj("route", "show", "table", str(int(a)))
+        assert route["dst"] == str(VIP) and route["nhid"] == int(a)
+    nft = json.loads(sh("ip", "netns", "exec", lab.router, "nft", "-j", "list", "table", "ip", "scaler_pin"))
+    elems = next(o["map"] for o in nft["nftables"] if "map" in o)["elem"]
+    assert {e[0] for e in elems} == {str(a) for a in lab.addresses}
+    status = await pin_rig.router.status(VIP)
+    assert {(h.address, h.state) for h in status.hops} == {(a, A) for a in lab.addresses}
+    again = await pin_rig.router.apply({VIP: lab.hops(A, A, A)})
+    assert not again.changed and again.messages == 0
+
+
+async def test_a_joining_member_gets_new_flows_at_once_and_established_ones_stay(lab: Lab, pin_rig: Rig) -> None:
+    async with echo_listeners(lab):
+        await pin_rig.router.apply({VIP: lab.hops(A, A)})
+        conns = [await Conn.open(lab) for _ in range(20)]
+        first = [await c.ask(lab) for c in conns]
+        assert set(first) == set(lab.addresses[:2])
+        await pin_rig.router.apply({VIP: lab.hops(A, A, A)})
+        # Every established flow still reaches its member: the rehash of the group moved none.
+        assert [await c.ask(lab) for c in conns] == first
+        fresh = [await Conn.open(lab) for _ in range(60)]
+        seen = Counter([await c.ask(lab) for c in fresh])
+        assert seen[lab.addresses[2]] >= 10, seen       # its share of new flows at once (~20 of 60)
+        for c in conns + fresh:
+            await c.close()
+
+
+async def test_a_draining_member_keeps_its_flows_gets_no_new_one_and_they_are_counted(lab: Lab,
+                                                                                       pin_rig: Rig) -> None:
+    async with echo_listeners(lab):
+        await pin_rig.router.apply({VIP: lab.hops(A, A, A)})
+        conns = [await Conn.open(lab) for _ in range(30)]
+        owner = [await c.ask(lab) for c in conns]
+        leaving = lab.addresses[2]
+        mine = [c for c, o in zip(conns, owner, strict=True) if o == leaving]
+        assert mine
+        result = await pin_rig.router.apply({VIP: lab.hops(A, A, D)})
+        assert result.reweighted == ((VIP, leaving),)
+        hop = next(h for h in (await pin_rig.router.status(VIP)).hops if h.address == leaving)
+        assert hop.state is D and hop.flows == len(mine)
+        fresh = [await Conn.open(lab) for _ in range(30)]
+        assert leaving not in {await c.ask(lab) for c in fresh}     # no new flow
+        for c in fresh:
+            await c.close()
+        assert [await c.ask(lab) for c in mine] == [leaving] * len(mine)   # its own flows still reach it
+        for c in mine:
+            await c.close()
+        await asyncio.sleep(0.2)
+        hop = next(h for h in (await pin_rig.router.status(VIP)).hops if h.address == leaving)
+        assert hop.flows == 0                                       # TIME_WAIT is not a live flow
+        result = await pin_rig.router.apply({VIP: lab.hops(A, A)})
+        assert result.removed == ((VIP, leaving),)
+        assert pin_rules(lab) == {int(a) for a in lab.addresses[:2]}
+        assert lab.ipj("route", "show", "table", str(int(leaving))) == []
+        assert int(leaving) not in lab.nexthops()
+        for c in conns:
+            if c not in mine:
+                await c.close()
+
+
+async def test_replay_restores_the_pinning_after_it_was_flushed(lab: Lab, pin_rig: Rig) -> None:
+    await pin_rig.router.apply({VIP: lab.hops(A, A)})
+    sh("ip", "netns", "exec", lab.router, "nft", "delete", "table", "ip", "scaler_pin")
+    for a in lab.addresses[:2]:
+        lab.ip("rule", "del", "fwmark", hex(int(a)))
+    await pin_rig.router.replay({VIP: lab.hops(A, A)})
+    assert pin_rules(lab) == {int(a) for a in lab.addresses[:2]}
+    sh("ip", "netns", "exec", lab.router, "nft", "list", "table", "ip", "scaler_pin")
+
+
+async def test_a_group_of_the_other_mode_is_a_clear_error(lab: Lab) -> None:
+    resilient = await _rig(lab)
+    await resilient.router.apply({VIP: lab.hops(A, A)})
+    await resilient.router.close()
+    pinned = await _rig(lab, mode="conntrack")
+    try:
+        with pytest.raises(RouterError, match=r"is resilient but the driver's mode is conntrack"):
+            await pinned.router.apply({VIP: lab.hops(A, A)})
+    finally:
+        await pinned.router.close()
