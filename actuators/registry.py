@@ -37,6 +37,8 @@ class Registration(Generic[ConfigT, DriverT]):
     config: type[ConfigT]
     factory: Callable[[ConfigT], DriverT]
     instance: type[BaseModel] | None = None
+    # Routers: why the options could move a live flow silent for the given seconds (None: safe).
+    safety: Callable[[ConfigT, float], str | None] | None = None
 
 
 ORCHESTRATORS: dict[str, Registration[Any, Orchestrator]] = {
@@ -45,7 +47,7 @@ ORCHESTRATORS: dict[str, Registration[Any, Orchestrator]] = {
     "openstack": Registration(OpenStackOrchestratorConfig, OpenStackOrchestrator, InstanceOptions),
 }
 ROUTERS: dict[str, Registration[Any, Router]] = {
-    "kernel": Registration(KernelRouterConfig, KernelRouter),
+    "kernel": Registration(KernelRouterConfig, KernelRouter, safety=KernelRouterConfig.unsafe_for),
     "bgp": Registration(BgpRouterConfig, BgpRouter),
     "fake": Registration(FakeRouterConfig, FakeRouter),
 }

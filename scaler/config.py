@@ -9,7 +9,7 @@ own config model, so an error inside `orchestrator.options` still names its line
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address
 from pathlib import Path
@@ -143,6 +143,10 @@ class PoolConfig(Strict):
     launch_breaker: LaunchBreakerConfig = LaunchBreakerConfig()
     # Member health checks: a dead member leaves the VIP at once and is replaced.
     health: HealthCheckConfig = HealthCheckConfig()
+    # The longest a live client flow may stay silent: the largest of the members' HAProxy `timeout
+    # client`, `timeout server`, `timeout http-keep-alive` and `timeout tunnel` (30 s in the lab and
+    # in deploy/cloud-init). A router that moves idle flows (kernel resilient mode) must wait longer.
+    max_client_silence: PositiveDuration = 30.0
 
     @field_validator("drain_grace")
     @classmethod
@@ -196,6 +200,28 @@ class Registries:
     routers: Mapping[str, type[BaseModel]]
     collectors: Mapping[str, type[BaseModel]]
     instances: Mapping[str, type[BaseModel]] = field(default_factory=dict)
+    # By router driver: why its validated options could move a live flow silent for the given
+    # seconds (None: safe) — the kernel driver's resilient mode with a short idle timer.
+    router_safety: Mapping[str, Callable[[Any, float], str | None]] = field(default_factory=dict)
+
+
+def _check_router_safety(cfg: ServiceConfig, registries: Registries, path: Path, doc: Any) -> list[str]:
+    """The router must not move a flow that is merely silent: checked against the longest silence
+    any pool's HAProxy allows (`pools.*.max_client_silence`)."""
+    options = registries.routers[cfg.router.driver].model_validate(cfg.router.options,
+                                                                   context={"base_dir": path.parent})
+    silence = max(p.max_client_silence for p in cfg.pools.values())
+    why = registries.router_safety[cfg.router.driver](options, silence)
+    if why is None:
+        return []
+    for loc in (("router", "options", "idle_timer_s"), ("router", "options", "mode"), ("router", "options"),
+                ("router",)):
+        try:
+            line, col, _ = yamlconf.position(doc, loc)
+        except (KeyError, IndexError, TypeError):
+            continue
+        return [f"{path}:{line}:{col}: {'.'.join(loc)}: {why}"]
+    return [f"{path}: router: {why}"]
 
 
 def _check_driver(kind: str, section: Any, registry: Mapping[str, type[BaseModel]], path: Path, doc: Any,
@@ -239,7 +265,10 @@ def load_config(path: Path, registries: Registries) -> ServiceConfig:
     problems = _check_driver("orchestrator", cfg.orchestrator, registries.orchestrators, path, doc,
                              ("orchestrator",))
     problems += _check_instances(cfg, registries.instances, path, doc)
-    problems += _check_driver("router", cfg.router, registries.routers, path, doc, ("router",))
+    router_problems = _check_driver("router", cfg.router, registries.routers, path, doc, ("router",))
+    problems += router_problems
+    if not router_problems and cfg.router.driver in registries.router_safety:
+        problems += _check_router_safety(cfg, registries, path, doc)
     for name, col in cfg.collectors.items():
         problems += _check_driver("collector", col, registries.collectors, path, doc, ("collectors", name))
     for pool in sorted(cfg.alerts.pools_named() - set(cfg.pools)):

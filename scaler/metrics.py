@@ -95,3 +95,16 @@ class RouterHealthMetrics(Collector):
         held = GaugeMetricFamily("scaler_bgp_paths", "Paths the speaker holds (acknowledged announcements)")
         held.add_metric([], h.get("paths", 0))
         yield from (restarts, up, held)
+        if "conntrack_max" in h:
+            entries = GaugeMetricFamily("scaler_router_conntrack_entries", "Entries in the router's conntrack "
+                                        "table (kernel driver, mode conntrack)")
+            entries.add_metric([], h.get("conntrack_entries", 0))
+            limit = GaugeMetricFamily("scaler_router_conntrack_max", "The router's nf_conntrack_max: new flows "
+                                      "are dropped when the table is full")
+            limit.add_metric([], h["conntrack_max"])
+            yield from (entries, limit)
+        if "unreplied_ratio" in h:
+            unreplied = GaugeMetricFamily("scaler_router_unreplied_ratio", "Share of flows to the VIPs whose "
+                                          "replies the router never saw (asymmetric routing breaks pinning)")
+            unreplied.add_metric([], h["unreplied_ratio"])
+            yield unreplied

@@ -52,6 +52,7 @@ REGISTRIES = Registries(
     routers={k: v.config for k, v in ROUTERS.items()},
     collectors={k: v.config for k, v in collectors.COLLECTORS.items()},
     instances={k: v.instance for k, v in ORCHESTRATORS.items() if v.instance is not None},
+    router_safety={k: v.safety for k, v in ROUTERS.items() if v.safety is not None},
 )
 
 

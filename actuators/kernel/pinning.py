@@ -138,11 +138,25 @@ def _read_all() -> tuple[str, int, int]:
     base = "/proc/thread-self"
     with open(f"{base}/net/nf_conntrack") as f:
         text = f.read()
+    count, limit = _read_counts()
+    return text, count, limit
+
+
+def _read_counts() -> tuple[int, int]:
     with open("/proc/sys/net/netfilter/nf_conntrack_count") as f:
         count = int(f.read())
     with open("/proc/sys/net/netfilter/nf_conntrack_max") as f:
-        limit = int(f.read())
-    return text, count, limit
+        return count, int(f.read())
+
+
+def counts(ns: str | None) -> tuple[int, int]:
+    """(entries, nf_conntrack_max) of the router's namespace: two sysctl reads, cheap at any size."""
+    try:
+        return netns.call_in(ns, _read_counts) if ns else _read_counts()
+    except FileNotFoundError:
+        return 0, 0
+    except OSError as exc:
+        raise RouterError(f"reading the router's conntrack counters: {exc}") from exc
 
 
 def usage(ns: str | None, vips: Iterable[IPv4Address]) -> Usage:
@@ -163,4 +177,5 @@ def available() -> bool:
     return any(os.access(os.path.join(d, "nft"), os.X_OK) for d in os.environ.get("PATH", "").split(":") if d)
 
 
-__all__ = ["LIVE_TCP_STATES", "Usage", "available", "delete", "mark_of", "parse", "render", "usage", "write"]
+__all__ = ["LIVE_TCP_STATES", "Usage", "available", "counts", "delete", "mark_of", "parse", "render", "usage",
+           "write"]

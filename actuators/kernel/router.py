@@ -31,7 +31,7 @@ import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address
-from typing import Literal, TypeVar
+from typing import Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -141,6 +141,13 @@ class Plan:
     pins_during: set[IPv4Address] = field(default_factory=set)
     pins_after: set[IPv4Address] = field(default_factory=set)
 
+
+# conntrack mode: how often status() reads the whole conntrack table when nothing drains (to spot
+# asymmetric routing and a filling table); the share of unreplied flows that means "asymmetric".
+USAGE_EVERY_S = 60.0
+ASYMMETRY_MIN_FLOWS = 20
+ASYMMETRY_SHARE = 0.5
+CONNTRACK_WARN = 0.8
 
 SHADOW_IDS = range(1, 1 << 24)      # 0.0.0.0/8: ids no address can have
 
@@ -393,6 +400,8 @@ class KernelRouter(Router):
         # on every apply; None after start and on replay(), which always rewrites it.
         self._pins_written: str | None = None
         self.last_usage: pinning.Usage | None = None
+        self._usage_at = float("-inf")
+        self._warned: set[str] = set()
 
     async def apply(self, desired: DesiredRoutes) -> ApplyResult:
         return await self._run(self._apply_sync, dict(desired))
@@ -410,6 +419,21 @@ class KernelRouter(Router):
         async with self._lock:
             self._closed = True
             self._client.close()
+
+    def health(self) -> dict[str, Any]:
+        """conntrack mode: the router's conntrack table use (to alert before it is full) and whether
+        replies seem to bypass the router (pinning cannot work then). Never raises."""
+        if self.config.mode != "conntrack":
+            return {"mode": self.config.mode}
+        out: dict[str, Any] = {"mode": "conntrack"}
+        try:
+            out["conntrack_entries"], out["conntrack_max"] = pinning.counts(self.config.netns)
+        except RouterError as exc:
+            out["error"] = str(exc)
+        if self.last_usage is not None:
+            out["unreplied_ratio"] = round(self.last_usage.unreplied_share, 3)
+            out["flows_to_vips"] = self.last_usage.towards_vips
+        return out
 
     async def _run(self, fn: Callable[[A], T], arg: A) -> T:
         async with self._lock:
@@ -486,6 +510,20 @@ class KernelRouter(Router):
             messages=len(p.requests), elapsed_s=time.perf_counter() - start,
         )
 
+    def _warn_if_asymmetric(self, vip: IPv4Address, usage: pinning.Usage) -> None:
+        if usage.towards_vips >= ASYMMETRY_MIN_FLOWS and usage.unreplied_share > ASYMMETRY_SHARE:
+            key = f"asymmetric {vip}"
+            if key not in self._warned:
+                self._warned.add(key)
+                log.error("VIP %s: %d of %d flows through the router never showed a reply: replies seem to "
+                          "bypass this router (direct return, another router), and conntrack pinning cannot "
+                          "keep their flows on their member; use mode resilient or route replies through it",
+                          vip, usage.unreplied, usage.towards_vips)
+        if usage.max and usage.entries > CONNTRACK_WARN * usage.max and "full" not in self._warned:
+            self._warned.add("full")
+            log.error("the router's conntrack table is %d%% full (%d of %d): raise nf_conntrack_max before "
+                      "new flows are dropped", round(100 * usage.entries / usage.max), usage.entries, usage.max)
+
     def _write_pins(self, vips: set[IPv4Address], members: set[IPv4Address]) -> None:
         script = pinning.render(self.config.nft_table, vips, members)
         if script != self._pins_written:
@@ -503,9 +541,12 @@ class KernelRouter(Router):
         pinned = snap.pinned(vip)
         in_group = {IPv4Address(m.id) for m in group.group} if group is not None else set()
         usage = None
-        if pinned - in_group:           # someone drains: count the flows still pinned to it
+        now = time.monotonic()
+        if pinned - in_group or now - self._usage_at > USAGE_EVERY_S:
+            # Someone drains (count the flows still pinned to it), or time for the periodic check.
             usage = pinning.usage(self.config.netns, [vip])
-            self.last_usage = usage
+            self._usage_at, self.last_usage = now, usage
+            self._warn_if_asymmetric(vip, usage)
         return RouteStatus(vip, _pinned_hops(in_group, pinned, usage))
 
     def _status_sync(self, vip: IPv4Address) -> RouteStatus:

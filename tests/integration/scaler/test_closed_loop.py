@@ -162,11 +162,13 @@ def test_broken_config_stops_run_naming_file_line_and_key(tmp_path: Path) -> Non
     (tmp_path / "policies" / "web.yaml").write_text((EXAMPLES / "policies" / "web.yaml").read_text())
     config = tmp_path / "scaler.yaml"
     example = example_config_text(tmp_path / "snmp")
-    config.write_text(example.replace("    idle_timer_s: 5", "    idle_timer: 5"))
+    broken = example.replace("    mode: conntrack ", "    idle_timer: 5\n    mode: conntrack ")
+    line = broken.splitlines().index("    idle_timer: 5") + 1
+    config.write_text(broken)
     run = subprocess.run([sys.executable, "-m", "scaler", "run", "-c", str(config)], capture_output=True,
                          text=True, timeout=60)
     assert run.returncode == 2
-    assert f"{config}:36:5: router.options.idle_timer: unknown key" in run.stderr
+    assert f"{config}:{line}:5: router.options.idle_timer: unknown key" in run.stderr
 
     config.write_text(example)
     policy = tmp_path / "policies" / "web.yaml"
