@@ -24,6 +24,10 @@ class Drainer(Protocol):
     async def connections(self, endpoints: Mapping[str, str]) -> int | None:
         """Client connections still open (None: cannot tell, e.g. HAProxy is gone)."""
 
+    async def recycle(self, endpoints: Mapping[str, str], percent: int) -> None:
+        """Close `percent` % of client connections after their current response (0: none), so
+        keep-alive clients move onto members that joined. Raises `ActuatorError` like `drain`."""
+
 
 class NoDrainer:
     """For instances without a reachable runtime API: drain relies on the router alone."""
@@ -32,6 +36,9 @@ class NoDrainer:
         return None
 
     async def connections(self, endpoints: Mapping[str, str]) -> int | None:
+        return None
+
+    async def recycle(self, endpoints: Mapping[str, str], percent: int) -> None:
         return None
 
 
@@ -58,6 +65,11 @@ class HAProxyDrainer:
             return await api.current_connections()
         except ActuatorError:
             return None     # HAProxy gone: nothing left to preserve
+
+    async def recycle(self, endpoints: Mapping[str, str], percent: int) -> None:
+        api = self._api(endpoints)
+        if api is not None:
+            await api.recycle(percent)
 
 
 __all__ = ["Drainer", "HAProxyDrainer", "NoDrainer"]

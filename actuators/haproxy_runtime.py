@@ -15,6 +15,11 @@ How drain works (verified against HAProxy 2.6.12 with a real keep-alive client):
   each gets its answer and is then closed. An idle keep-alive connection is closed after its next
   response or by `timeout http-keep-alive`, whichever comes first.
 - `undrain()` sets the entry back to 0.
+- `recycle(percent)` sets the entry `recycle` (absent = 0): that share of responses, at random,
+  carries `connection: close`, so keep-alive clients of a busy member reconnect at a bounded rate
+  and the router can place them on a new member (a scale-out otherwise leaves every established
+  keep-alive connection where it is). The lines use `rand(100),sub(txn.scaler_recycle)`: HAProxy
+  compares a fetch with a variable only through a converter.
 
 Why not `set var proc.drain` on the CLI: HAProxy 2.6 answers "This command is restricted to
 experimental mode only". Why not `virt@` maps (no file needed): 2.6 cannot open them. A runtime
@@ -37,6 +42,7 @@ from actuators.linux.netns import socket_in
 DRAIN_MAP_NAME = "scaler-drain.map"
 DRAIN_MAP_INITIAL = "drain 0\n"
 _DRAIN_KEY = "drain"
+_RECYCLE_KEY = "recycle"
 
 
 class HAProxyRuntimeError(ActuatorError):
@@ -56,6 +62,10 @@ def drain_config_lines(map_path: str) -> list[str]:
     if os.path.basename(map_path) != DRAIN_MAP_NAME:
         raise ValueError(f"the drain map must be called {DRAIN_MAP_NAME}, not {map_path!r}")
     return [
+        "# scaler recycle: while the runtime map says recycle=N, N % of responses close their connection",
+        "# (keep-alive clients spread onto new members after a scale-out).",
+        f"http-after-response set-var(txn.scaler_recycle) str({_RECYCLE_KEY}),map({map_path},0)",
+        "http-after-response set-header connection close if { rand(100),sub(txn.scaler_recycle) -m int lt 0 }",
         "# scaler drain: while the runtime map says drain=1, every response closes its connection,",
         "# so keep-alive clients reconnect elsewhere; new connections are still accepted.",
         f"http-after-response set-header connection close if {{ str({_DRAIN_KEY}),map({map_path},0)"
@@ -177,14 +187,23 @@ class HAProxyRuntime:
             self._drain_map = found[0]
         return self._drain_map
 
-    async def _set_drain(self, value: str) -> None:
+    async def _set(self, key: str, value: str) -> None:
         path = await self.drain_map()
-        answer = (await self.command(f"set map {path} {_DRAIN_KEY} {value}")).strip()
+        answer = (await self.command(f"set map {path} {key} {value}")).strip()
         if "entry not found" in answer.lower():
-            # Someone emptied the map file: the key is missing, so add it.
-            answer = (await self.command(f"add map {path} {_DRAIN_KEY} {value}")).strip()
+            # Not in the map file (emptied, or a key the file never had): add it.
+            answer = (await self.command(f"add map {path} {key} {value}")).strip()
         if answer:
-            raise HAProxyRuntimeError(f"haproxy {self.address}: setting drain={value}: {answer}")
+            raise HAProxyRuntimeError(f"haproxy {self.address}: setting {key}={value}: {answer}")
+
+    async def _set_drain(self, value: str) -> None:
+        await self._set(_DRAIN_KEY, value)
+
+    async def recycle(self, percent: int) -> None:
+        """Close `percent` % of responses' client connections (0 = none), chosen at random."""
+        if not 0 <= percent <= 100:
+            raise ValueError(f"recycle percent {percent} outside 0..100")
+        await self._set(_RECYCLE_KEY, str(percent))
 
     async def drain(self) -> None:
         """Close every client connection after its current response; keep accepting new ones."""

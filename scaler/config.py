@@ -123,6 +123,17 @@ class HealthCheckConfig(Strict):
         return timeout
 
 
+class RebalanceConfig(Strict):
+    """Keep-alive load after a scale-out: the router places only *new* connections on a new member,
+    so long keep-alive connections would stay on the old members for ever. For `window` after a member
+    comes into service, the members already in service close `recycle_percent` % of their responses'
+    connections (HAProxy's `connection: close`, through the drain map); those clients reconnect and
+    the router spreads them over every member, the new one included. 0 turns it off."""
+
+    recycle_percent: int = Field(default=10, ge=0, le=100)
+    window: Duration = Field(default=30.0, ge=0)
+
+
 class PoolConfig(Strict):
     """A pool's infrastructure. What makes it grow or shrink lives in the policy files."""
 
@@ -147,6 +158,7 @@ class PoolConfig(Strict):
     # client`, `timeout server`, `timeout http-keep-alive` and `timeout tunnel` (30 s in the lab and
     # in deploy/cloud-init). A router that moves idle flows (kernel resilient mode) must wait longer.
     max_client_silence: PositiveDuration = 30.0
+    rebalance: RebalanceConfig = RebalanceConfig()
 
     @field_validator("drain_grace")
     @classmethod

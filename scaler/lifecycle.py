@@ -119,6 +119,9 @@ class Lifecycle:
         # Held from reading the members to the router's answer, so routes computed from an older
         # read never overwrite newer ones (a pass and a health withdrawal may run at once).
         self._routes_lock = asyncio.Lock()
+        # The recycle share last set on each member's HAProxy (none after a start: every member is
+        # set once, which also clears what a crashed scaler may have left).
+        self._recycle: dict[str, int] = {}
         self.last_apply: ApplyResult | None = None
         self.breaker_metrics = BreakerMetrics.of(self.metrics.registry)
 
@@ -148,6 +151,7 @@ class Lifecycle:
             members = self.store.members()
             if desired_routes(self.pools, members) == desired:
                 break
+        await self._rebalance(members)
         self._finish_operations()
         self._export_sizes(members)
         self._export_breakers()
@@ -355,6 +359,41 @@ class Lifecycle:
             return "withdrawn; HAProxy's open connections unknown (any still open are reset by the withdraw)"
         return (f"withdrawn with {conns} connection{'' if conns == 1 else 's'} still open "
                 f"(the withdraw resets them)")
+
+    async def _rebalance(self, members: list[Member]) -> None:
+        """After a member comes into service, the members already serving close a bounded share of
+        their keep-alive connections for `rebalance.window` (PoolConfig.rebalance), then none."""
+        now = self.clock()
+        wanted: dict[str, tuple[Member, int]] = {}
+        for name, pool in self.pools.items():
+            serving = [m for m in members if m.pool == name and m.state == MemberState.IN_SERVICE
+                       and m.health != Health.DOWN]
+            if not serving:
+                continue
+            newest = max(m.state_since for m in serving)
+            busy = (pool.rebalance.recycle_percent > 0 and now < newest + pool.rebalance.window)
+            for m in serving:
+                # "Old": in service well before the newest one came in (same-pass arrivals are new).
+                old = m.state_since < newest - 1.0
+                wanted[m.id] = (m, pool.rebalance.recycle_percent if busy and old else 0)
+        changes = [(m, pct) for m, pct in wanted.values() if self._recycle.get(m.id) != pct]
+        if not changes:
+            return
+        results = await asyncio.gather(*(self.drainer.recycle(m.endpoint_map(), pct) for m, pct in changes),
+                                       return_exceptions=True)
+        for (m, pct), res in zip(changes, results, strict=True):
+            if isinstance(res, BaseException):
+                if not isinstance(res, ActuatorError):
+                    raise res
+                log.warning("%s: setting recycle %d%% failed: %s", m.instance, pct, res)
+                self._recycle.pop(m.id, None)       # tried again at the next pass
+                continue
+            before = self._recycle.get(m.id)
+            self._recycle[m.id] = pct
+            if pct or before:
+                self.store.add_event(m.pool, "rebalance", f"{m.instance}: {pct}% of responses close their "
+                                     f"connection" + (" (keep-alive clients spread onto the new member)"
+                                                      if pct else " no more"), now, member=m.instance)
 
     def _finish_operations(self) -> None:
         now = self.clock()

@@ -63,6 +63,8 @@ def test_drain_config_lines() -> None:
     lines = drain_config_lines(f"/etc/haproxy/{DRAIN_MAP_NAME}")
     assert lines[-1] == (f"http-after-response set-header connection close if {{ str(drain),"
                          f"map(/etc/haproxy/{DRAIN_MAP_NAME},0) -m str 1 }}")
+    assert (f"http-after-response set-var(txn.scaler_recycle) str(recycle),map(/etc/haproxy/{DRAIN_MAP_NAME},0)"
+            in lines)
     with pytest.raises(ValueError, match=DRAIN_MAP_NAME):
         drain_config_lines("/etc/haproxy/drain.map")
 

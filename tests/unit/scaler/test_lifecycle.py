@@ -25,12 +25,16 @@ class CountingDrainer:
     def __init__(self, conns: int | None = 0) -> None:
         self.drained: list[str] = []
         self.conns = conns
+        self.recycled: dict[str, int] = {}
 
     async def drain(self, endpoints: Mapping[str, str]) -> None:
         self.drained.append(endpoints.get("metrics_url", "?"))
 
     async def connections(self, endpoints: Mapping[str, str]) -> int | None:
         return self.conns
+
+    async def recycle(self, endpoints: Mapping[str, str], percent: int) -> None:
+        self.recycled[endpoints.get("metrics_url", "?")] = percent
 
 
 @pytest.fixture
@@ -370,3 +374,38 @@ def test_drain_grace_must_fit_in_drain_timeout(pool: dict[str, str], problem: st
         PoolConfig.model_validate(doc)
     assert problem in str(exc.value)
     assert [e["loc"] for e in exc.value.errors()] == [("drain_grace",)]    # the line an operator fixes
+
+
+async def test_old_members_recycle_keep_alive_connections_for_a_window_after_a_scale_out(
+        store: Store, clock: ManualClock) -> None:
+    orch, router, drainer = FakeOrchestrator(FakeOrchestratorConfig(boot_probes=0)), FakeRouter(), CountingDrainer()
+    lc = make(store, orch, router, clock, drainer, rebalance={"recycle_percent": 20, "window": "30s"})
+    store.start_scale_out("web", 2, 0, "below min", clock())
+    for _ in range(3):
+        await lc.reconcile()
+    first = {m.endpoint_map()["metrics_url"] for m in store.members("web")}
+    assert drainer.recycled == dict.fromkeys(first, 0)          # set once at start: clears a stale share
+    clock.advance(60)
+    store.start_scale_out("web", 1, 2, "busy", clock())
+    for _ in range(3):
+        await lc.reconcile()
+    [new] = [m.endpoint_map()["metrics_url"] for m in store.members("web")
+             if m.endpoint_map()["metrics_url"] not in first]
+    assert drainer.recycled == {**dict.fromkeys(first, 20), new: 0}
+    assert len([e for e in store.events("web") if e.kind == "rebalance"]) == 2
+    clock.advance(31)
+    await lc.reconcile()
+    assert set(drainer.recycled.values()) == {0}                # the window is over
+
+
+async def test_recycle_zero_turns_it_off(store: Store, clock: ManualClock) -> None:
+    orch, drainer = FakeOrchestrator(FakeOrchestratorConfig(boot_probes=0)), CountingDrainer()
+    lc = make(store, orch, FakeRouter(), clock, drainer, rebalance={"recycle_percent": 0})
+    store.start_scale_out("web", 1, 0, "below min", clock())
+    for _ in range(3):
+        await lc.reconcile()
+    clock.advance(60)
+    store.start_scale_out("web", 1, 1, "busy", clock())
+    for _ in range(3):
+        await lc.reconcile()
+    assert set(drainer.recycled.values()) == {0}

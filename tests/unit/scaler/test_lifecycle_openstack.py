@@ -307,6 +307,9 @@ class Connections:
     async def connections(self, endpoints: Mapping[str, str]) -> int | None:
         return self.conns
 
+    async def recycle(self, endpoints: Mapping[str, str], percent: int) -> None:
+        return None
+
 
 class Unlistable(FakeOrchestrator):
     async def list(self, pool: str) -> list[Instance]:
