@@ -8,8 +8,11 @@ decides anything and never talks to anything else.
     python -m actuators.lab.backend --port 8081 --delay-ms N [--pidfile P --daemon]
 
 A request may ask for its own delay with `?delay_ms=N` (capped at 60 s), e.g. to hold a request
-open across a drain. With `--daemon` the parent returns only after the socket is bound and the
-pidfile written, like `haproxy -D`, so "the command returned 0" means "it is listening".
+open across a drain, and for a body of its own size with `?bytes=N` (capped at 256 MiB): a repeated
+64 KiB pattern, sent with content-length and written with backpressure, so large downloads cost
+neither memory nor CPU (the load generator's `slow` and `download` flows use both). With `--daemon`
+the parent returns only after the socket is bound and the pidfile written, like `haproxy -D`, so
+"the command returned 0" means "it is listening".
 """
 
 from __future__ import annotations
@@ -25,20 +28,34 @@ from urllib.parse import parse_qs, urlsplit
 
 MAX_HEADER_BYTES = 16384
 MAX_DELAY_MS = 60_000
+MAX_BODY_BYTES = 256 * 1024 * 1024
+# What a `?bytes=N` body is made of: this pattern, repeated and cut at N.
+FILL_CHUNK = b"scaler lab backend fill pattern\n" * 2048   # 64 KiB
 # Longer than any keep-alive timeout HAProxy uses towards servers, so HAProxy (not us) closes
 # idle server connections and never reuses one we are closing at the same moment.
 IDLE_TIMEOUT_S = 120.0
 
 
-def request_delay_ms(target: str, default_ms: int) -> int:
-    """The delay for one request: `?delay_ms=N` in the target if present and valid, else the default."""
-    values = parse_qs(urlsplit(target).query).get("delay_ms")
+def _query_int(target: str, name: str) -> int | None:
+    values = parse_qs(urlsplit(target).query).get(name)
     if values:
         try:
-            return max(0, min(MAX_DELAY_MS, int(values[0])))
+            return int(values[0])
         except ValueError:
             pass
-    return default_ms
+    return None
+
+
+def request_delay_ms(target: str, default_ms: int) -> int:
+    """The delay for one request: `?delay_ms=N` in the target if present and valid, else the default."""
+    value = _query_int(target, "delay_ms")
+    return default_ms if value is None else max(0, min(MAX_DELAY_MS, value))
+
+
+def request_body_bytes(target: str) -> int | None:
+    """The body size one request asks for with `?bytes=N` (capped), None if it asks for none."""
+    value = _query_int(target, "bytes")
+    return None if value is None else max(0, min(MAX_BODY_BYTES, value))
 
 
 class Backend:
@@ -82,14 +99,30 @@ class Backend:
         delay = request_delay_ms(target, self.delay_ms)
         if delay:
             await asyncio.sleep(delay / 1000)
-        body = b"" if method == "HEAD" else self.body
-        writer.write(
-            b"HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\n"
-            + f"content-length: {len(self.body)}\r\n".encode()
-            + (b"" if keep else b"connection: close\r\n")
-            + b"\r\n" + body)
+        size = request_body_bytes(target)
+        body_len = len(self.body) if size is None else size
+        head = (b"HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\n"
+                + f"content-length: {body_len}\r\n".encode()
+                + (b"" if keep else b"connection: close\r\n") + b"\r\n")
+        if method == "HEAD":
+            writer.write(head)
+        elif size is None:
+            writer.write(head + self.body)
+        else:
+            writer.write(head)
+            await write_fill(writer, size)
         await writer.drain()
         return keep
+
+
+async def write_fill(writer: asyncio.StreamWriter, size: int) -> None:
+    """`size` bytes of the fill pattern, one chunk at a time, waiting for the peer to take each."""
+    left = size
+    while left > 0:
+        chunk = FILL_CHUNK if left >= len(FILL_CHUNK) else FILL_CHUNK[:left]
+        writer.write(chunk)
+        left -= len(chunk)
+        await writer.drain()
 
 
 def bind(host: str, port: int) -> socket.socket:

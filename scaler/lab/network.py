@@ -54,6 +54,14 @@ from actuators.lab.orchestrator import (
 from actuators.linux import netns
 from scaler.errors import ScalerError
 from scaler.lab.frr import Frr, FrrConfig, FrrNeighbor
+from scaler.lab.loadgen import (
+    DEFAULT_DOWNLOAD_BYTES,
+    DEFAULT_DOWNLOAD_RATE_BPS,
+    DEFAULT_IDLE_PAUSE_S,
+    DEFAULT_SLOW_BYTES,
+    DEFAULT_SLOW_DELAY_S,
+    KINDS,
+)
 
 CLIENT_ADDRESS = IPv4Address("198.18.0.2")
 ROUTER_CLIENT_ADDRESS = IPv4Address("198.18.0.1")
@@ -411,24 +419,57 @@ async def lab_status(cfg: LabConfig) -> LabStatus:
                      processes=processes, router=router, bgp_sessions=sessions, bgp_error=error)
 
 
+def _delay_range(value: tuple[float, float]) -> str:
+    lo, hi = value
+    return f"{float(lo)}:{float(hi)}"
+
+
+def _sum_counts(lines: list[dict[str, Any]]) -> dict[str, Any]:
+    """The counts of several stats lines (or of one kind in each), summed."""
+    out: dict[str, Any] = dict.fromkeys(("ok", "failed", "retried", "connects", "skipped", "bytes",
+                                         "idle_closed"), 0)
+    by_key: dict[str, Counter[str]] = {k: Counter() for k in ("by_lb", "failures", "retries")}
+    for line in lines:
+        for k in out:
+            out[k] += line.get(k, 0)
+        for k, counter in by_key.items():
+            counter.update(line.get(k, {}))
+    return out | {k: dict(v) for k, v in by_key.items()}
+
+
 class LoadRun:
     """`scaler.lab.loadgen` running in the lab's client namespace, controlled through its stdin.
 
     `start()` launches it; `set(...)` changes the load while it runs; `ticks` holds every per-second
     stats line so far and `stats()` yields them as they come; `stop()` ends it (it also ends by
     itself at `max_seconds` / `max_requests`) and returns the final summary.
+
+    The flow kinds (`scaler/lab/loadgen.py`): short requests (`short_rps`), keep-alive clients,
+    slow requests (`slow_clients`, each answered after `slow_delay_s` = (A, B) seconds with a
+    `slow_bytes` body), large downloads (`downloads` of `download_bytes`, each read at most
+    `download_rate_bps` bytes/s) and idle keep-alive connections (`idle_clients`, silent
+    `idle_pause_s` between requests: the lab's `keepalive_timeout_s` must be longer). Every tick and
+    the summary count ok and failures (by cause) per kind under `kinds`.
     """
 
     def __init__(self, cfg: LabConfig, *, short_rps: float = 0.0, keepalive_clients: int = 0,
                  keepalive_pause_ms: float = 0.0, max_seconds: float = 30.0,
                  max_requests: int = 1_000_000, timeout_s: float = 5.0, short_concurrency: int = 256,
                  interval_s: float = 1.0, retry: bool = True, target: IPv4Address | None = None,
-                 port: int = 80) -> None:
+                 port: int = 80, slow_clients: int = 0,
+                 slow_delay_s: tuple[float, float] = DEFAULT_SLOW_DELAY_S, slow_bytes: int = DEFAULT_SLOW_BYTES,
+                 downloads: int = 0, download_bytes: int = DEFAULT_DOWNLOAD_BYTES,
+                 download_rate_bps: float = DEFAULT_DOWNLOAD_RATE_BPS, idle_clients: int = 0,
+                 idle_pause_s: float = DEFAULT_IDLE_PAUSE_S) -> None:
         self.cfg = cfg
         self.argv_options = [
             "--host", str(target or cfg.vip), "--port", str(port),
             "--short-rps", str(short_rps), "--short-concurrency", str(short_concurrency),
             "--keepalive-clients", str(keepalive_clients), "--keepalive-pause-ms", str(keepalive_pause_ms),
+            "--slow-clients", str(slow_clients), "--slow-delay-s", _delay_range(slow_delay_s),
+            "--slow-bytes", str(slow_bytes), "--downloads", str(downloads),
+            "--download-bytes", str(download_bytes), "--download-rate-bps", str(download_rate_bps),
+            "--idle-clients", str(idle_clients), "--idle-pause-s", str(idle_pause_s),
             "--max-seconds", str(max_seconds), "--max-requests", str(max_requests),
             "--timeout-s", str(timeout_s), "--interval-s", str(interval_s),
             *([] if retry else ["--no-retry"]),
@@ -487,12 +528,20 @@ class LoadRun:
                 self._cond.notify_all()
 
     async def set(self, *, short_rps: float | None = None, keepalive_clients: int | None = None,
-                  keepalive_pause_ms: float | None = None) -> None:
-        """Change the load now; options left None keep their value."""
-        command: dict[str, Any] = {k: v for k, v in (("short_rps", short_rps),
-                                                     ("keepalive_clients", keepalive_clients),
-                                                     ("keepalive_pause_ms", keepalive_pause_ms))
-                                   if v is not None}
+                  keepalive_pause_ms: float | None = None, slow_clients: int | None = None,
+                  slow_delay_s: tuple[float, float] | None = None, slow_bytes: int | None = None,
+                  downloads: int | None = None, download_bytes: int | None = None,
+                  download_rate_bps: float | None = None, idle_clients: int | None = None,
+                  idle_pause_s: float | None = None) -> None:
+        """Change the load now; options left None keep their value. Sizes, delays and rates apply to
+        the flows started afterwards; fewer clients first finish the flow they are in."""
+        command: dict[str, Any] = {k: v for k, v in (
+            ("short_rps", short_rps), ("keepalive_clients", keepalive_clients),
+            ("keepalive_pause_ms", keepalive_pause_ms), ("slow_clients", slow_clients),
+            ("slow_delay_s", _delay_range(slow_delay_s) if slow_delay_s is not None else None),
+            ("slow_bytes", slow_bytes), ("downloads", downloads), ("download_bytes", download_bytes),
+            ("download_rate_bps", download_rate_bps), ("idle_clients", idle_clients),
+            ("idle_pause_s", idle_pause_s)) if v is not None}
         await self._send(command)
 
     async def _send(self, command: dict[str, Any]) -> None:
@@ -527,20 +576,14 @@ class LoadRun:
                 return
 
     def totals(self) -> dict[str, Any]:
-        """The sums of the stats lines so far (or the summary once there is one)."""
+        """The sums of the stats lines so far (or the summary once there is one), overall and per
+        kind (`kinds`)."""
         if self.summary is not None:
             return self.summary
-        by_lb: Counter[str] = Counter()
-        failures: Counter[str] = Counter()
-        retries: Counter[str] = Counter()
-        out: dict[str, Any] = {"ok": 0, "failed": 0, "retried": 0, "connects": 0, "skipped": 0}
-        for t in self.ticks:
-            for k in out:
-                out[k] += t.get(k, 0)
-            by_lb.update(t.get("by_lb", {}))
-            failures.update(t.get("failures", {}))
-            retries.update(t.get("retries", {}))
-        return out | {"by_lb": dict(by_lb), "failures": dict(failures), "retries": dict(retries)}
+        out = _sum_counts(self.ticks)
+        out["kinds"] = {kind: _sum_counts([t.get("kinds", {}).get(kind, {}) for t in self.ticks])
+                        for kind in KINDS}
+        return out
 
     async def wait(self, timeout_s: float | None = None) -> dict[str, Any]:
         """Wait until it stops by itself; returns the summary."""
