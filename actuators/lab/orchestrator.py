@@ -187,10 +187,10 @@ class LabOrchestratorConfig(BaseModel):
     dir: Path | None = None
     # If set, every spec must ask for this VIP; if None, each instance uses its spec's VIP.
     vip: IPv4Address | None = None
-    # HAProxy's idle timeout for client keep-alive connections. It must stay below the router's
-    # resilient-group idle timer (30 s in the lab) so an idle connection is closed before its
-    # bucket can move to another LB.
-    keepalive_timeout_s: float = Field(default=2.0, gt=0, le=25)
+    # HAProxy's idle timeout for client keep-alive connections (`timeout http-keep-alive`). A router
+    # that moves idle flows (kernel resilient mode) must wait longer than every HAProxy timeout:
+    # pools.*.max_client_silence in scaler.yaml says how long (checked at load).
+    keepalive_timeout_s: float = Field(default=2.0, gt=0, le=120)
     backend_delay_ms: int = Field(default=0, ge=0, le=60_000)
     backend_port: int = Field(default=8081, ge=1, le=65535)
     metrics_port: int = Field(default=8404, ge=1, le=65535)

@@ -91,7 +91,7 @@ class LabConfig(BaseModel):
     dir: Path | None = None
     vip: IPv4Address = IPv4Address("198.19.0.1")
     backend_delay_ms: int = Field(default=0, ge=0, le=60_000)
-    keepalive_timeout_s: float = Field(default=2.0, gt=0, le=25)
+    keepalive_timeout_s: float = Field(default=2.0, gt=0, le=120)
     command_timeout_s: float = Field(default=15.0, gt=0)
     # Which router driver the lab is built for: `bgp` adds FRR in the router and the ctl namespace.
     router: RouterKind = "kernel"
