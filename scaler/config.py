@@ -126,9 +126,10 @@ class HealthCheckConfig(Strict):
 class RebalanceConfig(Strict):
     """Keep-alive load after a scale-out: the router places only *new* connections on a new member,
     so long keep-alive connections would stay on the old members for ever. For `window` after a member
-    comes into service, the members already in service close `recycle_percent` % of their responses'
+    comes into service, every member in service closes `recycle_percent` % of its responses'
     connections (HAProxy's `connection: close`, through the drain map); those clients reconnect and
-    the router spreads them over every member, the new one included. 0 turns it off."""
+    the router places them again, uniformly, so they spread evenly over every member, the new one
+    included. 0 turns it off."""
 
     recycle_percent: int = Field(default=10, ge=0, le=100)
     window: Duration = Field(default=30.0, ge=0)

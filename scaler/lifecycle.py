@@ -361,8 +361,8 @@ class Lifecycle:
                 f"(the withdraw resets them)")
 
     async def _rebalance(self, members: list[Member]) -> None:
-        """After a member comes into service, the members already serving close a bounded share of
-        their keep-alive connections for `rebalance.window` (PoolConfig.rebalance), then none."""
+        """After a member comes into service, every member in service closes a bounded share of its
+        keep-alive connections for `rebalance.window` (PoolConfig.rebalance), then none."""
         now = self.clock()
         wanted: dict[str, tuple[Member, int]] = {}
         for name, pool in self.pools.items():
@@ -371,11 +371,14 @@ class Lifecycle:
             if not serving:
                 continue
             newest = max(m.state_since for m in serving)
-            busy = (pool.rebalance.recycle_percent > 0 and now < newest + pool.rebalance.window)
+            # Every member recycles, the new one too: each closed keep-alive connection is placed
+            # again uniformly by the router, so the connections converge to an even spread. (Only
+            # the old members recycling would make the new one absorb every keep-alive client.)
+            # Only after a member joined members that already served (not when a pool starts).
+            joined = any(m.state_since < newest - 1.0 for m in serving)
+            busy = pool.rebalance.recycle_percent > 0 and now < newest + pool.rebalance.window and joined
             for m in serving:
-                # "Old": in service well before the newest one came in (same-pass arrivals are new).
-                old = m.state_since < newest - 1.0
-                wanted[m.id] = (m, pool.rebalance.recycle_percent if busy and old else 0)
+                wanted[m.id] = (m, pool.rebalance.recycle_percent if busy else 0)
         changes = [(m, pct) for m, pct in wanted.values() if self._recycle.get(m.id) != pct]
         if not changes:
             return
@@ -392,7 +395,7 @@ class Lifecycle:
             self._recycle[m.id] = pct
             if pct or before:
                 self.store.add_event(m.pool, "rebalance", f"{m.instance}: {pct}% of responses close their "
-                                     f"connection" + (" (keep-alive clients spread onto the new member)"
+                                     f"connection" + (" (keep-alive clients spread again, over the new member too)"
                                                       if pct else " no more"), now, member=m.instance)
 
     def _finish_operations(self) -> None:
