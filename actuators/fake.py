@@ -66,6 +66,8 @@ class FakeOrchestrator:
 class FakeRouterConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
     drain_buckets: int = 0        # buckets a draining hop keeps (0: drained at once)
+    # Set: report a draining hop's pinned flows instead of buckets (the kernel driver's conntrack mode).
+    drain_flows: int | None = None
     # WITHDRAW behaves like a BGP router: no weights, so DRAINING is held and reported as ACTIVE
     # and no hop has a bucket count.
     drain_mode: DrainMode = DrainMode.WEIGHT
@@ -108,6 +110,10 @@ class FakeRouter(Router):
         hops = self.routes.get(vip, {})
         if self.drain_mode is DrainMode.WITHDRAW:
             return RouteStatus(vip, tuple(HopStatus(a, s, None) for a, s in sorted(hops.items())))
+        if self.config.drain_flows is not None:
+            return RouteStatus(vip, tuple(
+                HopStatus(a, s, None, self.config.drain_flows if s is HopState.DRAINING else None)
+                for a, s in sorted(hops.items())))
         return RouteStatus(vip, tuple(
             HopStatus(a, s, self.config.drain_buckets if s is HopState.DRAINING else 64)
             for a, s in sorted(hops.items())))

@@ -409,3 +409,15 @@ async def test_recycle_zero_turns_it_off(store: Store, clock: ManualClock) -> No
     for _ in range(3):
         await lc.reconcile()
     assert set(drainer.recycled.values()) == {0}
+
+
+async def test_a_drain_by_pinned_flows_ends_at_zero_or_says_what_was_left(store: Store, clock: ManualClock) -> None:
+    orch, drainer = FakeOrchestrator(FakeOrchestratorConfig(boot_probes=0)), CountingDrainer(conns=0)
+    router = FakeRouter(FakeRouterConfig(drain_flows=3))
+    lc = make(store, orch, router, clock, drainer)
+    victim = await serve_two_and_drain_one(store, lc, clock)
+    await lc.reconcile()
+    assert rows.member(store, victim).state == MemberState.DRAINING       # 3 flows still pinned to it
+    clock.advance(31)                                                     # past drain_timeout (30 s)
+    await lc.reconcile()
+    assert withdrawn_detail(store, victim) == "drain deadline 30s reached with 0 connections and 3 pinned flows left"
