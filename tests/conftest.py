@@ -1,8 +1,10 @@
 """Fixtures shared by every test. Helpers that are not fixtures live in tests/support/: the fake clock
-(clock.py), polling with a deadline (wait.py), real daemons, the BGP test network, alert deliveries."""
+(clock.py), polling with a deadline (wait.py), real daemons, a real PostgreSQL (postgres.py), the BGP
+test network, alert deliveries."""
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -10,6 +12,7 @@ import pytest
 
 from scaler.store import Store
 from tests.support.clock import ManualClock
+from tests.support.postgres import PostgresServer, unavailable
 
 
 @pytest.fixture
@@ -32,3 +35,27 @@ def store(db_path: Path) -> Iterator[Store]:
     s.migrate()
     yield s
     s.close()
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[PostgresServer]:
+    """One real PostgreSQL 15 for the whole session (tests/support/postgres.py), stopped at its end even
+    after failures; skipped when not root or PostgreSQL is not installed. Shared: a test that stops,
+    restarts or kills a server starts its own `PostgresServer` instead."""
+    why = unavailable()
+    if why is not None:
+        pytest.skip(why)
+    with PostgresServer() as server:
+        yield server
+
+
+_databases = itertools.count(1)
+
+
+@pytest.fixture
+def postgres_url(postgres: PostgresServer) -> Iterator[str]:
+    """The SQLAlchemy URL (psycopg) of a fresh, empty database on the session's server, dropped after."""
+    name = f"test_{next(_databases)}"
+    url = postgres.create_database(name)
+    yield url
+    postgres.drop_database(name)
