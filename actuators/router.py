@@ -108,6 +108,11 @@ class Router(Protocol):
         and metrics; empty when the driver has nothing beyond `status()` to say. Never raises."""
         return {}
 
+    async def stand_down(self) -> None:
+        """This scaler stopped leading: stop whatever speaks for it on its own (a BGP speaker keeps
+        announcing otherwise). Routes stay as they are (fail static). The next apply() resumes."""
+        return None
+
     async def apply(self, desired: DesiredRoutes) -> ApplyResult: ...
 
     async def status(self, vip: IPv4Address) -> RouteStatus: ...

@@ -50,6 +50,9 @@ class ServiceView(Protocol):
     def health_panic(self, pool: str) -> str | None:
         """Why the pool's health checks are in panic (every route kept), None when they are not."""
 
+    def cluster(self) -> dict[str, Any]:
+        """This scaler's role, epoch, the leader's identity and its lease (scaler.leader)."""
+
     def reload_policies(self, trigger: str) -> Any: ...
 
 
@@ -189,6 +192,11 @@ def create_app(service: ServiceView, clock: Callable[[], float] = time.time) -> 
     @app.get("/metrics", response_class=Response)
     def metrics() -> Response:
         return Response(generate_latest(service.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+    @app.get("/v1/cluster")
+    def cluster() -> dict[str, Any]:
+        """Which scaler leads: this one's role (leader, standby, follower), epoch, lease left."""
+        return service.cluster()
 
     @app.get("/v1/router")
     def router_state() -> dict[str, Any]:

@@ -116,6 +116,7 @@ class Auditor:
         # create answered too late for the delete that followed it. Finishing that delete is safe:
         # names carry the operation id, so no live member can have this one.
         try:
+            self.lc.check()
             await asyncio.wait_for(self.lc.orchestrator.delete(name), self.lc.action_timeout_s)
         except (ActuatorError, TimeoutError) as exc:
             return Finding(pool, "leftover", name, "none", f"instance {name} of member {m.id} (deleted in the "

@@ -157,7 +157,7 @@ def record_launch_failure(store: Store, pool: str, cfg: LaunchBreakerConfig, mem
     write and the member's transition) changes nothing. Returns the state and whether it opened now.
     """
     error = error[:MAX_ERROR]
-    with store.session() as s:
+    with store.session(fenced=True) as s:
         row = _row(s, pool)
         if row.last_member == member and row.failures > 0:
             return _state(pool, row, now), False
@@ -184,7 +184,7 @@ def record_launch_failure(store: Store, pool: str, cfg: LaunchBreakerConfig, mem
 
 def record_launch_success(store: Store, pool: str, member: str, now: float) -> BreakerState:
     """A launch became healthy: the count goes back to 0 and an open or half-open breaker closes."""
-    with store.session() as s:
+    with store.session(fenced=True) as s:
         row = s.get(LaunchBreaker, pool)
         if row is None or (row.failures == 0 and row.opened_at is None):
             return _state(pool, row, now)
@@ -221,7 +221,7 @@ def reset_breaker(store: Store, pool: str, now: float, by: str = "operator") -> 
 
 def note_cool_off(store: Store, pool: str, now: float) -> bool:
     """Write the 'cool-off over, half-open' event once per opening. True if it was written now."""
-    with store.session() as s:
+    with store.session(fenced=True) as s:
         row = s.get(LaunchBreaker, pool)
         if row is None or row.cool_off_noted or not _state(pool, row, now).half_open:
             return False

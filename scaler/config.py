@@ -42,6 +42,14 @@ class ApiConfig(Strict):
     port: int = Field(default=8750, ge=0, le=65535)
 
 
+class HaConfig(Strict):
+    """Several scalers on one PostgreSQL store: one leads (scaler.leader). `lease`: how long a leader
+    may act after its last successful lock check; a takeover waits as long before acting, so the
+    takeover after a leader dies takes about 2-3 x lease (detection by the database, then the wait)."""
+
+    lease: PositiveDuration = 3.0
+
+
 class Intervals(Strict):
     # More than 0 (the scheduler would silently run a 0 s interval every second).
     collect: PositiveDuration = 5.0
@@ -189,6 +197,7 @@ class ServiceConfig(Strict):
     pools: dict[PoolName, PoolConfig] = Field(min_length=1)
     # Alarm webhooks (Alertmanager, Grafana) and signed scale signals: who may signal which pool.
     alerts: AlertsConfig = AlertsConfig()
+    ha: HaConfig = HaConfig()
     # Set by load_config: where the file was, for resolving relative paths and for messages.
     source: Path = Path("scaler.yaml")
 

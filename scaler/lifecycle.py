@@ -113,6 +113,9 @@ class Lifecycle:
     on_deleted: Callable[[Member], None] | None = None
     # Each pool's launch circuit breaker settings (PoolConfig.launch_breaker); missing: defaults.
     breakers: Mapping[str, LaunchBreakerConfig] = field(default_factory=dict)
+    # Raises (scaler.leader.NotLeader) unless this scaler may take a side effect now: checked right
+    # before every router, orchestrator and HAProxy action. None: always allowed (one scaler).
+    guard: Callable[[], None] | None = None
 
     def __post_init__(self) -> None:
         self._lock = asyncio.Lock()
@@ -135,10 +138,16 @@ class Lifecycle:
         with a slow orchestrator call: how a health withdrawal reaches the router in milliseconds."""
         await self._route()
 
+    def check(self) -> None:
+        """The leader's lease check before a side effect (see `guard`)."""
+        if self.guard is not None:
+            self.guard()
+
     async def _route(self) -> tuple[list[Member], DesiredRoutes, dict[IPv4Address, RouteStatus] | None]:
         async with self._routes_lock:
             members = self.store.members()
             desired = desired_routes(self.pools, members)
+            self.check()
             return members, desired, await self._apply_routes(desired)
 
     async def _pass(self) -> None:
@@ -249,6 +258,7 @@ class Lifecycle:
                 self.store.transition(m.id, MemberState.FAILED, now, error=f"not launched: {breaker.summary()}")
                 return
             spec = InstanceSpec(m.pool, pool.vip, pool.instance)
+            self.check()
             inst = await self.orchestrator.create(spec, m.instance)
             self.metrics.actions.labels(m.pool, "create", "ok").inc()
             self.store.transition(m.id, MemberState.BOOTING, self.clock(), detail=f"address {inst.address}",
@@ -281,6 +291,7 @@ class Lifecycle:
             if hops is not None and (not m.address or IPv4Address(m.address) not in hops.addresses()):
                 self.store.transition(m.id, MemberState.DELETING, now, detail="cleaning up a failed member")
         elif state is MemberState.DELETING:
+            self.check()
             await self.orchestrator.delete(m.instance)
             self.metrics.actions.labels(m.pool, "delete", "ok").inc()
             self.store.transition(m.id, MemberState.DELETED, self.clock())
@@ -291,6 +302,7 @@ class Lifecycle:
         endpoints = m.endpoint_map()
         if not self.store.has_step(m.op_id, m.id, "drain_haproxy"):
             self.store.add_step(m.op_id, m.id, "drain_haproxy", now, "close keep-alive after each response")
+            self.check()
             try:
                 await self.drainer.drain(endpoints)
                 self.metrics.actions.labels(m.pool, "drain", "ok").inc()
@@ -382,6 +394,7 @@ class Lifecycle:
         changes = [(m, pct) for m, pct in wanted.values() if self._recycle.get(m.id) != pct]
         if not changes:
             return
+        self.check()
         results = await asyncio.gather(*(self.drainer.recycle(m.endpoint_map(), pct) for m, pct in changes),
                                        return_exceptions=True)
         for (m, pct), res in zip(changes, results, strict=True):

@@ -108,3 +108,20 @@ class RouterHealthMetrics(Collector):
                                           "replies the router never saw (asymmetric routing breaks pinning)")
             unreplied.add_metric([], h["unreplied_ratio"])
             yield unreplied
+
+
+class LeaderMetrics(Collector):
+    """This scaler's role among the scalers of its store (scaler.leader), read at scrape time."""
+
+    def __init__(self, view: Callable[[], Any]) -> None:
+        self.view = view
+
+    def collect(self) -> Iterator[Metric]:
+        v = self.view()
+        leader = GaugeMetricFamily("scaler_leader", "1 while this scaler leads (acts), 0 as a follower")
+        leader.add_metric([], 1.0 if v.role == "leader" else 0.0)
+        epoch = GaugeMetricFamily("scaler_leader_epoch", "The leadership epoch this scaler holds (0: none)")
+        epoch.add_metric([], float(v.epoch or 0))
+        lease = GaugeMetricFamily("scaler_leader_lease_seconds", "Seconds left on this leader's lease")
+        lease.add_metric([], float(v.lease_left_s or 0.0))
+        yield from (leader, epoch, lease)

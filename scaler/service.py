@@ -38,8 +38,9 @@ from scaler.config import Registries, ServiceConfig, driver_options, load_config
 from scaler.engine import Engine
 from scaler.errors import ConfigError
 from scaler.health import HealthChecker
+from scaler.leader import Leadership, NotLeader, SoleLeader, leadership_for
 from scaler.lifecycle import Lifecycle
-from scaler.metrics import Metrics, RouterHealthMetrics
+from scaler.metrics import LeaderMetrics, Metrics, RouterHealthMetrics
 from scaler.store import Store
 
 log = logging.getLogger("scaler")
@@ -113,6 +114,13 @@ class Service:
         self.auditor = Auditor(self.lifecycle)
         self.checker = HealthChecker(store, self.pools, self.metrics.registry, reroute=self.lifecycle.reroute,
                                      wake=self.wake, max_of=self._max_of, clock=clock)
+        # One leader per store: the leader's writes are fenced by its epoch and its side effects
+        # need a valid lease (scaler.leader).
+        self.leadership: Leadership = leadership_for(cfg.store_url(), lease_s=cfg.ha.lease)
+        store.fence = self.leadership.fence
+        self.lifecycle.guard = self.leadership.check
+        self._leader_task: asyncio.Task[None] | None = None
+        self.metrics.registry.register(LeaderMetrics(self.leadership.view))
         self.scheduler = AsyncIOScheduler()
         self.server: _Server | None = None
         self._stopping = asyncio.Event()
@@ -203,6 +211,8 @@ class Service:
             if asyncio.iscoroutine(result):
                 await result
             self.last_run[name] = self.clock()
+        except NotLeader as exc:
+            log.warning("job %s stopped: %s", name, exc)
         except Exception:
             log.exception("job %s failed", name)
 
@@ -217,22 +227,19 @@ class Service:
         return out
 
     def health(self) -> dict[str, Any]:
+        """ok: a leader runs its jobs on time; a follower serves (it runs none)."""
         now = self.clock()
+        view = self.leadership.view()
+        leading = view.role == "leader"
         stale = {name: round(now - t, 1) for name, t in self.last_run.items()
-                 if now - t > 5 * max(getattr(self.cfg.intervals, name, 1.0), 1.0)}
-        ok = self.scheduler.running and not stale and "reconcile" in self.last_run
-        return {"ok": ok, "started_at": self.started_at, "jobs_late_s": stale,
-                "pools": sorted(self.pools)}
+                 if hasattr(self.cfg.intervals, name) and now - t > 5 * max(getattr(self.cfg.intervals, name), 1.0)}
+        ok = self.scheduler.running and (not leading or (not stale and "reconcile" in self.last_run))
+        return {"ok": ok, "started_at": self.started_at, "jobs_late_s": stale if leading else {},
+                "pools": sorted(self.pools), "role": view.role, "epoch": view.epoch}
 
     # --- run --------------------------------------------------------------------------------------
 
     async def start(self) -> None:
-        now = self.clock()
-        for name, pool in self.pools.items():
-            self.store.ensure_pool(name, str(pool.vip), now)
-        await self.lifecycle.reconcile()        # resume half-done work, re-program the router
-        self.last_run["reconcile"] = self.clock()
-        await self.auditor.audit()            # unknown servers reported, vanished members failed
         iv = self.cfg.intervals
         self.scheduler.add_listener(self._on_job_event, EVENT_JOB_MISSED | EVENT_JOB_MAX_INSTANCES | EVENT_JOB_ERROR)
         self.scheduler.add_job(self._job, "interval", seconds=iv.collect, args=["collect", self.engine.collect],
@@ -250,13 +257,47 @@ class Service:
             self.scheduler.add_job(self._job, "interval", seconds=iv.policy_watch,
                                    args=["policy_watch", self._watch_policies], id="policy_watch",
                                    max_instances=1, coalesce=True)
-        self.scheduler.start()
-        # Health checks start after the first pass: members found down before a restart stay
-        # withdrawn (their health is stored) until `rise` checks pass again.
-        self.checker.start()
+        # Paused until this scaler leads: followers run no job (they serve the API and webhooks).
+        self.scheduler.start(paused=True)
         self.started_at = self.clock()
         log.info("scaler started: pools %s, store %s", ", ".join(sorted(self.pools)), self.cfg.store_url()
                  if self.cfg.store_url().startswith("sqlite") else "(database URL hidden)")
+        if isinstance(self.leadership, SoleLeader):
+            await self._lead()          # the only scaler of its store: leads at once
+        else:
+            self._leader_task = asyncio.get_running_loop().create_task(
+                self.leadership.run(self._on_lead, self._on_lose), name="leadership")
+
+    async def _lead(self) -> None:
+        """Start acting: resume half-done work and re-program the router from the store (first pass),
+        report what the orchestrator has that the store does not, then run the jobs and the checks."""
+        now = self.clock()
+        for name, pool in self.pools.items():
+            self.store.ensure_pool(name, str(pool.vip), now)
+        await self.lifecycle.reconcile()
+        self.last_run["reconcile"] = self.clock()
+        await self.auditor.audit()
+        self.scheduler.resume()
+        # Health checks start after the first pass: members found down before a restart stay
+        # withdrawn (their health is stored) until `rise` checks pass again.
+        self.checker.start()
+
+    async def _on_lead(self) -> None:
+        task = asyncio.get_running_loop().create_task(self._job("lead", self._lead), name="lead")
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _on_lose(self) -> None:
+        """Stop acting at once: no job, no check, no speaker of ours announcing (routes stay)."""
+        self.scheduler.pause()
+        await self.checker.stop()
+        try:
+            await asyncio.wait_for(self.router.stand_down(), 5)
+        except Exception as exc:
+            log.error("router stand-down after losing leadership: %s", exc)
+
+    def cluster(self) -> dict[str, Any]:
+        return self.leadership.view().as_dict()
 
     async def serve(self) -> None:
         """Run until SIGTERM/SIGINT or stop()."""
@@ -282,16 +323,22 @@ class Service:
         self._stopping.set()
 
     async def close(self) -> None:
+        if self._leader_task is not None:
+            self._leader_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._leader_task
         if self.scheduler.running:
             self.scheduler.shutdown(wait=False)
         await self.checker.stop()
         # Let a pass in progress finish its current step: every step is resumable, but finishing is kinder.
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self.lifecycle.reconcile(), 10)
+        if self.leadership.may_act():
+            with contextlib.suppress(TimeoutError, NotLeader):
+                await asyncio.wait_for(self.lifecycle.reconcile(), 10)
         for c in self.collectors.values():
             await c.close()
         await self.orchestrator.close()
         await self.router.close()
+        await self.leadership.close()       # a clean stop hands over at once
         self.store.close()
 
 

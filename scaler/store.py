@@ -15,7 +15,7 @@ import fcntl
 import json
 import os
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -106,9 +106,30 @@ class Member(SQLModel, table=True):
         return _Blank({"address": self.address or "", "instance": self.instance, **self.endpoint_map()})
 
 
+class _FencedSession(Session):
+    def __init__(self, *args: Any, fence: Callable[[Session], None] | None = None, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._fence = fence
+
+    def commit(self) -> None:
+        if self._fence is not None:
+            self._fence(self)
+        super().commit()
+
+
 class _Blank(dict[str, str]):
     def __missing__(self, key: str) -> str:
         return ""
+
+
+class Leadership(SQLModel, table=True):
+    """One row: the epoch of the current leader (scaler.leader); bumped by each new leader."""
+
+    __tablename__ = "leadership"
+    id: int = Field(default=1, primary_key=True)
+    epoch: int = 0
+    holder: str | None = None
+    acquired_at: float | None = None
 
 
 class Operation(SQLModel, table=True):
@@ -173,6 +194,8 @@ class Store:
     def __init__(self, url: str) -> None:
         self.url = url
         self._lock_fd: int | None = None
+        # Checks a leader's write before it commits (set by the service from its Leadership).
+        self.fence: Callable[[Session], None] | None = None
         self.engine: Engine = self._open(url)
 
     def _open(self, url: str) -> Engine:
@@ -227,8 +250,10 @@ class Store:
             os.close(self._lock_fd)
             self._lock_fd = None
 
-    def session(self) -> Session:
-        return Session(self.engine, expire_on_commit=False)
+    def session(self, *, fenced: bool = False) -> Session:
+        """A session; `fenced`: a leader's write, whose commit first runs `self.fence` in the same
+        transaction (scaler.leader: refused when another scaler has taken over)."""
+        return _FencedSession(self.engine, expire_on_commit=False, fence=self.fence if fenced else None)
 
     # --- pools ------------------------------------------------------------------------------------
 
@@ -280,7 +305,7 @@ class Store:
     def transition(self, member_id: str, to: MemberState, now: float, *, detail: str = "",
                    error: str | None = None, **fields: Any) -> Member:
         """Move a member to state `to` (checked against TRANSITIONS), with a step and an event."""
-        with self.session() as s:
+        with self.session(fenced=True) as s:
             m = s.get(Member, member_id)
             if m is None:
                 raise StoreError(f"member {member_id} does not exist")
@@ -301,7 +326,7 @@ class Store:
             return m
 
     def update_member(self, member_id: str, **fields: Any) -> None:
-        with self.session() as s:
+        with self.session(fenced=True) as s:
             m = s.get(Member, member_id)
             if m is None:
                 raise StoreError(f"member {member_id} does not exist")
@@ -314,7 +339,7 @@ class Store:
 
     def set_health(self, member_id: str, health: str, now: float, reason: str, event: str | None = None) -> None:
         """Record a member's new health and, in the same transaction, the event that says why."""
-        with self.session() as s:
+        with self.session(fenced=True) as s:
             m = s.get(Member, member_id)
             if m is None:
                 raise StoreError(f"member {member_id} does not exist")
@@ -327,7 +352,7 @@ class Store:
     def start_replacement(self, dead: Member, from_size: int, reason: str, now: float) -> Operation:
         """One transaction: `dead` (announcing or in service, already unrouted) fails, and a
         scale-out of one member replaces it. Not a policy decision: no cooldown applies."""
-        with self.session() as s:
+        with self.session(fenced=True) as s:
             m = s.get(Member, dead.id)
             if m is None or m.state not in (MemberState.ANNOUNCING, MemberState.IN_SERVICE):
                 raise StoreError(f"member {dead.instance} is not serving; nothing to replace")
@@ -348,7 +373,7 @@ class Store:
     def start_scale_out(self, pool: str, count: int, from_size: int, reason: str, now: float,
                         decision: DecisionRow | None = None) -> Operation:
         """One transaction: the operation and its `count` new members in state creating."""
-        with self.session() as s:
+        with self.session(fenced=True) as s:
             op = self._begin(s, pool, OpKind.SCALE_OUT, from_size, from_size + count, reason, now, decision)
             for i in range(count):
                 mid = new_id("m")
@@ -361,7 +386,7 @@ class Store:
     def start_scale_in(self, pool: str, victims: Sequence[Member], from_size: int, reason: str, now: float,
                        decision: DecisionRow | None = None) -> Operation:
         """One transaction: the operation and its victims moved from in_service to draining."""
-        with self.session() as s:
+        with self.session(fenced=True) as s:
             op = self._begin(s, pool, OpKind.SCALE_IN, from_size, from_size - len(victims), reason, now, decision)
             for v in victims:
                 m = s.get(Member, v.id)
@@ -407,7 +432,7 @@ class Store:
                                .order_by(col(Operation.created_at).desc()).limit(limit)))
 
     def finish_operation(self, op_id: str, state: OpState, now: float, error: str | None = None) -> None:
-        with self.session() as s:
+        with self.session(fenced=True) as s:
             op = s.get(Operation, op_id)
             if op is None or op.state != OpState.RUNNING:
                 return
@@ -429,7 +454,7 @@ class Store:
             return list(s.exec(select(Step).where(Step.op_id == op_id).order_by(col(Step.id))))
 
     def add_step(self, op_id: str, member_id: str | None, name: str, now: float, detail: str = "") -> None:
-        with self.session() as s:
+        with self.session(fenced=True) as s:
             s.add(Step(op_id=op_id, member_id=member_id, name=name, at=now, detail=detail))
             s.commit()
 
@@ -441,7 +466,7 @@ class Store:
     # --- decisions and events ---------------------------------------------------------------------
 
     def add_decision(self, row: DecisionRow) -> None:
-        with self.session() as s:
+        with self.session(fenced=True) as s:
             s.add(row)
             s.commit()
 
@@ -453,7 +478,7 @@ class Store:
             return list(s.exec(q.order_by(col(DecisionRow.id).desc()).limit(limit)))
 
     def prune_decisions(self, pool: str, keep: int) -> None:
-        with self.session() as s:
+        with self.session(fenced=True) as s:
             ids = list(s.exec(select(DecisionRow.id).where(DecisionRow.pool == pool)
                               .order_by(col(DecisionRow.id).desc()).offset(keep).limit(1)))
             if ids and ids[0] is not None:

@@ -173,6 +173,13 @@ class BgpRouter(Router):
                  if now - at < settle and hop not in self._sent.get(vip, {})]
         return RouteStatus(vip, tuple(sorted(hops, key=lambda h: h.address)))
 
+    async def stand_down(self) -> None:
+        """Another scaler leads: stop ExaBGP now (SIGKILL, no Cease: the routers keep our paths as
+        stale for `graceful_restart_s` while the new leader's speaker connects and replays them).
+        The next apply() starts it again."""
+        await self.close()
+        self._closing = False
+
     async def close(self) -> None:
         """Stop ExaBGP (the routers keep our paths for `graceful_restart_s`) and the socket."""
         self._closing = True

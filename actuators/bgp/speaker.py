@@ -100,6 +100,7 @@ class Speaker:
     async def start(self) -> None:
         """Stop an ExaBGP left by an earlier scaler, then start supervising ours. Returns without waiting
         for it to run."""
+        self._closing = False           # started again after a stop (a scaler that leads again)
         await self._kill_orphan()
         self._supervisor = asyncio.create_task(self._supervise(), name="exabgp-supervisor")
 

@@ -81,7 +81,7 @@ def test_lab_config_defaults_and_orchestrator_config() -> None:
     with pytest.raises(ValidationError):
         LabOrchestratorConfig(lab="sclu", bogus=1)  # type: ignore[call-arg]
     with pytest.raises(ValidationError):
-        LabOrchestratorConfig(lab="sclu", keepalive_timeout_s=30)
+        LabOrchestratorConfig(lab="sclu", keepalive_timeout_s=121)
 
 
 def test_haproxy_cfg_has_vip_lb_header_drain_and_exporters(tmp_path: Path) -> None:

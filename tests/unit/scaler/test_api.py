@@ -50,6 +50,9 @@ class View:
     def health_panic(self, pool: str) -> str | None:
         return None
 
+    def cluster(self) -> dict[str, Any]:
+        return {"role": "leader", "epoch": 1}
+
     def reload_policies(self, trigger: str) -> Any:
         raise AssertionError("not called by these tests")
 

@@ -1,0 +1,288 @@
+"""Leadership: which of several scaler processes on one PostgreSQL store acts, and the fencing that
+keeps a former leader from acting after another took over.
+
+SQLite (the embedded default): the store's exclusive file lock already makes one scaler per store;
+`SoleLeader` always leads, with epoch 1 and nothing to fence.
+
+PostgreSQL: `PostgresLeader` campaigns with `pg_try_advisory_lock` on a dedicated autocommit
+connection — the lock lives as long as that session. TCP keepalives (2 s / 1 s / 3) and
+`tcp_user_timeout` on the client, and `idle_session_timeout` / `tcp_keepalives_*` on the server
+side of the session, make a dead, frozen or cut-off holder lose the session (and the lock) within
+about `lease_s`. On acquiring it, the new leader bumps `leadership.epoch` (one row) and takes the
+new epoch as its own. Three guards follow (docs/design.md, "High availability"):
+
+1. Lease: the leader re-checks its lock every `renew_s` and may act only until `lease_s` after
+   the last check that *started* and succeeded (`may_act()`); a leader that cannot renew stops
+   acting when that lease runs out, even while it still believes it leads.
+2. Wait: a new leader takes no side effect for `lease_s` after acquiring the lock, so the previous
+   leader's lease has run out by then (its lock died with its session, so its last successful
+   renewal started before that).
+3. Fencing: every store write of the leader checks, in the write's own transaction, that
+   `leadership.epoch` is still its epoch (`FOR SHARE`, so a takeover's epoch bump waits for the
+   write or the write sees the bump), and is refused otherwise: a frozen leader that resumes
+   after a takeover writes nothing, and so starts nothing.
+
+When its own inputs fail: a lost database connection is a lost lease (the process becomes a
+follower and keeps campaigning); a database that refuses the campaign query leaves the process a
+follower. Nothing here touches a router or an orchestrator: the service stops its jobs on a loss.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import socket
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from sqlalchemy import text
+from sqlalchemy.engine import make_url
+from sqlmodel import Session
+
+from scaler.errors import StoreError
+
+log = logging.getLogger("scaler.leader")
+
+# The advisory lock key: "scaler" as an integer, so other users of advisory locks do not collide.
+LOCK_KEY = int.from_bytes(b"scaler\0\0", "big") & 0x7FFFFFFFFFFFFFFF
+
+
+class NotLeader(StoreError):
+    """This process may not act now: it is not the leader, its lease ran out, or it was fenced."""
+
+
+def identity() -> str:
+    """Who this process is, for the cluster view: host, pid and a random suffix."""
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+
+
+@dataclass(frozen=True)
+class View:
+    """What `GET /v1/cluster` shows."""
+
+    role: str                       # leader | follower | standby (leader waiting out the old lease)
+    me: str
+    epoch: int | None
+    leader: str | None
+    lease_left_s: float | None
+    since: float | None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"role": self.role, "me": self.me, "epoch": self.epoch, "leader": self.leader,
+                "lease_left_s": None if self.lease_left_s is None else round(self.lease_left_s, 2),
+                "since": self.since}
+
+
+class Leadership(Protocol):
+    epoch: int | None
+
+    def may_act(self) -> bool: ...
+
+    def check(self) -> None:
+        """Raise NotLeader unless this process may take a side effect now."""
+
+    def fence(self, session: Session) -> None:
+        """Raise NotLeader inside a write transaction if a newer leader exists."""
+
+    async def run(self, on_lead: Callable[[], Awaitable[None]], on_lose: Callable[[], Awaitable[None]]) -> None:
+        """Campaign and renew until cancelled; call on_lead when this process may start acting (it
+        must return quickly: start work in tasks) and on_lose as soon as it may not any more."""
+
+    def view(self) -> View: ...
+
+    async def close(self) -> None: ...
+
+
+class SoleLeader:
+    """SQLite: the store's file lock already makes this the only scaler of the store."""
+
+    def __init__(self) -> None:
+        self.me = identity()
+        self.epoch: int | None = 1
+        self.since = time.time()
+
+    def may_act(self) -> bool:
+        return True
+
+    def check(self) -> None:
+        return None
+
+    def fence(self, session: Session) -> None:
+        return None
+
+    async def run(self, on_lead: Callable[[], Awaitable[None]], on_lose: Callable[[], Awaitable[None]]) -> None:
+        await on_lead()
+        await asyncio.Event().wait()
+
+    def view(self) -> View:
+        return View("leader", self.me, 1, self.me, None, self.since)
+
+    async def close(self) -> None:
+        return None
+
+
+def _dsn(url: str, lease_s: float) -> str:
+    """A libpq connection string for the lock session from the store's SQLAlchemy URL."""
+    u = make_url(url)
+    ms = max(1000, int(lease_s * 1000))
+    parts = {
+        "host": u.host or "localhost", "port": str(u.port or 5432), "dbname": u.database or "",
+        "user": u.username or "", "password": u.password or "",
+        "connect_timeout": str(max(1, int(lease_s))), "application_name": "scaler-leader",
+        "keepalives": "1", "keepalives_idle": "2", "keepalives_interval": "1", "keepalives_count": "3",
+        "tcp_user_timeout": str(ms),
+        # Server side of the same session: a holder that stops talking loses it (and the lock).
+        "options": f"-c idle_session_timeout={2 * ms} -c tcp_keepalives_idle=2 -c tcp_keepalives_interval=1 "
+                   f"-c tcp_keepalives_count=3 -c tcp_user_timeout={ms} -c statement_timeout={ms}",
+    }
+    return " ".join(f"{k}='{v}'" for k, v in parts.items() if v != "")
+
+
+class PostgresLeader:
+    """Leader election on PostgreSQL (see the module doc for the timings)."""
+
+    def __init__(self, url: str, *, lease_s: float = 3.0, renew_s: float | None = None,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.url = url
+        self.lease_s = lease_s
+        self.renew_s = renew_s if renew_s is not None else lease_s / 3
+        self.clock = clock
+        self.me = identity()
+        self.epoch: int | None = None
+        self._conn: Any = None
+        self._valid_until = 0.0          # monotonic: may act until then (leader only)
+        self._acts_from = float("inf")   # monotonic: the wait after acquiring ends then
+        self._since: float | None = None
+        self._leader_seen: str | None = None
+
+    # --- guards ------------------------------------------------------------------------------------
+
+    def may_act(self) -> bool:
+        now = self.clock()
+        return self.epoch is not None and self._acts_from <= now < self._valid_until
+
+    def check(self) -> None:
+        if not self.may_act():
+            raise NotLeader(f"not acting: {self.view().role}, epoch {self.epoch}")
+
+    def fence(self, session: Session) -> None:
+        if self.epoch is None:
+            raise NotLeader("fenced: this scaler is not the leader")
+        row = session.execute(text("SELECT epoch FROM leadership WHERE id = 1 FOR SHARE")).first()
+        current = row[0] if row else None
+        if current != self.epoch:
+            raise NotLeader(f"fenced: leadership epoch is {current}, this scaler's is {self.epoch} "
+                            f"(another scaler took over)")
+
+    # --- campaign ----------------------------------------------------------------------------------
+
+    async def run(self, on_lead: Callable[[], Awaitable[None]], on_lose: Callable[[], Awaitable[None]]) -> None:
+        leading = False
+        try:
+            while True:
+                started = self.clock()
+                if self.epoch is None:
+                    leading = False
+                    await self._campaign()
+                elif not await self._renew(started):
+                    leading = False
+                    await self._lose(on_lose, "the lock session was lost or did not answer")
+                elif not leading and self.clock() >= self._acts_from:
+                    leading = True
+                    log.warning("leader with epoch %d (%s)", self.epoch, self.me)
+                    await on_lead()
+                await asyncio.sleep(max(0.0, started + self.renew_s - self.clock()))
+        finally:
+            if leading:
+                with contextlib.suppress(Exception):
+                    await on_lose()
+
+    async def _lose(self, on_lose: Callable[[], Awaitable[None]], why: str) -> None:
+        log.error("leadership (epoch %s) lost: %s; acting stops", self.epoch, why)
+        self.epoch, self._valid_until, self._acts_from, self._since = None, 0.0, float("inf"), None
+        await self._drop_connection()
+        await on_lose()
+
+    async def _campaign(self) -> bool:
+        """One attempt to become leader; True with `epoch` set if this process now holds the lock."""
+        try:
+            return await asyncio.wait_for(asyncio.to_thread(self._campaign_sync), self.lease_s)
+        except Exception as exc:     # the database is unreachable or refuses: stay a follower
+            log.warning("leader election: %s", exc)
+            await self._drop_connection()
+            return False
+
+    def _campaign_sync(self) -> bool:
+        import psycopg
+
+        if self._conn is None:
+            self._conn = psycopg.connect(_dsn(self.url, self.lease_s), autocommit=True)
+        started = self.clock()
+        got = self._conn.execute("SELECT pg_try_advisory_lock(%s)", (LOCK_KEY,)).fetchone()[0]
+        if not got:
+            row = self._conn.execute("SELECT holder FROM leadership WHERE id = 1").fetchone()
+            self._leader_seen = row[0] if row else None
+            return False
+        row = self._conn.execute("UPDATE leadership SET epoch = epoch + 1, holder = %s, acquired_at = %s "
+                                 "WHERE id = 1 RETURNING epoch", (self.me, time.time())).fetchone()
+        if row is None:
+            self._conn.execute("SELECT pg_advisory_unlock(%s)", (LOCK_KEY,))
+            raise StoreError("leadership row missing: is the store migrated?")
+        self.epoch, self._leader_seen, self._since = int(row[0]), self.me, time.time()
+        self._valid_until = started + self.lease_s
+        # Guard 2: no side effect until any previous leader's lease has run out.
+        self._acts_from = self.clock() + self.lease_s
+        return True
+
+    async def _renew(self, started: float) -> bool:
+        try:
+            ok = await asyncio.wait_for(asyncio.to_thread(self._renew_sync), self.lease_s)
+        except Exception as exc:
+            log.error("leader lease renewal: %s", exc)
+            return False
+        if ok:
+            self._valid_until = started + self.lease_s
+        return ok
+
+    def _renew_sync(self) -> bool:
+        row = self._conn.execute(
+            "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND pid = pg_backend_pid() AND granted "
+            "AND ((classid::bigint << 32) | objid::bigint) = %s", (LOCK_KEY,)).fetchone()
+        return bool(row and row[0])
+
+    async def _drop_connection(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(asyncio.to_thread(conn.close), 2)
+
+    # --- views -------------------------------------------------------------------------------------
+
+    def view(self) -> View:
+        now = self.clock()
+        if self.epoch is None:
+            role = "follower"
+        elif now < self._acts_from:
+            role = "standby"
+        else:
+            role = "leader" if now < self._valid_until else "expired"
+        left = max(0.0, self._valid_until - now) if self.epoch is not None else None
+        return View(role, self.me, self.epoch, self._leader_seen, left, self._since)
+
+    async def close(self) -> None:
+        # Closing the session releases the lock at once: a clean stop hands over without waiting.
+        await self._drop_connection()
+        self.epoch = None
+
+
+def leadership_for(url: str, lease_s: float = 3.0) -> Leadership:
+    return PostgresLeader(url, lease_s=lease_s) if url.startswith("postgresql") else SoleLeader()
+
+
+__all__ = ["LOCK_KEY", "Leadership", "NotLeader", "PostgresLeader", "SoleLeader", "View", "identity",
+           "leadership_for"]
