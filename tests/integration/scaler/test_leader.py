@@ -1,0 +1,167 @@
+"""Leader election against a real PostgreSQL 15: one leader among campaigners, a takeover when the
+leader's session dies, freezes or loses its server, no act by a leader whose lease ran out, and
+fenced writes of a former leader. Short leases (1 s) keep the tests quick; the timings scale."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import AsyncIterator, Iterator
+
+import psycopg
+import pytest
+
+from scaler.leader import NotLeader, PostgresLeader
+from scaler.store import MemberState, Store
+from tests.support.postgres import PostgresServer, unavailable
+from tests.support.wait import eventually
+
+pytestmark = pytest.mark.integration
+
+LEASE = 1.0
+
+
+@pytest.fixture
+def store(postgres_url: str) -> Iterator[Store]:
+    s = Store(postgres_url)
+    s.migrate()
+    s.ensure_pool("web", "198.19.0.1", 0)
+    yield s
+    s.close()
+
+
+class Campaigner:
+    """One PostgresLeader running its campaign loop, recording when it led and lost."""
+
+    def __init__(self, url: str) -> None:
+        self.leader = PostgresLeader(url, lease_s=LEASE)
+        self.led: list[float] = []
+        self.lost: list[float] = []
+        self.task: asyncio.Task[None] | None = None
+
+    async def _lead(self) -> None:
+        self.led.append(time.monotonic())
+
+    async def _lose(self) -> None:
+        self.lost.append(time.monotonic())
+
+    def start(self) -> Campaigner:
+        self.task = asyncio.get_running_loop().create_task(self.leader.run(self._lead, self._lose))
+        return self
+
+    async def freeze(self) -> None:
+        """Stop renewing without closing the session: a frozen process (SIGSTOP) as the database sees it."""
+        assert self.task is not None
+        self.task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self.task
+
+    async def stop(self) -> None:
+        await self.freeze()
+        await self.leader.close()
+
+
+@contextlib.asynccontextmanager
+async def campaigners(url: str, n: int) -> AsyncIterator[list[Campaigner]]:
+    cs = [Campaigner(url).start() for _ in range(n)]
+    try:
+        yield cs
+    finally:
+        for c in cs:
+            await c.stop()
+
+
+def leaders(cs: list[Campaigner]) -> list[Campaigner]:
+    return [c for c in cs if c.leader.may_act()]
+
+
+async def test_one_leader_among_three_started_at_once(store: Store, postgres_url: str) -> None:
+    async with campaigners(postgres_url, 3) as cs:
+        await eventually(lambda: len(leaders(cs)) == 1, timeout_s=10, what="one leader")
+        [lead] = leaders(cs)
+        await eventually(lambda: lead.led, timeout_s=5, what="on_lead called")
+        assert lead.leader.epoch == 1 and lead.leader.view().role == "leader"
+        for _ in range(10):                     # and it stays one
+            await asyncio.sleep(LEASE / 3)
+            assert leaders(cs) == [lead]
+        followers = [c for c in cs if c is not lead]
+        assert all(c.leader.view().role == "follower" and c.leader.view().leader == lead.leader.me
+                   for c in followers)
+
+
+async def test_a_killed_leader_session_is_taken_over_and_the_old_one_stops_acting(
+        store: Store, postgres_url: str, postgres: PostgresServer) -> None:
+    async with campaigners(postgres_url, 2) as cs:
+        await eventually(lambda: len(leaders(cs)) == 1, timeout_s=10, what="one leader")
+        [old] = leaders(cs)
+        [new] = [c for c in cs if c is not old]
+        t0 = time.monotonic()
+        postgres.admin("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                       "WHERE application_name = 'scaler-leader' AND pid IN (SELECT pid FROM pg_locks "
+                       "WHERE locktype = 'advisory' AND granted)")
+        await eventually(lambda: new.leader.may_act(), timeout_s=10, interval_s=0.05, what="takeover")
+        took = time.monotonic() - t0
+        await eventually(lambda: new.led and old.lost, timeout_s=5, what="on_lead and on_lose called")
+        print(f"takeover after the leader's session was killed: {took:.2f} s")
+        assert not old.leader.may_act()
+        assert new.leader.epoch == 2 and old.lost
+        assert new.led[0] - old.lost[0] >= 0                # the new one acted only after the old stopped
+
+
+async def test_a_frozen_leader_is_taken_over_and_its_writes_are_fenced(store: Store, postgres_url: str) -> None:
+    async with campaigners(postgres_url, 2) as cs:
+        await eventually(lambda: len(leaders(cs)) == 1, timeout_s=10, what="one leader")
+        [old] = leaders(cs)
+        [new] = [c for c in cs if c is not old]
+        store.fence = old.leader.fence
+        op = store.start_scale_out("web", 1, 0, "while leading", 0.0)      # a fenced write that passes
+        [m] = store.members_of(op.id)
+        t0 = time.monotonic()
+        await old.freeze()                           # alive to the database, silent: SIGSTOP
+        await eventually(lambda: new.leader.may_act(), timeout_s=15, interval_s=0.05, what="takeover")
+        print(f"takeover after the leader froze: {time.monotonic() - t0:.2f} s")
+        # Resumed: it still believes it leads (epoch set) but may not act, and cannot write.
+        assert old.leader.epoch == 1 and not old.leader.may_act()
+        with pytest.raises(NotLeader, match="not acting"):
+            old.leader.check()
+        with pytest.raises(NotLeader, match="epoch is 2"):
+            store.transition(m.id, MemberState.BOOTING, 1.0)
+        assert store.member(m.id).state == MemberState.CREATING        # type: ignore[union-attr]
+        store.fence = new.leader.fence
+        store.transition(m.id, MemberState.BOOTING, 1.0)               # the new leader's write passes
+
+
+async def test_a_follower_cannot_write_a_leaders_row(store: Store, postgres_url: str) -> None:
+    follower = PostgresLeader(postgres_url, lease_s=LEASE)
+    store.fence = follower.fence
+    with pytest.raises(NotLeader, match="not the leader"):
+        store.start_scale_out("web", 1, 0, "follower", 0.0)
+    assert store.members("web") == []
+
+
+async def test_a_database_restart_elects_a_leader_again_with_a_new_epoch(tmp_path_factory: pytest.TempPathFactory,
+                                                                        ) -> None:
+    why = unavailable()
+    if why is not None:
+        pytest.skip(why)
+    with PostgresServer() as pg:
+        url = pg.create_database("leader_restart")
+        s = Store(url)
+        s.migrate()
+        s.close()
+        async with campaigners(url, 2) as cs:
+            await eventually(lambda: len(leaders(cs)) == 1, timeout_s=10, what="one leader")
+            first = leaders(cs)[0].leader.epoch
+            await asyncio.to_thread(pg.restart, "immediate")
+            await eventually(lambda: not leaders(cs), timeout_s=10, interval_s=0.05, what="no leader at all")
+            await eventually(lambda: len(leaders(cs)) == 1, timeout_s=20, interval_s=0.1, what="a leader again")
+            assert leaders(cs)[0].leader.epoch == (first or 0) + 1
+
+
+def test_the_lock_session_tells_the_server_to_drop_a_silent_holder(postgres_url: str) -> None:
+    from scaler.leader import _dsn
+
+    with psycopg.connect(_dsn(postgres_url, 2.0), autocommit=True) as conn:
+        assert conn.execute("SHOW idle_session_timeout").fetchone() == ("4s",)
+        assert conn.execute("SHOW tcp_keepalives_idle").fetchone() == ("2",)
