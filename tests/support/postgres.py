@@ -3,7 +3,9 @@
 Runs as root (like the lab tests): `initdb` and `pg_ctl` run as the `postgres` user (Debian's
 postgresql-15 package creates it) on a data directory in a fresh directory under /tmp that only
 `postgres` can enter. It listens on 127.0.0.1 and a free port only, plus a unix socket in that same
-directory; fsync is off (a test database need not survive a power cut).
+directory; fsync is off (a test database need not survive a power cut: a killed server or a
+`stop("immediate")` loses nothing committed, the OS still has it). synchronous_commit stays on: with it
+off, an immediate stop loses the last ~200 ms of commits, which a crash test would take for a bug.
 
 Roles: the tests connect as `scaler` (password authentication, SCRAM, over TCP), a plain role that
 owns its databases and nothing more, like a production service account; `postgres` (the superuser)
@@ -188,8 +190,8 @@ class PostgresServer:
         if not self._initialised:
             self._initdb()
         options = {"port": str(self.port), "listen_addresses": "127.0.0.1",
-                   "unix_socket_directories": str(self.socket_dir), "fsync": "off", "synchronous_commit": "off",
-                   "full_page_writes": "off", "max_connections": "200", "shared_buffers": "32MB",
+                   "unix_socket_directories": str(self.socket_dir), "fsync": "off", "full_page_writes": "off",
+                   "max_connections": "200", "shared_buffers": "32MB",
                    "timezone": "UTC", "log_min_messages": "warning", **self.settings}
         opts = " ".join(f"-c {k}={v}" for k, v in options.items())
         done = self._as_postgres(["pg_ctl", "-D", str(self.data_dir), "-l", str(self.log), "-o", opts,
