@@ -6,7 +6,7 @@ SQLite (the embedded default): the store's exclusive file lock already makes one
 
 PostgreSQL: `PostgresLeader` campaigns with `pg_try_advisory_lock` on a dedicated autocommit
 connection — the lock lives as long as that session. TCP keepalives (2 s / 1 s / 3) and
-`tcp_user_timeout` on the client, and `idle_session_timeout` / `tcp_keepalives_*` on the server
+`tcp_user_timeout` on the client, and `idle_session_timeout` (one lease) / `tcp_keepalives_*` on the server
 side of the session, make a dead, frozen or cut-off holder lose the session (and the lock) within
 about `lease_s`. On acquiring it, the new leader bumps `leadership.epoch` (one row) and takes the
 new epoch as its own. Three guards follow (docs/design.md, "High availability"):
@@ -137,7 +137,8 @@ def _dsn(url: str, lease_s: float) -> str:
         "keepalives": "1", "keepalives_idle": "2", "keepalives_interval": "1", "keepalives_count": "3",
         "tcp_user_timeout": str(ms),
         # Server side of the same session: a holder that stops talking loses it (and the lock).
-        "options": f"-c idle_session_timeout={2 * ms} -c tcp_keepalives_idle=2 -c tcp_keepalives_interval=1 "
+        # The leader's own checks (every lease/3) keep its session busy: only a silent holder idles a lease.
+        "options": f"-c idle_session_timeout={ms} -c tcp_keepalives_idle=2 -c tcp_keepalives_interval=1 "
                    f"-c tcp_keepalives_count=3 -c tcp_user_timeout={ms} -c statement_timeout={ms}",
     }
     return " ".join(f"{k}='{v}'" for k, v in parts.items() if v != "")
@@ -146,7 +147,7 @@ def _dsn(url: str, lease_s: float) -> str:
 class PostgresLeader:
     """Leader election on PostgreSQL (see the module doc for the timings)."""
 
-    def __init__(self, url: str, *, lease_s: float = 3.0, renew_s: float | None = None,
+    def __init__(self, url: str, *, lease_s: float = 2.0, renew_s: float | None = None,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self.url = url
         self.lease_s = lease_s
@@ -280,7 +281,7 @@ class PostgresLeader:
         self.epoch = None
 
 
-def leadership_for(url: str, lease_s: float = 3.0) -> Leadership:
+def leadership_for(url: str, lease_s: float = 2.0) -> Leadership:
     return PostgresLeader(url, lease_s=lease_s) if url.startswith("postgresql") else SoleLeader()
 
 

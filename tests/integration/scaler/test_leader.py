@@ -163,5 +163,5 @@ def test_the_lock_session_tells_the_server_to_drop_a_silent_holder(postgres_url:
     from scaler.leader import _dsn
 
     with psycopg.connect(_dsn(postgres_url, 2.0), autocommit=True) as conn:
-        assert conn.execute("SHOW idle_session_timeout").fetchone() == ("4s",)
+        assert conn.execute("SHOW idle_session_timeout").fetchone() == ("2s",)
         assert conn.execute("SHOW tcp_keepalives_idle").fetchone() == ("2",)
