@@ -165,3 +165,59 @@ def test_the_lock_session_tells_the_server_to_drop_a_silent_holder(postgres_url:
     with psycopg.connect(_dsn(postgres_url, 2.0), autocommit=True) as conn:
         assert conn.execute("SHOW idle_session_timeout").fetchone() == ("2s",)
         assert conn.execute("SHOW tcp_keepalives_idle").fetchone() == ("2",)
+
+
+class BlackholeProxy:
+    """A TCP proxy to PostgreSQL that can stop forwarding without closing anything: a network cut."""
+
+    def __init__(self, host: str, port: int) -> None:
+        self.target = (host, port)
+        self.cut = asyncio.Event()
+        self.server: asyncio.Server | None = None
+
+    async def start(self) -> int:
+        self.server = await asyncio.start_server(self._handle, "127.0.0.1", 0)
+        return int(self.server.sockets[0].getsockname()[1])
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        up_reader, up_writer = await asyncio.open_connection(*self.target)
+
+        async def pump(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
+            with contextlib.suppress(ConnectionError):
+                while data := await src.read(65536):
+                    if self.cut.is_set():
+                        await asyncio.Event().wait()     # swallow everything from now on
+                    dst.write(data)
+                    await dst.drain()
+        await asyncio.gather(pump(reader, up_writer), pump(up_reader, writer), return_exceptions=True)
+
+    async def close(self) -> None:
+        if self.server is not None:
+            self.server.close()
+
+
+async def test_a_leader_cut_off_from_the_database_stops_acting_and_is_taken_over(
+        store: Store, postgres_url: str) -> None:
+    from sqlalchemy.engine import make_url
+
+    u = make_url(postgres_url)
+    proxy = BlackholeProxy(u.host or "127.0.0.1", u.port or 5432)
+    port = await proxy.start()
+    cut_off = Campaigner(u.set(port=port).render_as_string(hide_password=False))
+    cut_off.start()
+    await eventually(lambda: cut_off.leader.may_act(), timeout_s=10, what="the proxied campaigner leads")
+    other = Campaigner(postgres_url).start()
+    try:
+        t0 = time.monotonic()
+        proxy.cut.set()
+        await eventually(lambda: not cut_off.leader.may_act(), timeout_s=5, interval_s=0.05,
+                         what="the cut-off leader stops acting")
+        stopped = time.monotonic() - t0
+        await eventually(lambda: other.leader.may_act(), timeout_s=15, interval_s=0.05, what="takeover")
+        took = time.monotonic() - t0
+        print(f"cut off: stopped acting after {stopped:.2f} s, taken over after {took:.2f} s")
+        assert stopped <= LEASE + 0.5 and stopped < took        # it stops before the other starts
+    finally:
+        await other.stop()
+        await cut_off.freeze()
+        await proxy.close()
