@@ -134,6 +134,31 @@ def cmd_router(args: argparse.Namespace) -> int:
     return 0
 
 
+def format_cluster(c: dict[str, Any]) -> str:
+    """GET /v1/cluster as one line: this scaler's role, the epoch, who leads and the lease left."""
+    lease = c.get("lease_left_s")
+    parts = [f"this scaler ({c.get('me', '?')}): {c.get('role', '?')}",
+             f"epoch {c.get('epoch') if c.get('epoch') is not None else '-'}",
+             f"leader {c.get('leader') or 'unknown'}"]
+    if lease is not None:
+        parts.append(f"lease {lease:.1f}s left")
+    return ", ".join(parts) + "\n"
+
+
+def cmd_cluster(args: argparse.Namespace) -> int:
+    import httpx
+
+    base = _api_base(args)
+    try:
+        r = httpx.get(f"{base}/v1/cluster", timeout=10, trust_env=False)
+    except httpx.HTTPError as exc:
+        raise ScalerError(f"cannot reach the scaler API at {base}: {exc}") from exc
+    if r.status_code != 200:
+        raise ScalerError(f"{base}: HTTP {r.status_code}: {r.text.strip()}")
+    print(format_cluster(r.json()), end="")
+    return 0
+
+
 def cmd_reload(args: argparse.Namespace) -> int:
     import httpx
 
@@ -282,6 +307,12 @@ def main(argv: list[str] | None = None) -> int:
     ro.add_argument("-c", "--config", default="scaler.yaml", help="to find the API address")
     ro.add_argument("--api", default=None, help="the API's base URL (instead of -c)")
     ro.set_defaults(fn=cmd_router)
+
+    cl = sub.add_parser("cluster", help="which scaler leads: this one's role, the epoch, the leader, the lease "
+                        "(asks the running service)")
+    cl.add_argument("-c", "--config", default="scaler.yaml", help="to find the API address")
+    cl.add_argument("--api", default=None, help="the API's base URL (instead of -c)")
+    cl.set_defaults(fn=cmd_cluster)
 
     rl = sub.add_parser("reload", help="make the running service re-read its policy files (like SIGHUP)")
     rl.add_argument("-c", "--config", default="scaler.yaml", help="to find the API address")
