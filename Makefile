@@ -5,9 +5,11 @@ SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
-# Debian packages the lab, the demo and the integration tests run for real.
+# Debian packages the lab, the demo and the integration tests run for real. postgresql (15 on Debian 12):
+# the tests start their own throwaway server (tests/support/postgres.py); the default cluster the
+# package may create is left alone and never started by us.
 APT_PACKAGES := haproxy frr iproute2 procps psmisc curl ca-certificates python3-venv \
-	snmpd snmp prometheus prometheus-node-exporter prometheus-alertmanager nftables
+	snmpd snmp prometheus prometheus-node-exporter prometheus-alertmanager nftables postgresql
 
 .PHONY: help deps system-deps venv demo demo-bgp demo-health test test-unit lint bench clean lab-down
 

@@ -1,6 +1,7 @@
 """Persistent state: pools, members, operations and their steps, decisions, events.
 
-SQLModel on SQLite (default, one file, locked so two scalers never share it) or PostgreSQL by URL.
+SQLModel on SQLite (default, one file, locked so two scalers never share it) or PostgreSQL by URL
+(`postgresql+psycopg://` or `postgresql://`, both through psycopg 3).
 The schema is created and upgraded by the Alembic migrations in scaler/migrations at open time.
 Every member transition is written here *before* the side effect that follows it, which is what
 lets a restarted scaler resume or undo half-done work. This module never calls an actuator.
@@ -20,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from sqlalchemy import Engine, event, text
-from sqlalchemy.engine import make_url
+from sqlalchemy.engine import URL, make_url
 from sqlmodel import Field, Session, SQLModel, col, create_engine, delete, select
 
 from scaler.errors import StoreError
@@ -199,13 +200,13 @@ class Store:
         self.engine: Engine = self._open(url)
 
     def _open(self, url: str) -> Engine:
-        u = make_url(url)
+        u = engine_url(url)
         if u.get_backend_name() == "sqlite":
             db = u.database
             if db and db != ":memory:":
                 Path(db).parent.mkdir(parents=True, exist_ok=True)
                 self._lock(Path(db))
-            engine = create_engine(url, connect_args={"check_same_thread": False})
+            engine = create_engine(u, connect_args={"check_same_thread": False})
 
             @event.listens_for(engine, "connect")
             def _pragmas(dbapi_conn: Any, _rec: Any) -> None:
@@ -216,12 +217,18 @@ class Store:
                 cur.execute("PRAGMA busy_timeout=5000")
                 cur.close()
         else:
-            engine = create_engine(url, pool_pre_ping=True)
+            # libpq waits forever for an unanswered connect; its name shows in pg_stat_activity. A
+            # value given in the URL's query (?connect_timeout=…) wins.
+            defaults = {"connect_timeout": 10, "application_name": "scaler"}
+            engine = create_engine(u, pool_pre_ping=True,
+                                   connect_args={k: v for k, v in defaults.items() if k not in u.query})
         try:
             with engine.connect() as conn:
                 conn.execute(text("SELECT 1"))
         except Exception as exc:
-            raise StoreError(f"cannot open the store {mask(url)}: {exc}") from exc
+            engine.dispose()
+            reason = str(exc).replace(u.password, "***") if u.password else str(exc)
+            raise StoreError(f"cannot open the store {mask(url)}: {reason}") from exc
         return engine
 
     def _lock(self, db: Path) -> None:
@@ -497,6 +504,23 @@ class Store:
             if pool is not None:
                 q = q.where(EventRow.pool == pool)
             return list(s.exec(q.order_by(col(EventRow.id)).limit(limit)))
+
+
+def engine_url(url: str) -> URL:
+    """The URL the store's engine opens. PostgreSQL goes through psycopg 3 (the driver installed and
+    tested): `postgresql://` means `postgresql+psycopg://`, another driver is refused. Without a
+    password in the URL, libpq takes it from PGPASSWORD or the password file (PGPASSFILE, ~/.pgpass)."""
+    try:
+        u = make_url(url)
+    except Exception:
+        raise StoreError(f"the store URL {mask(url)} is not a database URL") from None
+    if u.get_backend_name() == "postgresql":
+        if u.drivername == "postgresql":
+            u = u.set(drivername="postgresql+psycopg")
+        elif u.get_driver_name() != "psycopg":
+            raise StoreError(f"the store URL {mask(url)}: PostgreSQL is used through psycopg 3 only; "
+                             f"write postgresql+psycopg://… (or postgresql://…)")
+    return u
 
 
 def mask(url: str) -> str:

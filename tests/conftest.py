@@ -23,15 +23,44 @@ def clock() -> ManualClock:
 
 @pytest.fixture
 def db_path(tmp_path: Path) -> Path:
-    """Where the `store` fixture keeps its SQLite file (to open it again, as after a restart)."""
+    """Where the `store` fixture keeps its SQLite file."""
     return tmp_path / "s.db"
 
 
+# The engines a module can run its store tests on: `STORE_ENGINES = ("sqlite", "postgresql")` at module
+# level parametrizes every test of the module that uses `store`, `store_url` or `store_engine`. The
+# PostgreSQL case needs root and a real server: it is an integration test (`make test-unit` skips it).
+_ENGINES = {"sqlite": pytest.param("sqlite", id="sqlite"),
+            "postgresql": pytest.param("postgresql", id="postgresql", marks=pytest.mark.integration)}
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    engines = getattr(metafunc.module, "STORE_ENGINES", None)
+    if engines and "store_engine" in metafunc.fixturenames:
+        metafunc.parametrize("store_engine", [_ENGINES[e] for e in engines], indirect=True)
+
+
 @pytest.fixture
-def store(db_path: Path) -> Iterator[Store]:
-    """A SQLite store in tmp_path, migrated to the newest schema, with no pool; closed after the test.
-    A module that needs pools overrides it: `def store(store: Store) -> Store: store.ensure_pool(...)`."""
-    s = Store(f"sqlite:///{db_path}")
+def store_engine(request: pytest.FixtureRequest) -> str:
+    """The database the `store` fixture opens: "sqlite", unless the module sets STORE_ENGINES."""
+    return str(getattr(request, "param", "sqlite"))
+
+
+@pytest.fixture
+def store_url(store_engine: str, request: pytest.FixtureRequest, db_path: Path) -> str:
+    """The URL the `store` fixture opens (to open it again, as after a restart): a SQLite file at
+    `db_path`, or a fresh database on the session's PostgreSQL."""
+    if store_engine == "postgresql":
+        return str(request.getfixturevalue("postgres_url"))
+    return f"sqlite:///{db_path}"
+
+
+@pytest.fixture
+def store(store_url: str) -> Iterator[Store]:
+    """A store (SQLite in tmp_path, or PostgreSQL: see STORE_ENGINES), migrated to the newest schema,
+    with no pool; closed after the test. A module that needs pools overrides it:
+    `def store(store: Store) -> Store: store.ensure_pool(...)`."""
+    s = Store(store_url)
     s.migrate()
     yield s
     s.close()

@@ -136,14 +136,16 @@ class Stored:
     signal_id: int | None
 
 
-def _insert_ignore(conn: Connection, table: Table, values: dict[str, Any], key: str) -> int | None:
-    """INSERT … ON CONFLICT DO NOTHING RETURNING id: the id if the row is new, None if it existed.
-    One statement, so two concurrent requests with the same key cannot both see "new"."""
+def _insert_ignore(conn: Connection, table: Table, values: dict[str, Any], *key: str) -> int | None:
+    """INSERT … ON CONFLICT (key) DO NOTHING RETURNING id: the id if the row is new, None if it
+    existed (a table without `id`: 1 or None). One statement, so two concurrent requests with the
+    same key cannot both see "new". RETURNING, not rowcount: SQLAlchemy does not keep an INSERT's
+    rowcount on every driver (psycopg gives -1)."""
     dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
-    stmt = dialect.insert(table).values(**values).on_conflict_do_nothing(index_elements=[key])
+    stmt = dialect.insert(table).values(**values).on_conflict_do_nothing(index_elements=list(key))
     if "id" in table.c:
         return conn.execute(stmt.returning(table.c.id)).scalar_one_or_none()
-    return 1 if conn.execute(stmt).rowcount == 1 else None
+    return None if conn.execute(stmt.returning(table.c[key[0]])).scalar_one_or_none() is None else 1
 
 
 def _labels_json(labels: Mapping[str, str]) -> str:
@@ -155,13 +157,19 @@ def _apply(conn: Connection, inc: Incoming, signal_id: int, now: float) -> Effec
     """Move the instance's state forward if this signal is newer than what is known."""
     c = _INSTANCES.c
     key = (c.pool == inc.pool, c.alarm == inc.alarm, c.fingerprint == inc.fingerprint)
-    cur = conn.execute(sa_select(c.status, c.starts_at, c.expires_at).where(*key)).first()
+    # The instance's row stays locked until the commit (PostgreSQL: FOR UPDATE; SQLite has one writer
+    # at a time), so concurrent deliveries about one alert apply one after the other, never on a
+    # stale read; a row inserted meanwhile by another delivery is read again once that one commits.
+    current = sa_select(c.status, c.starts_at, c.expires_at).where(*key).with_for_update()
+    cur = conn.execute(current).first()
     values = dict(status=inc.status, starts_at=inc.starts_at, last_seen=now, expires_at=inc.expires_at,
                   receiver=inc.receiver, credential=inc.credential, signal_id=signal_id)
     if cur is None:
-        conn.execute(_INSTANCES.insert().values(pool=inc.pool, alarm=inc.alarm, fingerprint=inc.fingerprint,
-                                                since=now, **values))
-        return "fired" if inc.status == "firing" else "resolved"
+        new = dict(pool=inc.pool, alarm=inc.alarm, fingerprint=inc.fingerprint, since=now, **values)
+        if _insert_ignore(conn, _INSTANCES, new, "pool", "alarm", "fingerprint") is not None:
+            return "fired" if inc.status == "firing" else "resolved"
+        cur = conn.execute(current).first()
+        assert cur is not None, "an instance row that conflicted on insert is gone"
     if inc.expires_at is None:
         if (inc.starts_at or 0.0, _RANK[inc.status]) < (cur.starts_at or 0.0, _RANK[cur.status]):
             return "stale"

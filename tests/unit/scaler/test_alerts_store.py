@@ -1,10 +1,9 @@
-"""Alarm state from signals, on a real SQLite store: ordering, duplicates under concurrency, signal
-holds, staleness, and pruning."""
+"""Alarm state from signals, on a real store (SQLite and PostgreSQL): ordering, duplicates under
+concurrency, signal holds, staleness, and pruning."""
 
 from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -22,6 +21,7 @@ def alert(status: str = "firing", starts: float = 100.0, fp: str = "f1", *, pool
 
 
 F, R = "firing", "resolved"
+STORE_ENGINES = ("sqlite", "postgresql")          # tests/conftest.py
 
 
 @pytest.mark.parametrize(("sequence", "effects", "firing"), [
@@ -57,6 +57,21 @@ def test_concurrent_identical_deliveries_store_one_signal(store: Store) -> None:
         results = list(pool.map(lambda i: record_alerts(store, [alert()], 10.0 + i)[0].new, range(16)))
     assert results.count(True) == 1
     assert len(recent_signals(store, "web", 100)) == 1
+
+
+def test_concurrent_deliveries_about_one_alert_apply_one_after_the_other(store: Store) -> None:
+    """Several groups (or HA scalers) carry the same alert at once, half of them resolved: each is a
+    new signal, and they move the one instance in turn — no lost update, no duplicate-key error."""
+    def deliver(i: int) -> str | None:
+        return record_alerts(store, [alert(R if i % 2 else F, group=f"g{i}")], 10.0 + i)[0].effect
+
+    with ThreadPoolExecutor(8) as pool:
+        effects = list(pool.map(deliver, range(16)))
+    # Whatever the order: the first creates it; once resolved, a firing of the same startsAt is stale.
+    assert effects.count("resolved") == 1 and effects.count("fired") <= 1
+    assert set(effects) <= {"fired", "refreshed", "resolved", "stale"}
+    assert len(recent_signals(store, "web", 100)) == 16
+    assert alarm_state(store, "web", "High", 100.0).firing is False
 
 
 def test_alarm_fires_while_any_instance_fires(store: Store) -> None:
@@ -131,7 +146,7 @@ def test_prune_keeps_what_is_firing(store: Store) -> None:
     assert record_alerts(store, [alert(fp="still-firing")], 1001.0)[0].effect == "refreshed"
 
 
-def test_migration_0002_matches_the_models_and_downgrades(tmp_path: Path) -> None:
+def test_migration_0002_matches_the_models_and_downgrades(store_url: str) -> None:
     from alembic import command
     from alembic.autogenerate import compare_metadata
     from alembic.migration import MigrationContext
@@ -140,7 +155,7 @@ def test_migration_0002_matches_the_models_and_downgrades(tmp_path: Path) -> Non
 
     from scaler.migrations import alembic_config
 
-    s = Store(f"sqlite:///{tmp_path}/m.db")
+    s = Store(store_url)
     try:
         s.migrate()
         ours = {"alarm_signals", "alarm_instances", "signal_seen"}

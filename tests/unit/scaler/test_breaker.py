@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address
-from pathlib import Path
 
 import pytest
 from prometheus_client import generate_latest
@@ -30,6 +29,7 @@ from tests.support.clock import ManualClock
 
 VIP = IPv4Address("198.19.0.1")
 T0 = 1_700_000_000.0
+STORE_ENGINES = ("sqlite", "postgresql")          # tests/conftest.py
 
 
 @pytest.fixture
@@ -99,11 +99,11 @@ def test_opening_is_reported_once_with_the_reason(store: Store) -> None:
     assert len(events) == 1 and events[0].startswith("launch circuit breaker opened: launches of pool web stop")
 
 
-def test_the_state_survives_a_restart(db_path: Path, store: Store) -> None:
+def test_the_state_survives_a_restart(store_url: str, store: Store) -> None:
     for i in range(3):
         record_launch_failure(store, "web", CFG, f"m{i}", "BuildTimeout", T0)
     store.close()
-    again = Store(f"sqlite:///{db_path}")
+    again = Store(store_url)
     try:
         again.migrate()
         st = breaker_state(again, "web", T0 + 60)
