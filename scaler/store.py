@@ -20,8 +20,9 @@ from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Engine, event, text
+from sqlalchemy import Engine, Index, event, text
 from sqlalchemy.engine import URL, make_url
+from sqlalchemy.exc import IntegrityError
 from sqlmodel import Field, Session, SQLModel, col, create_engine, delete, select
 
 from scaler.errors import StoreError
@@ -115,7 +116,13 @@ class _FencedSession(Session):
     def commit(self) -> None:
         if self._fence is not None:
             self._fence(self)
-        super().commit()
+        try:
+            super().commit()
+        except IntegrityError as exc:
+            if "one_running_operation_per_pool" in str(exc) or "operations.pool" in str(exc):
+                raise StoreError("another operation of the pool is already running (a concurrent start was "
+                                 "refused by the database)") from exc
+            raise
 
 
 class _Blank(dict[str, str]):
@@ -135,6 +142,9 @@ class Leadership(SQLModel, table=True):
 
 class Operation(SQLModel, table=True):
     __tablename__ = "operations"
+    # At most one running operation per pool, enforced by the database too (migration 0007).
+    __table_args__ = (Index("one_running_operation_per_pool", "pool", unique=True,
+                            sqlite_where=text("state = 'running'"), postgresql_where=text("state = 'running'")),)
     id: str = Field(primary_key=True)
     pool: str = Field(index=True, foreign_key="pools.name")
     kind: str

@@ -245,3 +245,16 @@ def test_the_store_reconnects_after_the_server_restarted(mode: str) -> None:
             assert s.events("web")[-1].message == "after the restart"
         finally:
             s.close()
+
+
+def test_the_database_refuses_a_second_running_operation_of_a_pool(store: Store) -> None:
+    # What the leader's own check prevents, the store enforces too (several writers racing).
+    from scaler.store import OpKind, Operation, OpState
+
+    store.ensure_pool("web", "198.19.0.1", 0)
+    store.start_scale_out("web", 1, 0, "first", 0.0)
+    with store.session() as s:
+        s.add(Operation(id="op-race", pool="web", kind=OpKind.SCALE_OUT, state=OpState.RUNNING, from_size=1,
+                        to_size=2, reason="racing", created_at=1.0))
+        with pytest.raises(StoreError, match="already running"):
+            s.commit()
