@@ -13,7 +13,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Mapping, MutableMapping
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 from collectors import Collector, CollectorError, Sample, Target
 from policies import (
@@ -31,6 +31,7 @@ from policies import (
 )
 from scaler.breaker import breaker_state, hold_for_breaker
 from scaler.config import CollectorConfig, PoolConfig
+from scaler.leader import NotLeader
 from scaler.metrics import Metrics
 from scaler.store import CAPACITY, DecisionRow, Member, MemberState, Store, StoreError, dumps
 
@@ -46,6 +47,9 @@ class AlarmView(Protocol):
     @property
     def source(self) -> str: ...
 
+
+# What one evaluation reads of a pool: its running operation, its row, its launch breaker.
+PoolReads = tuple[Any, Any, Any]
 
 # (pool, now) → {alarm name: state}: the alarms received for a pool (webhooks, signed signals).
 AlarmSource = Callable[[str, float], Mapping[str, AlarmView]]
@@ -132,7 +136,9 @@ class Engine:
     async def collect(self) -> None:
         # A member its health checks found down serves nobody (its route is gone): its metrics say
         # nothing about the load, and its failed reads must not block scale-in as missing data.
-        members = [m for m in self.store.members() if m.state == MemberState.IN_SERVICE and m.health != "down"]
+        # The store is read in its own thread (Store.call): the event loop never waits for the database.
+        members = [m for m in await self.store.call(self.store.members)
+                   if m.state == MemberState.IN_SERVICE and m.health != "down"]
         await asyncio.gather(*(self._collect_pool(name, [m for m in members if m.pool == name])
                                for name in self.policies))
 
@@ -222,11 +228,10 @@ class Engine:
 
     # --- evaluation -------------------------------------------------------------------------------
 
-    def pool_state(self, pool: str, members: list[Member]) -> PoolState:
+    def pool_state(self, pool: str, members: list[Member], reads: PoolReads | None = None) -> PoolState:
         current = sum(1 for m in members if MemberState(m.state) in CAPACITY)
         failed = sum(1 for m in members if m.state == MemberState.FAILED)
-        op = self.store.running_operation(pool)
-        row = self.store.pool(pool)
+        op, row, _ = reads if reads is not None else self._read_pool(pool, self.clock())
         return PoolState(current=current, toward_max=current + failed,
                          busy=f"{op.kind.replace('_', '-')} {op.id}" if op else None,
                          last_scale_out_at=row.last_scale_out_at if row else None,
@@ -234,20 +239,50 @@ class Engine:
                          in_service_since=tuple(m.state_since for m in members if m.state == MemberState.IN_SERVICE),
                          recommendations=self.history.get(pool, ()))
 
-    def evaluate(self) -> dict[str, Decision]:
-        now = self.clock()
-        out = {}
-        members = self.store.members()
+    def _read_pool(self, pool: str, now: float) -> PoolReads:
+        return self.store.running_operation(pool), self.store.pool(pool), breaker_state(self.store, pool, now)
+
+    def _read_all(self, pools: list[str], now: float) -> tuple[list[Member], dict[str, PoolReads]]:
+        return self.store.members(), {pool: self._read_pool(pool, now) for pool in pools}
+
+    def _decide(self, members: list[Member], reads: Mapping[str, PoolReads], now: float,
+                ) -> list[tuple[str, Decision, list[Member]]]:
+        """Pure but for the engine's own series and history: every pool's decision from what was read."""
+        out = []
         for pool, policy in list(self.policies.items()):
+            if pool not in reads:
+                continue
             mine = [m for m in members if m.pool == pool]
-            decision = evaluate(policy, self.series.get(pool, {}), self.pool_state(pool, mine), now)
-            decision = hold_for_breaker(decision, breaker_state(self.store, pool, now))
+            decision = evaluate(policy, self.series.get(pool, {}), self.pool_state(pool, mine, reads[pool]), now)
+            decision = hold_for_breaker(decision, reads[pool][2])
             self.history[pool] = remember(policy, self.history.get(pool, ()), now, decision)
-            out[pool] = decision
-            self._record(pool, decision, mine, now)
+            out.append((pool, decision, mine))
         return out
 
-    def _record(self, pool: str, d: Decision, members: list[Member], now: float) -> None:
+    def _record_all(self, decided: list[tuple[str, Decision, list[Member]]], now: float) -> bool:
+        return any([self._record(pool, d, mine, now) for pool, d, mine in decided])
+
+    def evaluate(self) -> dict[str, Decision]:
+        """One evaluation of every pool, the store read and written on the calling thread."""
+        now = self.clock()
+        members, reads = self._read_all(list(self.policies), now)
+        decided = self._decide(members, reads, now)
+        if self._record_all(decided, now) and self.on_operation is not None:
+            self.on_operation()
+        return {pool: d for pool, d, _ in decided}
+
+    async def evaluate_off_loop(self) -> dict[str, Decision]:
+        """The same, with the store's reads and writes in the store's thread (the service's job): the
+        event loop only runs the policies, on what was read."""
+        now = self.clock()
+        members, reads = await self.store.call(self._read_all, list(self.policies), now)
+        decided = self._decide(members, reads, now)
+        if await self.store.call(self._record_all, decided, now) and self.on_operation is not None:
+            self.on_operation()
+        return {pool: d for pool, d, _ in decided}
+
+    def _record(self, pool: str, d: Decision, members: list[Member], now: float) -> bool:
+        """Store the decision (and its operation, if it acts); True if an operation started."""
         self.metrics.evaluations.labels(pool).inc()
         label = "dry_run" if d.dry_run and d.outcome is not Outcome.HOLD else str(d.outcome)
         self.metrics.decisions.labels(pool, label).inc()
@@ -265,15 +300,16 @@ class Engine:
                 self.store.start_scale_in(pool, victims, d.current, d.reason, now, row)
             else:
                 self.store.add_decision(row)
-                return
+                return False
         except StoreError as exc:
+            if isinstance(exc, NotLeader):
+                raise           # not ours to record any more
             # e.g. an operation started meanwhile: record the decision as a hold with the reason.
             row.outcome, row.reason, row.op_id = str(Outcome.HOLD), f"{d.reason}; not started: {exc}", None
             self.store.add_decision(row)
-            return
+            return False
         log.info("%s: %s %d → %d: %s", pool, d.outcome, d.current, d.desired, d.reason)
-        if self.on_operation is not None:
-            self.on_operation()
+        return True
 
     def _context(self, pool: str, d: Decision) -> dict[str, object]:
         ctx: dict[str, object] = {"cause": str(d.cause), "recommended": d.recommended}

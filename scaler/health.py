@@ -279,7 +279,8 @@ class HealthChecker:
         """Check every routed member of `pool` once and act on what changed."""
         cfg = self.pools[pool].health
         try:
-            members = [m for m in self.store.members(pool) if MemberState(m.state) in CHECKED]
+            # The store is used from its own thread (Store.call): the loop never waits for it.
+            members = [m for m in await self.store.call(self.store.members, pool) if MemberState(m.state) in CHECKED]
         except StoreError as exc:
             self._say(pool, f"health checks skipped: the store cannot be read: {exc}", logging.ERROR)
             return
@@ -306,10 +307,7 @@ class HealthChecker:
         healths.update({m.id: after for m, _, after, _ in changes})
         panic = self._panic_reason(cfg, list(healths.values()))
         try:
-            for m, before, after, out in changes:
-                self._record(pool, cfg, m, before, after, out, panic, now)
-            self._note_panic(pool, panic, now)
-            started = self._replace(pool, cfg, members, now)
+            started = await self.store.call(self._act, pool, cfg, changes, members, panic, now)
         except StoreError as exc:
             self._say(pool, f"health: the store refused a write, routes left as they are: {exc}", logging.ERROR)
             return
@@ -317,6 +315,15 @@ class HealthChecker:
             await self.reroute()
         if started:
             self.wake()
+
+    def _act(self, pool: str, cfg: HealthCheckConfig, changes: list[tuple[Member, Health, Health, Outcome]],
+             members: list[Member], panic: str | None, now: float) -> bool:
+        """The round's writes, in the store's thread: new healths with their events, the panic
+        state, a replacement. True if a replacement started."""
+        for m, before, after, out in changes:
+            self._record(pool, cfg, m, before, after, out, panic, now)
+        self._note_panic(pool, panic, now)
+        return self._replace(pool, cfg, members, now)
 
     def _observe(self, pool: str, cfg: HealthCheckConfig, m: Member,
                  out: Outcome) -> tuple[Member, Health, Health, Outcome] | None:

@@ -43,6 +43,7 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address
+from typing import Any, TypeVar
 
 from actuators.drainer import Drainer
 from actuators.errors import ActuatorError, BuildTimeout, InstanceNotFound, LaunchFailed
@@ -64,6 +65,7 @@ from scaler.metrics import Metrics
 from scaler.store import Member, MemberState, OpKind, OpState, Store, dumps
 
 log = logging.getLogger("scaler.lifecycle")
+T = TypeVar("T")
 
 ROUTED = {MemberState.ANNOUNCING: HopState.ACTIVE, MemberState.IN_SERVICE: HopState.ACTIVE,
           MemberState.DRAINING: HopState.DRAINING}
@@ -138,6 +140,13 @@ class Lifecycle:
         with a slow orchestrator call: how a health withdrawal reaches the router in milliseconds."""
         await self._route()
 
+    async def _db(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """Run a store call (or a helper made of store calls) in the store's thread (`Store.call`):
+        the event loop, shared with the health checks and the API, never waits for the database.
+        Each call is its own transaction and returns once committed, so a transition is still
+        durable before the side effect that follows it."""
+        return await self.store.call(fn, *args, **kwargs)
+
     def check(self) -> None:
         """The leader's lease check before a side effect (see `guard`)."""
         if self.guard is not None:
@@ -145,7 +154,7 @@ class Lifecycle:
 
     async def _route(self) -> tuple[list[Member], DesiredRoutes, dict[IPv4Address, RouteStatus] | None]:
         async with self._routes_lock:
-            members = self.store.members()
+            members = await self._db(self.store.members)
             desired = desired_routes(self.pools, members)
             self.check()
             return members, desired, await self._apply_routes(desired)
@@ -157,13 +166,13 @@ class Lifecycle:
         for _ in range(3):
             members, desired, statuses = await self._route()
             await asyncio.gather(*(self._advance(m, statuses) for m in members))
-            members = self.store.members()
+            members = await self._db(self.store.members)
             if desired_routes(self.pools, members) == desired:
                 break
         await self._rebalance(members)
-        self._finish_operations()
+        await self._db(self._finish_operations)
         self._export_sizes(members)
-        self._export_breakers()
+        await self._db(self._export_breakers)
 
     async def _apply_routes(self, desired: DesiredRoutes) -> dict[IPv4Address, RouteStatus] | None:
         try:
@@ -175,11 +184,12 @@ class Lifecycle:
         except ActuatorError as exc:
             self.metrics.router_errors.inc()
             log.error("router: %s", exc)
-            for pool in self.pools:
-                self.store.add_event(pool, "error", f"router: {exc}", self.clock())
+            now = self.clock()
+            await self._db(self._add_events, [(pool, "error", f"router: {exc}", now) for pool in self.pools])
             return None
         vip_pool = {p.vip: name for name, p in self.pools.items()}
         now = self.clock()
+        events: list[tuple[str, str, str, float]] = []
         for change, pairs in (("add", result.added), ("remove", result.removed),
                               ("reweight", result.reweighted)):
             for vip, hop in pairs:
@@ -187,11 +197,16 @@ class Lifecycle:
                 weight = ""
                 if change == "reweight":
                     weight = " → " + next((str(h.state) for h in desired[vip] if h.address == hop), "?")
-                self.store.add_event(vip_pool.get(vip, "?"), "route",
-                                     f"{vip}: {change} next hop {hop}{weight} "
-                                     f"(batch of {result.messages} messages, {result.elapsed_s * 1000:.1f} ms)",
-                                     now)
+                events.append((vip_pool.get(vip, "?"), "route",
+                               f"{vip}: {change} next hop {hop}{weight} "
+                               f"(batch of {result.messages} messages, {result.elapsed_s * 1000:.1f} ms)", now))
+        if events:
+            await self._db(self._add_events, events)
         return statuses
+
+    def _add_events(self, events: list[tuple[str, str, str, float]]) -> None:
+        for pool, kind, message, at in events:
+            self.store.add_event(pool, kind, message, at)
 
     async def _advance(self, m: Member, statuses: dict[IPv4Address, RouteStatus] | None) -> None:
         pool = self.pools.get(m.pool)
@@ -202,18 +217,19 @@ class Lifecycle:
             await asyncio.wait_for(self._step(m, pool, statuses), self.action_timeout_s)
         except LaunchFailed as exc:
             # The instance exists but will never serve (ERROR, BUILD past the build timeout).
-            self._error(m, str(exc))
+            await self._db(self._error, m, str(exc))
             if state in EARLY:
-                self._launch_failed(m, str(exc), "build_timeout" if isinstance(exc, BuildTimeout) else "error")
+                await self._db(self._launch_failed, m, str(exc),
+                               "build_timeout" if isinstance(exc, BuildTimeout) else "error")
         except (ActuatorError, TimeoutError) as exc:
             what = str(exc) or f"no result after {self.action_timeout_s:.0f}s"
-            self._error(m, what)
+            await self._db(self._error, m, what)
             if state is MemberState.BOOTING and not isinstance(exc, InstanceNotFound):
                 # Asking failed (API timeout, 5xx): no answer about the instance. Keep booting;
                 # boot_timeout bounds the wait.
-                self._check_boot_timeout(m, pool, self.clock())
+                await self._db(self._check_boot_timeout, m, pool, self.clock())
             else:
-                self._maybe_fail(m, what)
+                await self._db(self._maybe_fail, m, what)
 
     def _error(self, m: Member, what: str) -> None:
         log.warning("%s (%s): %s", m.instance, m.state, what)
@@ -251,57 +267,62 @@ class Lifecycle:
         now = self.clock()
         hops = statuses.get(pool.vip) if statuses is not None else None
         if state is MemberState.CREATING:
-            breaker = breaker_state(self.store, m.pool, now)
+            breaker = await self._db(breaker_state, self.store, m.pool, now)
             if breaker.open:
                 # Launches of this pool stop: the member fails without being launched (its delete
                 # still removes anything an earlier, crashed attempt made).
-                self.store.transition(m.id, MemberState.FAILED, now, error=f"not launched: {breaker.summary()}")
+                await self._db(self.store.transition, m.id, MemberState.FAILED, now,
+                               error=f"not launched: {breaker.summary()}")
                 return
             spec = InstanceSpec(m.pool, pool.vip, pool.instance)
             self.check()
             inst = await self.orchestrator.create(spec, m.instance)
             self.metrics.actions.labels(m.pool, "create", "ok").inc()
-            self.store.transition(m.id, MemberState.BOOTING, self.clock(), detail=f"address {inst.address}",
-                                  address=str(inst.address) if inst.address else None,
-                                  endpoints=dumps(dict(inst.endpoints)))
+            await self._db(self.store.transition, m.id, MemberState.BOOTING, self.clock(),
+                           detail=f"address {inst.address}", address=str(inst.address) if inst.address else None,
+                           endpoints=dumps(dict(inst.endpoints)))
         elif state is MemberState.BOOTING:
             if await self.orchestrator.probe(instance_of(m)):
                 waited = format_duration(now - m.state_since)
-                self.store.transition(m.id, MemberState.HEALTHY, now, detail=f"HAProxy answers on the VIP "
-                                      f"after {waited}")
-                self.store.transition(m.id, MemberState.ANNOUNCING, self.clock())
-                self.breaker_metrics.export(record_launch_success(self.store, m.pool, m.instance, now))
+                await self._db(self.store.transition, m.id, MemberState.HEALTHY, now,
+                               detail=f"HAProxy answers on the VIP after {waited}")
+                await self._db(self.store.transition, m.id, MemberState.ANNOUNCING, self.clock())
+                self.breaker_metrics.export(await self._db(record_launch_success, self.store, m.pool, m.instance, now))
             else:
-                self._check_boot_timeout(m, pool, now)
+                await self._db(self._check_boot_timeout, m, pool, now)
         elif state is MemberState.HEALTHY:
-            self.store.transition(m.id, MemberState.ANNOUNCING, now)
+            await self._db(self.store.transition, m.id, MemberState.ANNOUNCING, now)
         elif state is MemberState.ANNOUNCING:
             if hops is not None and m.address and IPv4Address(m.address) in hops.addresses():
                 self.metrics.actions.labels(m.pool, "announce", "ok").inc()
-                self.store.transition(m.id, MemberState.IN_SERVICE, now, detail="next hop in the router's FIB")
+                await self._db(self.store.transition, m.id, MemberState.IN_SERVICE, now,
+                               detail="next hop in the router's FIB")
         elif state is MemberState.DRAINING:
             await self._drain(m, pool, hops, now)
         elif state is MemberState.WITHDRAWN:
             if hops is not None and (not m.address or IPv4Address(m.address) not in hops.addresses()):
                 self.metrics.actions.labels(m.pool, "withdraw", "ok").inc()
-                self.store.transition(m.id, MemberState.DELETING, now, detail="next hop gone from the FIB")
+                await self._db(self.store.transition, m.id, MemberState.DELETING, now,
+                               detail="next hop gone from the FIB")
         elif state is MemberState.FAILED:
             if m.replaced_by and now - m.state_since < pool.health.keep_failed:
                 return      # a dead member kept for forensics: never routed, deleted later
             if hops is not None and (not m.address or IPv4Address(m.address) not in hops.addresses()):
-                self.store.transition(m.id, MemberState.DELETING, now, detail="cleaning up a failed member")
+                await self._db(self.store.transition, m.id, MemberState.DELETING, now,
+                               detail="cleaning up a failed member")
         elif state is MemberState.DELETING:
             self.check()
             await self.orchestrator.delete(m.instance)
             self.metrics.actions.labels(m.pool, "delete", "ok").inc()
-            self.store.transition(m.id, MemberState.DELETED, self.clock())
+            await self._db(self.store.transition, m.id, MemberState.DELETED, self.clock())
             if self.on_deleted is not None:
                 self.on_deleted(m)
 
     async def _drain(self, m: Member, pool: PoolConfig, hops: RouteStatus | None, now: float) -> None:
         endpoints = m.endpoint_map()
-        if not self.store.has_step(m.op_id, m.id, "drain_haproxy"):
-            self.store.add_step(m.op_id, m.id, "drain_haproxy", now, "close keep-alive after each response")
+        if not await self._db(self.store.has_step, m.op_id, m.id, "drain_haproxy"):
+            await self._db(self.store.add_step, m.op_id, m.id, "drain_haproxy", now,
+                           "close keep-alive after each response")
             self.check()
             try:
                 await self.drainer.drain(endpoints)
@@ -310,8 +331,8 @@ class Lifecycle:
                 # WEIGHT: still drained by the router; only keep-alive clients lose their shortcut.
                 # WITHDRAW: keep-alive clients still connected at the withdraw are reset.
                 self.metrics.actions.labels(m.pool, "drain", "error").inc()
-                self.store.add_event(m.pool, "error", f"{m.instance}: drain request failed: {exc}", now,
-                                     member=m.instance)
+                await self._db(self.store.add_event, m.pool, "error", f"{m.instance}: drain request failed: {exc}",
+                               now, member=m.instance)
         if hops is None:
             return      # the router could not be read: we cannot know whether flows still reach it
         if self.router.drain_mode is DrainMode.WITHDRAW:
@@ -335,7 +356,7 @@ class Lifecycle:
             detail = (f"drained in {format_duration(elapsed)}" if drained else
                       f"drain deadline {format_duration(pool.drain_timeout)} reached with "
                       f"{conns if conns is not None else '?'} connections and {left} {unit} left")
-            self.store.transition(m.id, MemberState.WITHDRAWN, now, detail=detail)
+            await self._db(self.store.transition, m.id, MemberState.WITHDRAWN, now, detail=detail)
 
     async def _drain_by_withdraw(self, m: Member, pool: PoolConfig, now: float) -> None:
         """A router without weights: the member keeps getting new flows until its route goes, so
@@ -349,14 +370,14 @@ class Lifecycle:
         elapsed = now - m.state_since
         if conns == 0:
             detail = f"no connections left after {format_duration(elapsed)}: withdrawn"
-        elif elapsed >= pool.drain_grace and self._asked_before(m, now - pool.drain_grace):
+        elif elapsed >= pool.drain_grace and await self._db(self._asked_before, m, now - pool.drain_grace):
             detail = f"grace {format_duration(pool.drain_grace)} over: {self._cut(conns)}"
         elif elapsed >= pool.drain_timeout:
             detail = f"drain deadline {format_duration(pool.drain_timeout)} reached: {self._cut(conns)}"
         else:
             return
         self.metrics.drain_seconds.labels(m.pool).observe(elapsed)
-        self.store.transition(m.id, MemberState.WITHDRAWN, now, detail=detail)
+        await self._db(self.store.transition, m.id, MemberState.WITHDRAWN, now, detail=detail)
 
     def _asked_before(self, m: Member, t: float) -> bool:
         """Whether HAProxy was asked to drain at `t` or earlier. Normally it was asked in the pass
@@ -407,9 +428,10 @@ class Lifecycle:
             before = self._recycle.get(m.id)
             self._recycle[m.id] = pct
             if pct or before:
-                self.store.add_event(m.pool, "rebalance", f"{m.instance}: {pct}% of responses close their "
-                                     f"connection" + (" (keep-alive clients spread again, over the new member too)"
-                                                      if pct else " no more"), now, member=m.instance)
+                what = " (keep-alive clients spread again, over the new member too)" if pct else " no more"
+                await self._db(self.store.add_event, m.pool, "rebalance",
+                               f"{m.instance}: {pct}% of responses close their connection{what}", now,
+                               member=m.instance)
 
     def _finish_operations(self) -> None:
         now = self.clock()

@@ -244,7 +244,8 @@ class Service:
         self.scheduler.add_listener(self._on_job_event, EVENT_JOB_MISSED | EVENT_JOB_MAX_INSTANCES | EVENT_JOB_ERROR)
         self.scheduler.add_job(self._job, "interval", seconds=iv.collect, args=["collect", self.engine.collect],
                                id="collect", max_instances=1, coalesce=True, misfire_grace_time=1)
-        self.scheduler.add_job(self._job, "interval", seconds=iv.evaluate, args=["evaluate", self.engine.evaluate],
+        self.scheduler.add_job(self._job, "interval", seconds=iv.evaluate,
+                               args=["evaluate", self.engine.evaluate_off_loop],
                                id="evaluate", max_instances=1, coalesce=True, misfire_grace_time=1)
         self.scheduler.add_job(self._job, "interval", seconds=iv.reconcile,
                                args=["reconcile", self.lifecycle.reconcile], id="reconcile",

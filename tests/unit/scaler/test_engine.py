@@ -324,3 +324,19 @@ def test_a_read_keeps_each_samples_labels_and_time() -> None:
     assert read.select("rx_bytes_per_s", {"interface": "eth0"}) is eth0
     assert read.select("tx_bytes_per_s", {}) == "no tx_bytes_per_s{} from snmp"
     assert Read("snmp", error="timeout after 5s").select("rx_bytes_per_s", {}) == "timeout after 5s"
+
+
+async def test_the_services_evaluation_reads_and_writes_the_store_off_the_loop(make) -> None:  # type: ignore[no-untyped-def]
+    # The same decisions as the synchronous evaluation, with the store used from a worker thread.
+    w = make({"rules": [{"name": "busy", "input": "s", "above": 10, "adjust": "+1"}]})
+    woken: list[int] = []
+    w.engine.on_operation = lambda: woken.append(1)
+    decisions = await w.engine.evaluate_off_loop()        # below min: scale out
+    assert decisions["web"].outcome.value == "scale_out" and woken == [1]
+    assert w.store.running_operation("web") is not None
+    await w.settle()
+    w.collector.value = 15.0
+    w.clock.advance(5)
+    await w.engine.collect()
+    decisions = await w.engine.evaluate_off_loop()
+    assert w.last()["outcome"] == str(decisions["web"].outcome)
