@@ -65,7 +65,7 @@ class Auditor:
         findings: list[Finding] = []
         for pool in self.lc.pools:
             findings += await self._audit_pool(pool)
-        self._report(findings)
+        await self.lc.store.call(self._report, findings)
         return findings
 
     async def _audit_pool(self, pool: str) -> list[Finding]:
@@ -78,9 +78,9 @@ class Auditor:
                             f"{exc or 'timeout'}; nothing checked")]
         out: list[Finding] = []
         async with self.lc._lock:
-            live = {m.instance: m for m in self.lc.store.members(pool)}
+            live = {m.instance: m for m in await self.lc.store.call(self.lc.store.members, pool)}
             strangers = [n for n in listed if n not in live]
-            leftovers = self._deleted_members(strangers)
+            leftovers = await self.lc.store.call(self._deleted_members, strangers)
             for name in sorted(strangers):
                 if name not in leftovers:
                     out.append(Finding(pool, "unknown_instance", name, "reported",
@@ -146,10 +146,12 @@ class Auditor:
         why = ("its instance is gone" if gone else
                f"its instance has not been listed for {format_duration(now - since)}")
         if MemberState(m.state) is MemberState.DRAINING:
-            self.lc.store.transition(m.id, MemberState.WITHDRAWN, now, detail=f"audit: {why}")
+            await self.lc.store.call(self.lc.store.transition, m.id, MemberState.WITHDRAWN, now,
+                                     detail=f"audit: {why}")
             action = "withdrawn"
         else:
-            self.lc.store.transition(m.id, MemberState.FAILED, now, error=f"audit: {why}")
+            await self.lc.store.call(self.lc.store.transition, m.id, MemberState.FAILED, now,
+                                     error=f"audit: {why}")
             action = "failed"
         return Finding(pool, "vanished", m.instance, action, f"{m.instance} ({m.state}): {why}: {action}, its "
                        f"route removed")

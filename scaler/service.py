@@ -187,6 +187,9 @@ class Service:
     def health_panic(self, pool: str) -> str | None:
         return self.checker.panic.get(pool)
 
+    async def _prune_off_loop(self) -> None:
+        await self.store.call(self.prune)
+
     def prune(self) -> None:
         self.engine.prune()
         # Alarm records older than a week: far above any Alertmanager repeat_interval, so a repeat
@@ -250,7 +253,7 @@ class Service:
         self.scheduler.add_job(self._job, "interval", seconds=iv.reconcile,
                                args=["reconcile", self.lifecycle.reconcile], id="reconcile",
                                max_instances=1, coalesce=True, misfire_grace_time=1)
-        self.scheduler.add_job(self._job, "interval", seconds=300, args=["prune", self.prune], id="prune")
+        self.scheduler.add_job(self._job, "interval", seconds=300, args=["prune", self._prune_off_loop], id="prune")
         if iv.audit > 0:
             self.scheduler.add_job(self._job, "interval", seconds=iv.audit, args=["audit", self.auditor.audit],
                                    id="audit", max_instances=1, coalesce=True, misfire_grace_time=1)
