@@ -212,27 +212,30 @@ class PostgresLeader:
     async def _campaign(self) -> bool:
         """One attempt to become leader; True with `epoch` set if this process now holds the lock."""
         try:
-            return await asyncio.wait_for(asyncio.to_thread(self._campaign_sync), self.lease_s)
-        except Exception as exc:     # the database is unreachable or refuses: stay a follower
-            log.warning("leader election: %s", exc)
+            return await asyncio.wait_for(self._campaign_once(), self.lease_s)
+        except Exception as exc:     # the database is unreachable, silent or refuses: stay a follower
+            log.warning("leader election: %s", exc or "no answer within the lease")
             await self._drop_connection()
             return False
 
-    def _campaign_sync(self) -> bool:
+    async def _campaign_once(self) -> bool:
+        # psycopg's asyncio connection: a silent database (a cut link, a proxy that stops forwarding)
+        # leaves no thread blocked in a read; the lease's timeout simply abandons the attempt.
         import psycopg
 
         if self._conn is None:
-            self._conn = psycopg.connect(_dsn(self.url, self.lease_s), autocommit=True)
+            self._conn = await psycopg.AsyncConnection.connect(_dsn(self.url, self.lease_s), autocommit=True)
         started = self.clock()
-        got = self._conn.execute("SELECT pg_try_advisory_lock(%s)", (LOCK_KEY,)).fetchone()[0]
-        if not got:
-            row = self._conn.execute("SELECT holder FROM leadership WHERE id = 1").fetchone()
+        got = await (await self._conn.execute("SELECT pg_try_advisory_lock(%s)", (LOCK_KEY,))).fetchone()
+        if not got or not got[0]:
+            row = await (await self._conn.execute("SELECT holder FROM leadership WHERE id = 1")).fetchone()
             self._leader_seen = row[0] if row else None
             return False
-        row = self._conn.execute("UPDATE leadership SET epoch = epoch + 1, holder = %s, acquired_at = %s "
-                                 "WHERE id = 1 RETURNING epoch", (self.me, time.time())).fetchone()
+        row = await (await self._conn.execute(
+            "UPDATE leadership SET epoch = epoch + 1, holder = %s, acquired_at = %s WHERE id = 1 RETURNING epoch",
+            (self.me, time.time()))).fetchone()
         if row is None:
-            self._conn.execute("SELECT pg_advisory_unlock(%s)", (LOCK_KEY,))
+            await self._conn.execute("SELECT pg_advisory_unlock(%s)", (LOCK_KEY,))
             raise StoreError("leadership row missing: is the store migrated?")
         self.epoch, self._leader_seen, self._since = int(row[0]), self.me, time.time()
         self._valid_until = started + self.lease_s
@@ -242,25 +245,31 @@ class PostgresLeader:
 
     async def _renew(self, started: float) -> bool:
         try:
-            ok = await asyncio.wait_for(asyncio.to_thread(self._renew_sync), self.lease_s)
+            ok = await asyncio.wait_for(self._renew_once(), self.lease_s)
         except Exception as exc:
-            log.error("leader lease renewal: %s", exc)
+            log.error("leader lease renewal: %s", exc or "no answer within the lease")
             return False
         if ok:
             self._valid_until = started + self.lease_s
         return ok
 
-    def _renew_sync(self) -> bool:
-        row = self._conn.execute(
+    async def _renew_once(self) -> bool:
+        cur = await self._conn.execute(
             "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND pid = pg_backend_pid() AND granted "
-            "AND ((classid::bigint << 32) | objid::bigint) = %s", (LOCK_KEY,)).fetchone()
+            "AND ((classid::bigint << 32) | objid::bigint) = %s", (LOCK_KEY,))
+        row = await cur.fetchone()
         return bool(row and row[0])
 
     async def _drop_connection(self) -> None:
         conn, self._conn = self._conn, None
-        if conn is not None:
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(asyncio.to_thread(conn.close), 2)
+        if conn is None:
+            return
+        # Closing only sends a Terminate message (non-blocking) and closes the socket: the server
+        # ends the session, and with it the lock, when it reads it or its own timeouts fire.
+        try:
+            conn.pgconn.finish()
+        except Exception as exc:      # already broken: nothing left to close
+            log.debug("closing the lock session: %s", exc)
 
     # --- views -------------------------------------------------------------------------------------
 
