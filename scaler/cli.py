@@ -118,19 +118,24 @@ def format_router(h: dict[str, Any], now: float) -> str:
     return "\n".join(lines) + "\n"
 
 
-def cmd_router(args: argparse.Namespace) -> int:
-    import time
-
+def _api_get(args: argparse.Namespace, path: str) -> Any:
+    """GET a JSON document from the running service's API; ScalerError naming the API if it fails."""
     import httpx
 
     base = _api_base(args)
     try:
-        r = httpx.get(f"{base}/v1/router", timeout=10, trust_env=False)
+        r = httpx.get(f"{base}{path}", timeout=10, trust_env=False)
     except httpx.HTTPError as exc:
         raise ScalerError(f"cannot reach the scaler API at {base}: {exc}") from exc
     if r.status_code != 200:
         raise ScalerError(f"{base}: HTTP {r.status_code}: {r.text.strip()}")
-    print(format_router(r.json(), time.time()), end="")
+    return r.json()
+
+
+def cmd_router(args: argparse.Namespace) -> int:
+    import time
+
+    print(format_router(_api_get(args, "/v1/router"), time.time()), end="")
     return 0
 
 
@@ -146,16 +151,7 @@ def format_cluster(c: dict[str, Any]) -> str:
 
 
 def cmd_cluster(args: argparse.Namespace) -> int:
-    import httpx
-
-    base = _api_base(args)
-    try:
-        r = httpx.get(f"{base}/v1/cluster", timeout=10, trust_env=False)
-    except httpx.HTTPError as exc:
-        raise ScalerError(f"cannot reach the scaler API at {base}: {exc}") from exc
-    if r.status_code != 200:
-        raise ScalerError(f"{base}: HTTP {r.status_code}: {r.text.strip()}")
-    print(format_cluster(r.json()), end="")
+    print(format_cluster(_api_get(args, "/v1/cluster")), end="")
     return 0
 
 
