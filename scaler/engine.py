@@ -11,7 +11,7 @@ import asyncio
 import logging
 import time
 from collections import deque
-from collections.abc import Callable, Mapping, MutableMapping
+from collections.abc import Callable, Iterable, Mapping, MutableMapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -70,6 +70,15 @@ def target_for(m: Member, cfg: CollectorConfig) -> Target:
     netns = cfg.target.netns.format_map(values) if cfg.target.netns else None
     return Target(key=m.id, url=url, uds=uds or None, netns=netns or None,
                   labels={"pool": m.pool, "member": m.instance})
+
+
+def members_by_pool(members: Iterable[Member]) -> dict[str, list[Member]]:
+    """The members of each pool, in the order given: one pass over the fleet, not one per pool (a
+    filter per pool reads pools x members ORM attributes: 4 million per job at 1,000 x 4)."""
+    out: dict[str, list[Member]] = {}
+    for m in members:
+        out.setdefault(m.pool, []).append(m)
+    return out
 
 
 @dataclass(frozen=True, slots=True)
@@ -139,8 +148,8 @@ class Engine:
         # The store is read in its own thread (Store.call): the event loop never waits for the database.
         members = [m for m in await self.store.call(self.store.members)
                    if m.state == MemberState.IN_SERVICE and m.health != "down"]
-        await asyncio.gather(*(self._collect_pool(name, [m for m in members if m.pool == name])
-                               for name in self.policies))
+        by_pool = members_by_pool(members)
+        await asyncio.gather(*(self._collect_pool(name, by_pool.get(name, [])) for name in self.policies))
 
     async def _read(self, source: str, m: Member) -> Read:
         collector = self.collectors[source]
@@ -249,10 +258,11 @@ class Engine:
                 ) -> list[tuple[str, Decision, list[Member]]]:
         """Pure but for the engine's own series and history: every pool's decision from what was read."""
         out = []
+        by_pool = members_by_pool(members)
         for pool, policy in list(self.policies.items()):
             if pool not in reads:
                 continue
-            mine = [m for m in members if m.pool == pool]
+            mine = by_pool.get(pool, [])
             decision = evaluate(policy, self.series.get(pool, {}), self.pool_state(pool, mine, reads[pool]), now)
             decision = hold_for_breaker(decision, reads[pool][2])
             self.history[pool] = remember(policy, self.history.get(pool, ()), now, decision)
@@ -368,4 +378,4 @@ class _Unknown:
 
 _UNKNOWN = _Unknown()
 
-__all__ = ["AlarmSource", "AlarmView", "Engine", "Read", "target_for"]
+__all__ = ["AlarmSource", "AlarmView", "Engine", "Read", "members_by_pool", "target_for"]
