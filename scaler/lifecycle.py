@@ -397,10 +397,15 @@ class Lifecycle:
         """After a member comes into service, every member in service closes a bounded share of its
         keep-alive connections for `rebalance.window` (PoolConfig.rebalance), then none."""
         now = self.clock()
+        # Grouped in one pass over the fleet: a filter per pool read pools x members ORM attributes
+        # (4 million per pass at 1,000 pools x 4 members).
+        serving_of: dict[str, list[Member]] = {}
+        for m in members:
+            if m.state == MemberState.IN_SERVICE and m.health != Health.DOWN:
+                serving_of.setdefault(m.pool, []).append(m)
         wanted: dict[str, tuple[Member, int]] = {}
         for name, pool in self.pools.items():
-            serving = [m for m in members if m.pool == name and m.state == MemberState.IN_SERVICE
-                       and m.health != Health.DOWN]
+            serving = serving_of.get(name)
             if not serving:
                 continue
             newest = max(m.state_since for m in serving)
