@@ -249,7 +249,7 @@ def test_the_store_reconnects_after_the_server_restarted(mode: str) -> None:
 
 def test_the_database_refuses_a_second_running_operation_of_a_pool(store: Store) -> None:
     # What the leader's own check prevents, the store enforces too (several writers racing).
-    from scaler.store import OpKind, Operation, OpState
+    from scaler.store import Operation, OpKind, OpState
 
     store.ensure_pool("web", "198.19.0.1", 0)
     store.start_scale_out("web", 1, 0, "first", 0.0)
