@@ -310,10 +310,25 @@ async def test_unreachable_member_is_named(lab: Lab, rig: Rig) -> None:
 # --- real traffic ----------------------------------------------------------------------------------
 
 @contextlib.asynccontextmanager
+async def serving(lab: Lab, handler_for: Any) -> AsyncIterator[None]:
+    """A TCP server on VIP:PORT in each member namespace, with `handler_for(member index)`."""
+    servers = []
+    try:
+        for i, member in enumerate(lab.members):
+            sock = socket_in(member, socket.AF_INET, socket.SOCK_STREAM)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.bind((str(VIP), PORT))
+            servers.append(await asyncio.start_server(handler_for(i), sock=sock))
+        yield
+    finally:
+        for server in servers:
+            server.close()
+            await server.wait_closed()
+
+
+@contextlib.asynccontextmanager
 async def listeners(lab: Lab) -> AsyncIterator[None]:
     """A TCP listener on VIP:PORT in each member namespace that answers with the member's index."""
-    servers = []
-
     def serve(index: int) -> Any:
         async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
             writer.write(str(index).encode())
@@ -322,17 +337,8 @@ async def listeners(lab: Lab) -> AsyncIterator[None]:
             await writer.wait_closed()
         return handle
 
-    try:
-        for i, member in enumerate(lab.members):
-            sock = socket_in(member, socket.AF_INET, socket.SOCK_STREAM)
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            sock.bind((str(VIP), PORT))
-            servers.append(await asyncio.start_server(serve(i), sock=sock))
+    async with serving(lab, serve):
         yield
-    finally:
-        for server in servers:
-            server.close()
-            await server.wait_closed()
 
 
 async def connect_many(lab: Lab, n: int) -> Counter[IPv4Address]:
@@ -426,8 +432,6 @@ async def pin_rig(lab: Lab) -> AsyncIterator[Rig]:
 async def echo_listeners(lab: Lab) -> AsyncIterator[None]:
     """Listeners on VIP:PORT in each member that answer every line with the member's index, on the
     same connection for as long as the client keeps it: established flows to watch."""
-    servers = []
-
     def serve(index: int) -> Any:
         async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
             with contextlib.suppress(ConnectionError):
@@ -437,17 +441,8 @@ async def echo_listeners(lab: Lab) -> AsyncIterator[None]:
             writer.close()
         return handle
 
-    try:
-        for i, member in enumerate(lab.members):
-            sock = socket_in(member, socket.AF_INET, socket.SOCK_STREAM)
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            sock.bind((str(VIP), PORT))
-            servers.append(await asyncio.start_server(serve(i), sock=sock))
+    async with serving(lab, serve):
         yield
-    finally:
-        for server in servers:
-            server.close()
-            await server.wait_closed()
 
 
 class Conn:
