@@ -95,6 +95,9 @@ class Leadership(Protocol):
 
     def view(self) -> View: ...
 
+    async def resign(self) -> None:
+        """Give the leadership up now (its start failed): another scaler may take it."""
+
     async def close(self) -> None: ...
 
 
@@ -121,6 +124,9 @@ class SoleLeader:
 
     def view(self) -> View:
         return View("leader", self.me, 1, self.me, None, self.since)
+
+    async def resign(self) -> None:
+        return None
 
     async def close(self) -> None:
         return None
@@ -283,6 +289,12 @@ class PostgresLeader:
             role = "leader" if now < self._valid_until else "expired"
         left = max(0.0, self._valid_until - now) if self.epoch is not None else None
         return View(role, self.me, self.epoch, self._leader_seen, left, self._since)
+
+    async def resign(self) -> None:
+        # The lock goes with the session; the campaign loop then competes again like a follower.
+        log.error("resigning the leadership (epoch %s)", self.epoch)
+        await self._drop_connection()
+        self.epoch, self._valid_until, self._acts_from, self._since = None, 0.0, float("inf"), None
 
     async def close(self) -> None:
         # Closing the session releases the lock at once: a clean stop hands over without waiting.

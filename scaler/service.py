@@ -287,9 +287,20 @@ class Service:
         self.checker.start()
 
     async def _on_lead(self) -> None:
-        task = asyncio.get_running_loop().create_task(self._job("lead", self._lead), name="lead")
+        task = asyncio.get_running_loop().create_task(self._lead_or_resign(), name="lead")
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+
+    async def _lead_or_resign(self) -> None:
+        """Start leading; if that fails (the store, the router, a lost lease), stop acting and give the
+        leadership up at once, so another scaler can lead instead of a leader that does nothing."""
+        try:
+            await self._lead()
+            self.last_run["lead"] = self.clock()
+        except Exception as exc:
+            log.error("starting to lead failed: %s; resigning", exc)
+            await self._on_lose()
+            await self.leadership.resign()
 
     async def _on_lose(self) -> None:
         """Stop acting at once: no job, no check, no speaker of ours announcing (routes stay)."""

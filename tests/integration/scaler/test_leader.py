@@ -221,3 +221,15 @@ async def test_a_leader_cut_off_from_the_database_stops_acting_and_is_taken_over
         await other.stop()
         await cut_off.freeze()
         await proxy.close()
+
+
+async def test_a_leader_that_resigns_hands_over(store: Store, postgres_url: str) -> None:
+    # What the service does when starting to lead fails: resign, so another scaler leads instead.
+    async with campaigners(postgres_url, 2) as cs:
+        await eventually(lambda: len(leaders(cs)) == 1, timeout_s=10, what="one leader")
+        [old] = leaders(cs)
+        [new] = [c for c in cs if c is not old]
+        await old.leader.resign()
+        assert not old.leader.may_act() and old.leader.epoch is None
+        await eventually(lambda: new.leader.may_act(), timeout_s=10, interval_s=0.05, what="takeover")
+        assert new.leader.epoch == 2
