@@ -28,7 +28,6 @@ marks cannot be restored (detected: `usage().unreplied_share`); nftables with th
 
 from __future__ import annotations
 
-import os
 import subprocess
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -89,10 +88,6 @@ def write(ns: str | None, script: str, timeout_s: float = 10.0) -> None:
     if done.returncode != 0:
         raise RouterError(f"nft -f (pinning table): {done.stderr.decode(errors='replace').strip()}")
 
-
-def delete(ns: str | None, table: str) -> None:
-    """Remove our table if it exists."""
-    write(ns, f"table ip {table} {{}}\ndelete table ip {table}\n")
 
 
 @dataclass(frozen=True, slots=True)
@@ -172,10 +167,4 @@ def usage(ns: str | None, vips: Iterable[IPv4Address]) -> Usage:
     return Usage(count, limit, live, unreplied, total)
 
 
-def available() -> bool:
-    """Whether this process could run nft at all (for an early, clear error)."""
-    return any(os.access(os.path.join(d, "nft"), os.X_OK) for d in os.environ.get("PATH", "").split(":") if d)
-
-
-__all__ = ["LIVE_TCP_STATES", "Usage", "available", "counts", "delete", "mark_of", "parse", "render", "usage",
-           "write"]
+__all__ = ["LIVE_TCP_STATES", "Usage", "counts", "mark_of", "parse", "render", "usage", "write"]
