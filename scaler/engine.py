@@ -55,16 +55,11 @@ PoolReads = tuple[Any, Any, Any]
 AlarmSource = Callable[[str, float], Mapping[str, AlarmView]]
 
 
-class _Blank(dict[str, str]):
-    # An endpoint this orchestrator does not report fills in as "", which reads as "not set" (and an
-    # empty URL makes the collector fail with a clear reason) rather than crashing the whole round.
-    def __missing__(self, key: str) -> str:
-        return ""
-
-
 def target_for(m: Member, cfg: CollectorConfig) -> Target:
     """The collector target of a member: the template filled with its address and endpoints."""
-    values = _Blank({"address": m.address or "", "instance": m.instance, **m.endpoint_map()})
+    # An endpoint the orchestrator does not report fills in as "" (Member.template_values): "not set",
+    # and an empty URL makes the collector fail with a clear reason instead of crashing the round.
+    values = m.template_values()
     url = cfg.target.url.format_map(values)
     uds = cfg.target.uds.format_map(values) if cfg.target.uds else None
     netns = cfg.target.netns.format_map(values) if cfg.target.netns else None
