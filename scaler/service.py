@@ -322,7 +322,8 @@ class Service:
         loop.add_signal_handler(signal.SIGHUP, self.reload_policies, "SIGHUP")
         app = create_app(self, self.clock)
         self.server = _Server(uvicorn.Config(app, host=self.cfg.api.host, port=self.cfg.api.port,
-                                             log_level="warning", lifespan="off", access_log=False))
+                                             log_level="warning", lifespan="off", access_log=False,
+                                             log_config=None))  # uvicorn logs through ours (--log-format)
         server_task = asyncio.create_task(self.server.serve())
         stop_task = asyncio.create_task(self._stopping.wait())
         done, _ = await asyncio.wait({server_task, stop_task}, return_when=asyncio.FIRST_COMPLETED)
