@@ -1,7 +1,8 @@
 """The boot configuration of an OpenStack LB member: the user-data template and what fills it.
 
 A member boots with cloud-init user data rendered from a template (the project ships
-`deploy/cloud-init/member.yaml.tmpl`; operators may point `user_data_template` at their own). The
+`actuators/openstack/templates/member.yaml.tmpl` as package data, so an installed scaler finds it;
+operators may point `user_data_template` at their own). The
 template is Python's `string.Template`: `$name` placeholders, `$$` for a literal dollar sign, and a
 placeholder alone on its line is a *block*, expanded line by line at that line's indentation (so a
 multi-line value lands correctly inside a YAML literal block). The values are listed in
@@ -18,6 +19,7 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Mapping
+from importlib import resources
 from ipaddress import IPv4Address
 from pathlib import Path
 from string import Template
@@ -28,8 +30,9 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, m
 from actuators.errors import OrchestratorError
 from actuators.haproxy_runtime import DRAIN_MAP_INITIAL, drain_config_lines
 
-# Where the shipped template lives in a checkout; installed elsewhere, configure `user_data_template`.
-SHIPPED_TEMPLATE = Path(__file__).resolve().parents[2] / "deploy" / "cloud-init" / "member.yaml.tmpl"
+# The shipped template is package data (pyproject.toml), found the same way in a checkout and in an
+# installed wheel. A regular package on disk gives a real path; a zipped install is not supported.
+SHIPPED_TEMPLATE = Path(str(resources.files("actuators.openstack") / "templates" / "member.yaml.tmpl"))
 MEMBER_DRAIN_MAP = "/etc/haproxy/scaler-drain.map"
 # Nova's limit is 65535 bytes of base64: 49152 bytes of text at most.
 USER_DATA_MAX_BYTES = 49152
