@@ -154,8 +154,12 @@ def connect(cloud: str | None, clouds_yaml: Path | None, region: str | None, api
     a POST retried after a lost answer could boot a second server, and the driver's own
     idempotent retry (look up by tags first) is the safe one.
     """
-    from openstack import config as os_config
-    from openstack import connection
+    try:
+        from openstack import config as os_config
+        from openstack import connection
+    except ModuleNotFoundError as exc:     # an extra (pyproject.toml): the core install goes without it
+        raise OrchestratorError(f"the openstack orchestrator needs openstacksdk ({exc}): "
+                                "pip install 'scaler[openstack]'") from None
 
     loader = os_config.OpenStackConfig(config_files=[str(clouds_yaml)] if clouds_yaml else None,
                                        load_envvars=cloud is None, app_name="scaler")
