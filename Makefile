@@ -7,9 +7,11 @@ VENV := .venv
 PY := $(VENV)/bin/python
 # Debian packages the lab, the demo and the integration tests run for real. postgresql (15 on Debian 12):
 # the tests start their own throwaway server (tests/support/postgres.py); the default cluster the
-# package may create is left alone and never started by us.
+# package may create is left alone and never started by us. systemd: systemd-analyze verify/security
+# and systemd-sysusers check deploy/systemd (nothing is started); promtool (prometheus) checks and
+# unit-tests deploy/prometheus.
 APT_PACKAGES := haproxy frr iproute2 procps psmisc curl ca-certificates python3-venv \
-	snmpd snmp prometheus prometheus-node-exporter prometheus-alertmanager nftables postgresql
+	snmpd snmp prometheus prometheus-node-exporter prometheus-alertmanager nftables postgresql systemd
 
 .PHONY: help deps system-deps venv demo demo-bgp demo-health test test-unit lint bench clean lab-down
 
