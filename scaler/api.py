@@ -3,7 +3,9 @@ evaluations explained as text, and a policy reload.
 
 Handlers only read the store, except `POST /v1/reload`, which re-reads the policy files (the same
 as SIGHUP) and never scales anything by itself. Response models are declared so the OpenAPI document
-(`/openapi.json`) matches what the server sends.
+(`/openapi.json`) matches what the server sends. Access: every /v1 read and /metrics need the `read`
+scope, every state change `operate` (scaler.auth); /healthz, /docs (Swagger UI served from the
+installed package, no CDN) and /openapi.json are open.
 """
 
 from __future__ import annotations
@@ -14,15 +16,19 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
-from fastapi import FastAPI, HTTPException, Query, Response
-from fastapi.responses import PlainTextResponse
+from fastapi import APIRouter, Depends, FastAPI, HTTPException, Query, Response
+from fastapi.openapi.docs import get_swagger_ui_html
+from fastapi.responses import HTMLResponse, PlainTextResponse
+from fastapi.routing import APIRoute
+from fastapi.staticfiles import StaticFiles
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel, Field
 
 from policies import PoolPolicy
 from scaler.alerts import AlertsConfig, alerts_router
+from scaler.auth import Operator, install, require_scope
 from scaler.breaker import BreakerOut, breaker_out, breaker_state, reset_breaker
-from scaler.config import PoolConfig
+from scaler.config import ApiConfig, PoolConfig
 from scaler.explain import explain
 from scaler.metrics import Metrics
 from scaler.store import CAPACITY, DecisionRow, MemberState, Store
@@ -149,9 +155,34 @@ def reload_out(r: Any) -> ReloadOut:
     return ReloadOut(ok=r.ok, trigger=r.trigger, at=iso(r.at), changed=list(r.changed), problems=list(r.problems))
 
 
-def create_app(service: ServiceView, clock: Callable[[], float] = time.time) -> FastAPI:
-    app = FastAPI(title="scaler", version="0.1.0",
+DOCS_ASSETS = "/docs/assets"
+
+
+def _serve_docs(app: FastAPI) -> None:
+    """/docs from Swagger UI's files in the installed `swagger-ui-bundle-v2` package (Apache-2.0,
+    its licence ships in the package): the page works on a control plane without internet."""
+    from swagger_ui_bundle import swagger_ui_path
+
+    app.mount(DOCS_ASSETS, StaticFiles(directory=str(swagger_ui_path)), name="docs-assets")
+
+    @app.get("/docs", include_in_schema=False)
+    def docs() -> HTMLResponse:
+        return get_swagger_ui_html(openapi_url="/openapi.json", title="scaler API",
+                                   swagger_js_url=f"{DOCS_ASSETS}/swagger-ui-bundle.js",
+                                   swagger_css_url=f"{DOCS_ASSETS}/swagger-ui.css",
+                                   swagger_favicon_url=f"{DOCS_ASSETS}/favicon-32x32.png",
+                                   swagger_ui_parameters={"persistAuthorization": False})
+
+
+def create_app(service: ServiceView, clock: Callable[[], float] = time.time, *,
+               access: ApiConfig | None = None) -> FastAPI:
+    """The API of `service`. `access`: who may use it (api: in scaler.yaml); the default refuses
+    every /v1 request that carries no valid credential."""
+    app = FastAPI(title="scaler", version="0.1.0", docs_url=None, redoc_url=None,
                   description="Autoscaler for HAProxy LB fleets sharing one ECMP-routed /32 VIP")
+    install(app, access if access is not None else ApiConfig())
+    _serve_docs(app)
+    read = [Depends(require_scope("read"))]
 
     def pool_out(name: str) -> PoolOut:
         cfg = service.pools[name]
@@ -174,9 +205,17 @@ def create_app(service: ServiceView, clock: Callable[[], float] = time.time) -> 
             health_panic=service.health_panic(name),
         )
 
-    # Alarm receivers: they only record alarms (durably) and never scale inside a request.
-    app.include_router(alerts_router(service.store, lambda: service.alerts, lambda: set(service.pools),
-                                     service.metrics.registry, clock))
+    # Alarm receivers: they only record alarms (durably) and never scale inside a request. They
+    # check their own credentials; their read (a pool's alarms) needs `read` like the other reads.
+    receivers = alerts_router(service.store, lambda: service.alerts, lambda: set(service.pools),
+                              service.metrics.registry, clock)
+    reads = APIRouter()
+    for route in list(receivers.routes):
+        if isinstance(route, APIRoute) and (route.methods or set()) <= {"GET", "HEAD"}:
+            receivers.routes.remove(route)
+            reads.routes.append(route)
+    app.include_router(receivers)
+    app.include_router(reads, dependencies=read)
 
     def known(pool: str) -> None:
         if pool not in service.pools:
@@ -189,38 +228,38 @@ def create_app(service: ServiceView, clock: Callable[[], float] = time.time) -> 
             response.status_code = 503
         return h
 
-    @app.get("/metrics", response_class=Response)
+    @app.get("/metrics", response_class=Response, dependencies=read)
     def metrics() -> Response:
         return Response(generate_latest(service.metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
-    @app.get("/v1/cluster")
+    @app.get("/v1/cluster", dependencies=read)
     def cluster() -> dict[str, Any]:
         """Which scaler leads: this one's role (leader, standby, follower), epoch, lease left."""
         return service.cluster()
 
-    @app.get("/v1/router")
+    @app.get("/v1/router", dependencies=read)
     def router_state() -> dict[str, Any]:
         """The router driver: for `bgp`, the speaker process and each router session (state, since,
         flaps, replays and the last replay's size and duration)."""
         return service.router_health()
 
-    @app.get("/v1/pools")
+    @app.get("/v1/pools", dependencies=read)
     def pools() -> list[PoolOut]:
         return [pool_out(n) for n in sorted(service.pools)]
 
-    @app.get("/v1/pools/{pool}")
+    @app.get("/v1/pools/{pool}", dependencies=read)
     def pool(pool: str) -> PoolOut:
         known(pool)
         return pool_out(pool)
 
-    @app.get("/v1/pools/{pool}/decisions")
+    @app.get("/v1/pools/{pool}/decisions", dependencies=read)
     def decisions(pool: str, limit: int = Query(50, ge=1, le=1000),
                   before: int | None = Query(None, description="only decisions with a smaller id"),
                   ) -> list[DecisionOut]:
         known(pool)
         return [decision_out(d) for d in service.store.decisions(pool, limit, before)]
 
-    @app.get("/v1/pools/{pool}/why", response_class=PlainTextResponse)
+    @app.get("/v1/pools/{pool}/why", response_class=PlainTextResponse, dependencies=read)
     def why(pool: str, limit: int = Query(5, ge=1, le=200)) -> PlainTextResponse:
         """The latest evaluations of the pool as text: decision, reason, inputs, each rule's verdict."""
         known(pool)
@@ -237,21 +276,22 @@ def create_app(service: ServiceView, clock: Callable[[], float] = time.time) -> 
         return PlainTextResponse((head + "\n" if head else "") + explain(pool, rows, now))
 
     @app.post("/v1/pools/{pool}/breaker/reset")
-    def breaker_reset(pool: str) -> BreakerOut:
+    def breaker_reset(pool: str, who: Operator) -> BreakerOut:
         """Close the pool's launch circuit breaker and forget its failures (`scaler breaker reset`)."""
         known(pool)
         now = clock()
-        return breaker_out(reset_breaker(service.store, pool, now, by="api"), now)
+        return breaker_out(reset_breaker(service.store, pool, now, by=f"api ({who.name})"), now)
 
-    @app.get("/v1/policies")
+    @app.get("/v1/policies", dependencies=read)
     def policies() -> PoliciesOut:
         last = service.last_reload
         return PoliciesOut(valid=last is None or last.ok, last_reload=None if last is None else reload_out(last),
                            pools={n: p.model_dump(mode="json", by_alias=True)
                                   for n, p in sorted(service.policies.items())})
 
-    @app.post("/v1/reload", responses={422: {"model": ReloadOut, "description": "an edit was rejected; "
-                                             "the previous policies keep running"}})
+    @app.post("/v1/reload", dependencies=[Depends(require_scope("operate"))],
+              responses={422: {"model": ReloadOut, "description": "an edit was rejected; "
+                               "the previous policies keep running"}})
     def reload(response: Response) -> ReloadOut:
         """Re-read the policy files now (the same as SIGHUP). All-or-nothing: on any problem nothing
         changes and every problem is listed as FILE:LINE:COL: message."""
@@ -260,14 +300,14 @@ def create_app(service: ServiceView, clock: Callable[[], float] = time.time) -> 
             response.status_code = 422
         return reload_out(result)
 
-    @app.get("/v1/pools/{pool}/operations")
+    @app.get("/v1/pools/{pool}/operations", dependencies=read)
     def operations(pool: str, limit: int = Query(20, ge=1, le=500)) -> list[OperationOut]:
         known(pool)
         return [OperationOut(id=o.id, kind=o.kind, state=o.state, from_size=o.from_size, to_size=o.to_size,
                              reason=o.reason, started=iso(o.created_at), finished=iso(o.finished_at),
                              error=o.error) for o in service.store.operations(pool, limit)]
 
-    @app.get("/v1/events")
+    @app.get("/v1/events", dependencies=read)
     def events(pool: str | None = None, after: int = Query(0, ge=0),
                limit: int = Query(200, ge=1, le=2000)) -> list[EventOut]:
         if pool is not None:

@@ -15,13 +15,24 @@ from ipaddress import IPv4Address
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
+from collectors.secrets import Secret
 from policies import PolicyFile, PoolPolicy, format_duration
 from policies.durations import Duration, PositiveDuration
 from scaler import yamlconf
 from scaler.alerts.config import AlertsConfig
 from scaler.breaker import LaunchBreakerConfig
+from scaler.credentials import CredentialName, check_token, check_unique, digest
 from scaler.errors import ConfigError
 
 PoolName = Annotated[str, Field(pattern=r"^[a-z][a-z0-9_-]{0,39}$")]
@@ -37,9 +48,58 @@ class StoreConfig(Strict):
     decisions_kept: int = Field(default=5000, ge=10, description="per pool; older ones are pruned")
 
 
+ApiScope = Literal["read", "operate"]
+
+
+class ApiCredential(Strict):
+    """A bearer token for the API (`Authorization: Bearer …`) and what it may do: `read` (every GET
+    under /v1 and /metrics), `operate` (reload, breaker reset, pause/resume: every state change).
+    `name` is what the access log records (never the token)."""
+
+    name: CredentialName
+    token: Secret
+    scopes: list[ApiScope] = Field(min_length=1)
+
+    @field_validator("token")
+    @classmethod
+    def _long_enough(cls, token: SecretStr) -> SecretStr:
+        check_token(token)
+        return token
+
+
+class TlsConfig(Strict):
+    """PEM certificate (chain) and unencrypted key files; relative paths are relative to scaler.yaml."""
+
+    cert: Path
+    key: Path
+
+    @model_validator(mode="after")
+    def _loadable(self, info: ValidationInfo) -> TlsConfig:
+        from scaler.tlsfiles import check_tls
+
+        base = (info.context or {}).get("base_dir")
+        check_tls(*(p if p.is_absolute() or base is None else Path(base) / p for p in (self.cert, self.key)))
+        return self
+
+
 class ApiConfig(Strict):
+    """The HTTP API (scaler.auth): where it listens and who may use it. Secure by default: with no
+    credential, every state change is refused and so is every read unless `anonymous_read`."""
+
     host: str = "127.0.0.1"
     port: int = Field(default=8750, ge=0, le=65535)
+    # Also serve the API on this unix socket (mode 0660: owner and group only). Whoever can connect to
+    # it is trusted with every scope, as for Docker's or systemd's sockets.
+    socket: Path | None = None
+    tls: TlsConfig | None = None
+    # GET /v1/… and /metrics without a credential (a lab, or a network where reading is harmless).
+    anonymous_read: bool = False
+    credentials: list[ApiCredential] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _unique(self) -> ApiConfig:
+        check_unique([c.name for c in self.credentials], [digest(c.token) for c in self.credentials])
+        return self
 
 
 class HaConfig(Strict):

@@ -14,12 +14,11 @@ import contextlib
 import logging
 import signal
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import uvicorn
 from apscheduler.events import EVENT_JOB_ERROR, EVENT_JOB_MAX_INSTANCES, EVENT_JOB_MISSED, JobExecutionEvent
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
@@ -33,10 +32,11 @@ from policies import PoolPolicy, effective_bounds
 from scaler.alerts import alarm_states
 from scaler.alerts import prune as prune_alerts
 from scaler.api import create_app
+from scaler.apiserver import ApiServer
 from scaler.audit import Auditor
 from scaler.config import Registries, ServiceConfig, driver_options, load_config, load_policies, policy_fingerprint
 from scaler.engine import Engine
-from scaler.errors import ConfigError
+from scaler.errors import ConfigError, ScalerError
 from scaler.health import HealthChecker
 from scaler.leader import Leadership, NotLeader, SoleLeader, leadership_for
 from scaler.lifecycle import Lifecycle
@@ -66,14 +66,6 @@ def build_all(cfg: ServiceConfig) -> tuple[Orchestrator, Router, Drainer, dict[s
     built = {name: collectors.COLLECTORS[c.driver].factory(driver_options(c, REGISTRIES.collectors, base))
              for name, c in cfg.collectors.items()}
     return orchestrator, router, HAProxyDrainer(), built
-
-
-class _Server(uvicorn.Server):
-    """uvicorn without its own signal handling: the service owns SIGTERM/SIGINT."""
-
-    @contextlib.contextmanager
-    def capture_signals(self) -> Iterator[None]:
-        yield
 
 
 @dataclass(frozen=True)
@@ -122,7 +114,7 @@ class Service:
         self._leader_task: asyncio.Task[None] | None = None
         self.metrics.registry.register(LeaderMetrics(self.leadership.view))
         self.scheduler = AsyncIOScheduler()
-        self.server: _Server | None = None
+        self.api: ApiServer | None = None
         self._stopping = asyncio.Event()
         self._tasks: set[asyncio.Task[None]] = set()
         self.started_at: float | None = None
@@ -314,26 +306,30 @@ class Service:
     def cluster(self) -> dict[str, Any]:
         return self.leadership.view().as_dict()
 
+    def listen(self) -> None:
+        """Bind the API's sockets (TCP, TLS, unix socket): ScalerError naming what is wrong. Called
+        before start(), so a port in use stops `scaler run` before it acts on anything."""
+        if self.api is None:
+            self.api = ApiServer.open(create_app(self, self.clock, access=self.cfg.api), self.cfg)
+
     async def serve(self) -> None:
         """Run until SIGTERM/SIGINT or stop()."""
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.stop)
         loop.add_signal_handler(signal.SIGHUP, self.reload_policies, "SIGHUP")
-        app = create_app(self, self.clock)
-        self.server = _Server(uvicorn.Config(app, host=self.cfg.api.host, port=self.cfg.api.port,
-                                             log_level="warning", lifespan="off", access_log=False,
-                                             log_config=None))  # uvicorn logs through ours (--log-format)
-        server_task = asyncio.create_task(self.server.serve())
+        self.listen()
+        assert self.api is not None
+        log.info("API on %s", self.api.description)
+        api_task = asyncio.create_task(self.api.serve())
         stop_task = asyncio.create_task(self._stopping.wait())
-        done, _ = await asyncio.wait({server_task, stop_task}, return_when=asyncio.FIRST_COMPLETED)
-        if server_task in done and server_task.exception() is not None:
-            stop_task.cancel()
-            raise RuntimeError(f"API server on {self.cfg.api.host}:{self.cfg.api.port} failed: "
-                               f"{server_task.exception()}")
-        self.server.should_exit = True
-        await asyncio.gather(server_task, return_exceptions=True)
+        done, _ = await asyncio.wait({api_task, stop_task}, return_when=asyncio.FIRST_COMPLETED)
         stop_task.cancel()
+        if api_task in done:
+            api_task.result()       # ScalerError if it failed
+            raise ScalerError(f"API server on {self.api.description} stopped")
+        self.api.stop()
+        await asyncio.gather(api_task, return_exceptions=True)
 
     def stop(self) -> None:
         self._stopping.set()
@@ -355,6 +351,8 @@ class Service:
         await self.orchestrator.close()
         await self.router.close()
         await self.leadership.close()       # a clean stop hands over at once
+        if self.api is not None:
+            self.api.close()
         self.store.close()
 
 
@@ -376,6 +374,7 @@ def build(config_path: Path) -> Service:
 async def run(config_path: Path) -> None:
     service = build(config_path)
     try:
+        service.listen()
         await service.start()
         await service.serve()
     finally:

@@ -27,21 +27,20 @@ from __future__ import annotations
 
 import base64
 import binascii
-import hashlib
 from typing import Annotated, Self
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
 
 from collectors.secrets import Secret
 from policies.durations import Duration
+from scaler.credentials import CredentialName, check_token, check_unique, digest
 
 # A pool a credential may act for, or "*" for every pool (present and future).
 PoolPattern = Annotated[str, Field(pattern=r"^(\*|[a-z][a-z0-9_-]{0,39})$")]
-CredentialName = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")]
 
 MIB = 1024 * 1024
-# Shorter tokens and keys are guessable or typos (a truncated file); refuse them at load time.
-MIN_TOKEN_CHARS = 16
+# Shorter passwords and keys are guessable or typos (a truncated file); refuse them at load time
+# (tokens: MIN_TOKEN_CHARS, scaler.credentials).
 MIN_PASSWORD_CHARS = 12
 MIN_KEY_BYTES = 16
 
@@ -72,23 +71,19 @@ class Credential(Strict):
             raise ValueError("a credential needs either 'token' or 'username' + 'password'")
         if basic and (self.username is None or self.password is None):
             raise ValueError("basic auth needs both 'username' and 'password'")
-        if self.token is not None and len(self.token.get_secret_value()) < MIN_TOKEN_CHARS:
-            raise ValueError(f"token is shorter than {MIN_TOKEN_CHARS} characters")
+        if self.token is not None:
+            check_token(self.token)
         if self.password is not None and len(self.password.get_secret_value()) < MIN_PASSWORD_CHARS:
             raise ValueError(f"password is shorter than {MIN_PASSWORD_CHARS} characters")
         return self
 
 
 def _check_credentials(credentials: list[Credential]) -> None:
-    names = [c.name for c in credentials]
-    if len(set(names)) != len(names):
-        raise ValueError("credential names must be unique")
     # The same secret under two names would make the pool scope depend on list order.
-    digests = [hashlib.sha256(c.token.get_secret_value().encode()).digest() for c in credentials if c.token]
-    digests += [hashlib.sha256(f"{c.username}:{c.password.get_secret_value()}".encode()).digest()
+    digests = [digest(c.token) for c in credentials if c.token]
+    digests += [digest(f"{c.username}:{c.password.get_secret_value()}")
                 for c in credentials if c.password is not None]
-    if len(set(digests)) != len(digests):
-        raise ValueError("two credentials have the same secret")
+    check_unique([c.name for c in credentials], digests)
 
 
 class ReceiverConfig(Strict):

@@ -30,6 +30,7 @@ from urllib.parse import quote, urlencode
 from pydantic import SecretStr
 
 from scaler.alerts.config import Credential, SignalsConfig, SigningKey, allows, key_bytes
+from scaler.credentials import digest, lookup
 from scaler.errors import ConfigError
 
 Action = Literal["scale-out", "scale-in"]
@@ -242,9 +243,8 @@ class CredentialTable:
 
     @classmethod
     def of(cls, credentials: Sequence[Credential]) -> CredentialTable:
-        bearer = tuple((hashlib.sha256(c.token.get_secret_value().encode()).digest(), c)
-                       for c in credentials if c.token is not None)
-        basic = tuple((hashlib.sha256(f"{c.username}:{c.password.get_secret_value()}".encode()).digest(), c)
+        bearer = tuple((digest(c.token), c) for c in credentials if c.token is not None)
+        basic = tuple((digest(f"{c.username}:{c.password.get_secret_value()}"), c)
                       for c in credentials if c.password is not None)
         return cls(bearer, basic)
 
@@ -267,11 +267,7 @@ class CredentialTable:
             table = self.basic
         else:
             raise unauthorized("invalid", "unsupported authorization scheme")
-        digest = hashlib.sha256(presented).digest()
-        found: Credential | None = None
-        for expected, credential in table:
-            if hmac.compare_digest(expected, digest) and found is None:
-                found = credential
+        found = lookup(table, presented)
         if found is None:
             raise unauthorized("invalid", "invalid credentials")
         return found

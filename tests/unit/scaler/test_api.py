@@ -12,7 +12,7 @@ from actuators.fake import FakeOrchestrator, FakeOrchestratorConfig, FakeRouter
 from policies import PolicyFile, PoolPolicy
 from scaler.alerts import AlertsConfig
 from scaler.api import create_app
-from scaler.config import PoolConfig
+from scaler.config import ApiConfig, PoolConfig
 from scaler.engine import Engine
 from scaler.lifecycle import Lifecycle
 from scaler.metrics import Metrics
@@ -27,6 +27,10 @@ BGP_HEALTH: dict[str, Any] = {
          "replays": 3, "last_replay_paths": 4, "last_replay_s": 0.0021},
         {"peer": "tor2", "address": "198.18.254.1", "state": "connected", "since": 2.0, "ups": 0, "downs": 1,
          "replays": 0, "last_replay_paths": 0, "last_replay_s": 0.0}]}
+
+
+# These tests are about what the reads answer; who may read is tests/unit/scaler/test_api_auth.py.
+READABLE = ApiConfig(anonymous_read=True)
 
 
 class View:
@@ -74,7 +78,8 @@ async def test_pools_decisions_events_and_metrics(view: View) -> None:
     for _ in range(3):
         await lc.reconcile()
     engine.evaluate()                       # no data → hold, with the reason
-    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=create_app(view)), base_url="http://api") as c:
+    app = create_app(view, access=READABLE)
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://api") as c:
         await check_api(c)
 
 
@@ -119,7 +124,8 @@ async def test_router_sessions_in_the_api_and_the_metrics(view: View) -> None:
     from scaler.metrics import RouterHealthMetrics
 
     view.metrics.registry.register(RouterHealthMetrics(view.router_health))
-    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=create_app(view)), base_url="http://api") as c:
+    app = create_app(view, access=READABLE)
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://api") as c:
         got = (await c.get("/v1/router")).json()
         assert got["sessions"][0]["state"] == "synced" and got["speaker"]["restarts"] == 2
         text = (await c.get("/metrics")).text
