@@ -30,7 +30,7 @@ from datetime import UTC, datetime
 from prometheus_client import CollectorRegistry, Counter, Gauge
 from pydantic import BaseModel, ConfigDict, Field
 from sqlmodel import Field as SqlField
-from sqlmodel import Session, SQLModel
+from sqlmodel import Session, SQLModel, select
 
 from policies import Cause, Decision, Outcome, format_duration
 from policies.durations import Duration
@@ -139,7 +139,9 @@ def breaker_state(store: Store, pool: str, now: float) -> BreakerState:
 def breaker_states(store: Store, pools: list[str], now: float) -> dict[str, BreakerState]:
     """Several pools in one query (for the API's pool list and the lifecycle's pass)."""
     with store.session() as s:
-        return {p: _state(p, s.get(LaunchBreaker, p), now) for p in pools}
+        # Every row: only pools whose launches ever failed have one.
+        rows = {r.pool: r for r in s.exec(select(LaunchBreaker))}
+    return {p: _state(p, rows.get(p), now) for p in pools}
 
 
 def _row(s: Session, pool: str) -> LaunchBreaker:

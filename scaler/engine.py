@@ -29,7 +29,7 @@ from policies import (
     series_name,
     window_needed,
 )
-from scaler.breaker import breaker_state, hold_for_breaker
+from scaler.breaker import breaker_state, breaker_states, hold_for_breaker
 from scaler.config import CollectorConfig, PoolConfig
 from scaler.leader import NotLeader
 from scaler.metrics import Metrics
@@ -134,6 +134,11 @@ class Engine:
     # Per pool: (t, recommended size) of recent evaluations, for scale-in stabilization windows.
     # In memory on purpose: after a restart the first scale-in is merely less stabilized.
     history: dict[str, tuple[tuple[float, int], ...]] = field(default_factory=dict)
+    # Metric children looked up once (a labels() call per read and input was 13,000 a round).
+    _latency: dict[str, Any] = field(default_factory=dict, repr=False)
+    _input_gauges: dict[tuple[str, str], tuple[Any, Any, Any]] = field(default_factory=dict, repr=False)
+    _targets: dict[tuple[str, str], tuple[tuple[str | None, str], Target]] = field(default_factory=dict, repr=False)
+    _children: dict[tuple[int, tuple[str, ...]], Any] = field(default_factory=dict, repr=False)
 
     # --- collection -------------------------------------------------------------------------------
 
@@ -146,12 +151,24 @@ class Engine:
         by_pool = members_by_pool(members)
         await asyncio.gather(*(self._collect_pool(name, by_pool.get(name, [])) for name in self.policies))
 
+    def _target(self, source: str, m: Member) -> Target:
+        """target_for, kept while the member's address and endpoints stay the same (the templates
+        and the endpoints' JSON cost more than an in-process read)."""
+        key = (source, m.id)
+        cached = self._targets.get(key)
+        if cached is not None and cached[0] == (m.address, m.endpoints):
+            return cached[1]
+        t = target_for(m, self.collector_configs[source])
+        self._targets[key] = ((m.address, m.endpoints), t)
+        return t
+
     async def _read(self, source: str, m: Member) -> Read:
         collector = self.collectors[source]
         t0 = time.perf_counter()
         try:
-            samples: list[Sample] = await asyncio.wait_for(
-                collector.collect(target_for(m, self.collector_configs[source])), self.collect_timeout_s)
+            # asyncio.timeout, not wait_for: no second task per read (4,000 reads a round at 1,000 pools).
+            async with asyncio.timeout(self.collect_timeout_s):
+                samples: list[Sample] = await collector.collect(self._target(source, m))
         except CollectorError as exc:
             self.metrics.collector_errors.labels(source, exc.reason).inc()
             return Read(source, error=f"{exc.reason}: {exc}")
@@ -159,7 +176,10 @@ class Engine:
             self.metrics.collector_errors.labels(source, "timeout").inc()
             return Read(source, error=f"timeout after {self.collect_timeout_s:g}s")
         finally:
-            self.metrics.collector_latency.labels(source).observe(time.perf_counter() - t0)
+            latency = self._latency.get(source)
+            if latency is None:
+                latency = self._latency[source] = self.metrics.collector_latency.labels(source)
+            latency.observe(time.perf_counter() - t0)
         return Read(source, tuple(samples))
 
     async def _collect_pool(self, pool: str, serving: list[Member]) -> None:
@@ -198,9 +218,14 @@ class Engine:
             else:
                 why = f"{len(missing)} of {len(rows)} members without data: " + "; ".join(missing) if missing else ""
                 point = Point(now, value, why, complete=not missing)
-            self.metrics.input_value.labels(pool, name).set(float("nan") if point.value is None else point.value)
-            self.metrics.input_members.labels(pool, name, "ok").set(len(got))
-            self.metrics.input_members.labels(pool, name, "missing").set(len(missing))
+            gauges = self._input_gauges.get((pool, name))
+            if gauges is None:
+                gauges = self._input_gauges[(pool, name)] = (
+                    self.metrics.input_value.labels(pool, name), self.metrics.input_members.labels(pool, name, "ok"),
+                    self.metrics.input_members.labels(pool, name, "missing"))
+            gauges[0].set(float("nan") if point.value is None else point.value)
+            gauges[1].set(len(got))
+            gauges[2].set(len(missing))
             self._append(pool, name, point, keep)
 
     def _append(self, pool: str, name: str, point: Point, keep: float) -> None:
@@ -247,7 +272,11 @@ class Engine:
         return self.store.running_operation(pool), self.store.pool(pool), breaker_state(self.store, pool, now)
 
     def _read_all(self, pools: list[str], now: float) -> tuple[list[Member], dict[str, PoolReads]]:
-        return self.store.members(), {pool: self._read_pool(pool, now) for pool in pools}
+        """What every pool's evaluation reads, in four queries for the whole fleet (not three per pool)."""
+        running = self.store.running_operations()
+        rows = {p.name: p for p in self.store.pools()}
+        breakers = breaker_states(self.store, pools, now)
+        return self.store.members(), {pool: (running.get(pool), rows.get(pool), breakers[pool]) for pool in pools}
 
     def _decide(self, members: list[Member], reads: Mapping[str, PoolReads], now: float,
                 ) -> list[tuple[str, Decision, list[Member]]]:
@@ -265,7 +294,12 @@ class Engine:
         return out
 
     def _record_all(self, decided: list[tuple[str, Decision, list[Member]]], now: float) -> bool:
-        return any([self._record(pool, d, mine, now) for pool, d, mine in decided])
+        """Store every decision: those that act each in the transaction that starts their operation,
+        the others (nearly all of them) together in one."""
+        holds: list[dict[str, Any]] = []
+        started = [self._record(pool, d, mine, now, holds) for pool, d, mine in decided]
+        self.store.add_decisions(holds)
+        return any(started)
 
     def evaluate(self) -> dict[str, Decision]:
         """One evaluation of every pool, the store read and written on the calling thread."""
@@ -286,35 +320,54 @@ class Engine:
             self.on_operation()
         return {pool: d for pool, d, _ in decided}
 
-    def _record(self, pool: str, d: Decision, members: list[Member], now: float) -> bool:
-        """Store the decision (and its operation, if it acts); True if an operation started."""
-        self.metrics.evaluations.labels(pool).inc()
+    def _record(self, pool: str, d: Decision, members: list[Member], now: float,
+                holds: list[dict[str, Any]] | None = None) -> bool:
+        """Store the decision with its operation if it acts; True if an operation started. A decision
+        that starts nothing is appended to `holds` (the decision row's columns) for the caller to
+        store, or stored now without."""
         label = "dry_run" if d.dry_run and d.outcome is not Outcome.HOLD else str(d.outcome)
-        self.metrics.decisions.labels(pool, label).inc()
-        self.metrics.desired.labels(pool).set(d.desired)
-        row = DecisionRow(pool=pool, at=now, outcome=str(d.outcome), current=d.current, desired=d.desired,
-                          rule=d.rule, reason=d.reason, dry_run=d.dry_run, inputs=dumps(dict(d.inputs)),
-                          verdicts=dumps([{"rule": v.rule, "verdict": str(v.verdict), "step": v.step,
-                                           "detail": v.detail} for v in d.verdicts]),
-                          context=dumps(self._context(pool, d)))
+        self._pool_metric(self.metrics.evaluations, pool).inc()
+        self._pool_metric(self.metrics.decisions, pool, label).inc()
+        self._pool_metric(self.metrics.desired, pool).set(d.desired)
+        values: dict[str, Any] = dict(
+            pool=pool, at=now, outcome=str(d.outcome), current=d.current, desired=d.desired, rule=d.rule,
+            reason=d.reason, dry_run=d.dry_run, inputs=dumps(dict(d.inputs)),
+            verdicts=dumps([{"rule": v.rule, "verdict": str(v.verdict), "step": v.step, "detail": v.detail}
+                            for v in d.verdicts]),
+            context=dumps(self._context(pool, d)), op_id=None)
         try:
             if d.acts and d.outcome is Outcome.SCALE_OUT:
-                self.store.start_scale_out(pool, d.desired - d.current, d.current, d.reason, now, row)
+                self.store.start_scale_out(pool, d.desired - d.current, d.current, d.reason, now,
+                                           DecisionRow(**values))
             elif d.acts and d.outcome is Outcome.SCALE_IN:
                 victims = self.victims(members, d.current - d.desired)
-                self.store.start_scale_in(pool, victims, d.current, d.reason, now, row)
+                self.store.start_scale_in(pool, victims, d.current, d.reason, now, DecisionRow(**values))
             else:
-                self.store.add_decision(row)
+                self._hold(values, holds)
                 return False
         except StoreError as exc:
             if isinstance(exc, NotLeader):
                 raise           # not ours to record any more
             # e.g. an operation started meanwhile: record the decision as a hold with the reason.
-            row.outcome, row.reason, row.op_id = str(Outcome.HOLD), f"{d.reason}; not started: {exc}", None
-            self.store.add_decision(row)
+            values.update(outcome=str(Outcome.HOLD), reason=f"{d.reason}; not started: {exc}", op_id=None)
+            self._hold(values, holds)
             return False
         log.info("%s: %s %d → %d: %s", pool, d.outcome, d.current, d.desired, d.reason)
         return True
+
+    def _hold(self, values: dict[str, Any], holds: list[dict[str, Any]] | None) -> None:
+        if holds is None:
+            self.store.add_decisions([values])
+        else:
+            holds.append(values)
+
+    def _pool_metric(self, metric: Any, *labels: str) -> Any:
+        """`metric.labels(*labels)`, looked up once per label set (three per pool and evaluation)."""
+        key = (id(metric), labels)
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = metric.labels(*labels)
+        return child
 
     def _context(self, pool: str, d: Decision) -> dict[str, object]:
         ctx: dict[str, object] = {"cause": str(d.cause), "recommended": d.recommended}
@@ -355,8 +408,9 @@ class Engine:
                 del series[name]
 
     def forget(self, m: Member) -> None:
-        for c in self.collectors.values():
+        for source, c in self.collectors.items():
             c.forget(m.id)
+            self._targets.pop((source, m.id), None)
 
 
 class _Unknown:

@@ -38,6 +38,7 @@ withdrawn) so their route goes in the same call.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 from collections.abc import Callable, Mapping
@@ -71,6 +72,8 @@ ROUTED = {MemberState.ANNOUNCING: HopState.ACTIVE, MemberState.IN_SERVICE: HopSt
           MemberState.DRAINING: HopState.DRAINING}
 # Steps before service: an error here fails the member (it never served).
 EARLY = frozenset({MemberState.CREATING, MemberState.BOOTING, MemberState.HEALTHY})
+# The states scaler_members counts (a deleted member is history, not a member).
+COUNTED = tuple(str(s) for s in MemberState if s is not MemberState.DELETED)
 # Members whose instance must exist in the orchestrator (the audit checks them).
 EXISTING = frozenset({MemberState.BOOTING, MemberState.HEALTHY, MemberState.ANNOUNCING, MemberState.IN_SERVICE,
                       MemberState.DRAINING})
@@ -89,7 +92,7 @@ def desired_routes(pools: Mapping[str, PoolConfig], members: list[Member]) -> di
     out: dict[IPv4Address, set[NextHop]] = {p.vip: set() for p in pools.values()}
     candidates: dict[str, list[tuple[Member, HopState]]] = {}
     for m in members:
-        state = ROUTED.get(MemberState(m.state))
+        state = ROUTED.get(m.state)     # type: ignore[call-overload]   # a str: MemberState is a StrEnum
         if state is not None and m.address and m.pool in pools:
             candidates.setdefault(m.pool, []).append((m, state))
     for name, routed in candidates.items():
@@ -98,8 +101,14 @@ def desired_routes(pools: Mapping[str, PoolConfig], members: list[Member]) -> di
                 else {m.id for m, _ in routed})
         for m, state in routed:
             if m.id in keep:
-                out[pools[name].vip].add(NextHop(IPv4Address(m.address or ""), state))
+                out[pools[name].vip].add(_hop(m.address or "", state))
     return {vip: frozenset(hops) for vip, hops in out.items()}
+
+
+@functools.lru_cache(maxsize=65536)
+def _hop(address: str, state: HopState) -> NextHop:
+    """One next hop per address and state, parsed once (every pass routes the whole fleet)."""
+    return NextHop(IPv4Address(address), state)
 
 
 @dataclass
@@ -128,6 +137,8 @@ class Lifecycle:
         # set once, which also clears what a crashed scaler may have left).
         self._recycle: dict[str, int] = {}
         self.last_apply: ApplyResult | None = None
+        # Each pool's member counts by state last set on scaler_members (_export_sizes).
+        self._exported: dict[str, dict[str, int]] = {}
         self.breaker_metrics = BreakerMetrics.of(self.metrics.registry)
 
     async def reconcile(self) -> None:
@@ -156,8 +167,12 @@ class Lifecycle:
         async with self._routes_lock:
             members = await self._db(self.store.members)
             desired = desired_routes(self.pools, members)
+            # The router's state is read back only for the VIPs whose members wait on it (announcing,
+            # draining, withdrawn, failed): at steady state none, whatever the fleet's size.
+            waiting = {self.pools[m.pool].vip for m in members if m.state != MemberState.IN_SERVICE
+                       and m.pool in self.pools}
             self.check()
-            return members, desired, await self._apply_routes(desired)
+            return members, desired, await self._apply_routes(desired, waiting)
 
     async def _pass(self) -> None:
         # A step that changes what must be routed (healthy → announcing, in_service → draining,
@@ -165,7 +180,12 @@ class Lifecycle:
         # FIB within the same pass instead of one reconcile interval later. Bounded: at most 3 rounds.
         for _ in range(3):
             members, desired, statuses = await self._route()
-            await asyncio.gather(*(self._advance(m, statuses) for m in members))
+            # A member in service has no step of its own (a scale-in moves it to draining in the
+            # store): at steady state a pass advances nobody and the fleet is read once.
+            moving = [m for m in members if m.state != MemberState.IN_SERVICE]
+            if not moving:
+                break
+            await asyncio.gather(*(self._advance(m, statuses) for m in moving))
             members = await self._db(self.store.members)
             if desired_routes(self.pools, members) == desired:
                 break
@@ -174,13 +194,15 @@ class Lifecycle:
         self._export_sizes(members)
         await self._db(self._export_breakers)
 
-    async def _apply_routes(self, desired: DesiredRoutes) -> dict[IPv4Address, RouteStatus] | None:
+    async def _apply_routes(self, desired: DesiredRoutes, waiting: set[IPv4Address],
+                            ) -> dict[IPv4Address, RouteStatus] | None:
+        """Apply every route; the router's status of the `waiting` VIPs (None: the router failed)."""
         try:
             t0 = time.perf_counter()
             result = await self.router.apply(desired)
             self.metrics.router_apply.observe(time.perf_counter() - t0)
             self.last_apply = result
-            statuses = {vip: await self.router.status(vip) for vip in desired}
+            statuses = {vip: await self.router.status(vip) for vip in desired if vip in waiting}
         except ActuatorError as exc:
             self.metrics.router_errors.inc()
             log.error("router: %s", exc)
@@ -440,9 +462,8 @@ class Lifecycle:
 
     def _finish_operations(self) -> None:
         now = self.clock()
-        for name in self.pools:
-            op = self.store.running_operation(name)
-            if op is None:
+        for name, op in self.store.running_operations().items():
+            if name not in self.pools:
                 continue
             mine = self.store.members_of(op.id)
             states = {MemberState(m.state) for m in mine}
@@ -457,14 +478,17 @@ class Lifecycle:
                 self.store.finish_operation(op.id, OpState.DONE, now)
 
     def _export_sizes(self, members: list[Member]) -> None:
-        by_pool: dict[str, dict[str, int]] = {name: {str(s): 0 for s in MemberState} for name in self.pools}
+        by_pool: dict[str, dict[str, int]] = {name: dict.fromkeys(COUNTED, 0) for name in self.pools}
         for m in members:
             if m.pool in by_pool:
                 by_pool[m.pool][m.state] += 1
+        # Only what changed since the last pass: a label lookup per pool and state on every pass
+        # was 9,000 lookups a second at 1,000 pools.
         for name, by_state in by_pool.items():
-            for state, n in by_state.items():
-                if state != MemberState.DELETED:
+            if self._exported.get(name) != by_state:
+                for state, n in by_state.items():
                     self.metrics.members.labels(name, state).set(n)
+                self._exported[name] = by_state
 
 
     def _export_breakers(self) -> None:

@@ -16,14 +16,18 @@ import enum
 import fcntl
 import functools
 import json
+import math
 import os
+import threading
+import time
 import uuid
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
-from sqlalchemy import Engine, Index, event, text
+from sqlalchemy import BigInteger, Engine, Index, event, insert, text
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Field, Session, SQLModel, col, create_engine, delete, select
@@ -114,9 +118,11 @@ class Member(SQLModel, table=True):
 
 
 class _FencedSession(Session):
-    def __init__(self, *args: Any, fence: Callable[[Session], None] | None = None, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, fence: Callable[[Session], None] | None = None,
+                 committed: Callable[[], None] | None = None, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._fence = fence
+        self._committed = committed
 
     def commit(self) -> None:
         if self._fence is not None:
@@ -128,6 +134,8 @@ class _FencedSession(Session):
                 raise StoreError("another operation of the pool is already running (a concurrent start was "
                                  "refused by the database)") from exc
             raise
+        if self._committed is not None:
+            self._committed()
 
 
 class _Blank(dict[str, str]):
@@ -143,6 +151,23 @@ class Leadership(SQLModel, table=True):
     epoch: int = 0
     holder: str | None = None
     acquired_at: float | None = None
+
+
+class StoreVersion(SQLModel, table=True):
+    """One row: moved by the database on every write to `members` (triggers, migration 0008)."""
+
+    __tablename__ = "store_version"
+    id: int = Field(default=1, primary_key=True)
+    members: int = Field(default=0, sa_type=BigInteger)
+
+
+@dataclass(frozen=True)
+class _Snapshot:
+    """The members not deleted, as read at `version` of store_version (Store.members)."""
+
+    version: int
+    all: tuple[Member, ...]
+    by_pool: dict[str, tuple[Member, ...]]
 
 
 class Operation(SQLModel, table=True):
@@ -215,6 +240,13 @@ class Store:
         # The one thread the service's jobs use the store from (`call`): off the event loop, and in
         # the same order as before it was moved there (no two of the jobs' store calls overlap).
         self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="store")
+        # The last members read and the store_version it was read at (`members`).
+        self._snapshot: _Snapshot | None = None
+        # When the database last confirmed it (time.monotonic()), and how many writes this store
+        # had committed then (`_writes`, counted by every session's commit).
+        self._checked = (-math.inf, 0)
+        self._writes = 0
+        self._snapshot_lock = threading.Lock()
         self.engine: Engine = self._open(url)
 
     def _open(self, url: str) -> Engine:
@@ -284,7 +316,12 @@ class Store:
     def session(self, *, fenced: bool = False) -> Session:
         """A session; `fenced`: a leader's write, whose commit first runs `self.fence` in the same
         transaction (scaler.leader: refused when another scaler has taken over)."""
-        return _FencedSession(self.engine, expire_on_commit=False, fence=self.fence if fenced else None)
+        return _FencedSession(self.engine, expire_on_commit=False, fence=self.fence if fenced else None,
+                              committed=self._written)
+
+    def _written(self) -> None:
+        # This store wrote: `members_if_fresh` asks the database again before trusting its last read.
+        self._writes += 1
 
     # --- pools ------------------------------------------------------------------------------------
 
@@ -316,13 +353,51 @@ class Store:
     # --- members ----------------------------------------------------------------------------------
 
     def members(self, pool: str | None = None, *, include_deleted: bool = False) -> list[Member]:
-        with self.session() as s:
-            q = select(Member)
-            if pool is not None:
-                q = q.where(Member.pool == pool)
-            if not include_deleted:
-                q = q.where(col(Member.state) != MemberState.DELETED)
-            return list(s.exec(q.order_by(col(Member.created_at), col(Member.id))))
+        """The members (of one pool), oldest first; deleted ones only if asked.
+
+        Every job reads the whole fleet several times a second (collect, evaluate, each reconcile
+        pass, each pool's health round), and loading 4,000 rows into objects costs tens of ms. So
+        the members not deleted are kept from the last read with the store_version it saw, and
+        read again only when the database says a member was written since (one row; triggers of
+        migration 0008 move it on any write, from any process). The objects are shared between
+        callers: treat them as read-only (every write goes through a Store method, by id)."""
+        if include_deleted:
+            with self.session() as s:
+                q = select(Member)
+                if pool is not None:
+                    q = q.where(Member.pool == pool)
+                return list(s.exec(q.order_by(col(Member.created_at), col(Member.id))))
+        snap = self._members_snapshot()
+        return list(snap.all if pool is None else snap.by_pool.get(pool, ()))
+
+    def members_if_fresh(self, pool: str, max_age: float) -> list[Member] | None:
+        """A pool's members from the last read if the database confirmed it within `max_age`
+        seconds and this store wrote nothing since; else None (then call `members`). No I/O: for
+        callers many times a second (each pool's health round), to which a write by another
+        process may show up to `max_age` late."""
+        snap = self._snapshot
+        checked_at, writes = self._checked
+        if snap is None or writes != self._writes or time.monotonic() - checked_at > max_age:
+            return None
+        return list(snap.by_pool.get(pool, ()))
+
+    def _members_snapshot(self) -> _Snapshot:
+        with self._snapshot_lock, self.session() as s:
+            # The version first: a write that commits between the two reads makes the rows newer
+            # than the version, never older, so the next call reads them again.
+            checked = (time.monotonic(), self._writes)
+            version = s.exec(select(StoreVersion.members).where(StoreVersion.id == 1)).one()
+            if self._snapshot is not None and self._snapshot.version == version:
+                self._checked = checked
+                return self._snapshot
+            rows = tuple(s.exec(select(Member).where(col(Member.state) != MemberState.DELETED)
+                                .order_by(col(Member.created_at), col(Member.id))))
+            by_pool: dict[str, list[Member]] = {}
+            for m in rows:
+                by_pool.setdefault(m.pool, []).append(m)
+            self._snapshot = _Snapshot(version, rows, {p: tuple(ms) for p, ms in by_pool.items()})
+            self._checked = checked
+            return self._snapshot
 
     def members_of(self, op_id: str) -> list[Member]:
         """The members an operation works on, deleted ones included (op_id is indexed)."""
@@ -457,6 +532,11 @@ class Store:
             return s.exec(select(Operation).where(Operation.pool == pool,
                                                   Operation.state == OpState.RUNNING)).first()
 
+    def running_operations(self) -> dict[str, Operation]:
+        """Every pool's running operation, in one query (the partial unique index keeps it to one)."""
+        with self.session() as s:
+            return {op.pool: op for op in s.exec(select(Operation).where(Operation.state == OpState.RUNNING))}
+
     def operations(self, pool: str, limit: int = 50) -> list[Operation]:
         with self.session() as s:
             return list(s.exec(select(Operation).where(Operation.pool == pool)
@@ -499,6 +579,16 @@ class Store:
     def add_decision(self, row: DecisionRow) -> None:
         with self.session(fenced=True) as s:
             s.add(row)
+            s.commit()
+
+    def add_decisions(self, rows: Sequence[Mapping[str, Any]]) -> None:
+        """Decisions that start nothing (holds), given as their columns, in one transaction and one
+        multi-row INSERT: one commit per evaluation of the fleet, not one per pool, and no ORM object
+        per row (building 1,000 of them cost more than the evaluations)."""
+        if not rows:
+            return
+        with self.session(fenced=True) as s:
+            s.execute(insert(DecisionRow), list(rows))
             s.commit()
 
     def decisions(self, pool: str, limit: int = 50, before_id: int | None = None) -> list[DecisionRow]:

@@ -9,7 +9,7 @@ import logging
 from pathlib import Path
 
 import pytest
-from sqlalchemy import inspect
+from sqlalchemy import inspect, text
 
 from scaler.errors import StoreError
 from scaler.store import DecisionRow, MemberState, OpKind, OpState, Store, counts, engine_url, mask
@@ -161,6 +161,43 @@ def test_a_second_store_on_the_same_database(store: Store, store_url: str, store
         assert store.events("web")[-1].message == "from the other one"
     finally:
         other.close()
+
+
+def test_members_are_read_again_only_after_a_write_from_anywhere(store: Store) -> None:
+    """`members` keeps its last read until the database's members version moves: every write moves
+    it — this store's, and a write this store never saw (another scaler, an operator's SQL)."""
+    op = store.start_scale_out("web", 2, 0, "below min", T0)
+    first = store.members()
+    again = store.members()
+    assert [m.id for m in again] == [m.id for m in first]
+    assert all(a is b for a, b in zip(again, first, strict=True))       # not read again: nothing written
+    assert store.members("web") == first and store.members("other") == []
+
+    store.transition(first[0].id, S.BOOTING, T0 + 1, address="10.0.0.1")
+    assert [(m.state, m.address) for m in store.members()] == [(S.BOOTING, "10.0.0.1"), (S.CREATING, None)]
+
+    with store.engine.begin() as conn:          # behind the store's back, as an operator would
+        conn.execute(text("UPDATE members SET address = '10.0.0.9' WHERE id = :id"), {"id": first[1].id})
+    assert [m.address for m in store.members("web")] == ["10.0.0.1", "10.0.0.9"]
+    with store.engine.begin() as conn:
+        conn.execute(text("DELETE FROM steps WHERE member_id = :id"), {"id": first[1].id})
+        conn.execute(text("DELETE FROM members WHERE id = :id"), {"id": first[1].id})
+    assert [m.id for m in store.members()] == [first[0].id]
+    for to in (S.FAILED, S.DELETING, S.DELETED):
+        store.transition(first[0].id, to, T0 + 2)
+    assert store.members() == [] and [m.state for m in store.members(include_deleted=True)] == [S.DELETED]
+    assert store.members_of(op.id)[0].state == S.DELETED
+
+
+def test_a_rolled_back_write_leaves_the_members_read_current(store: Store) -> None:
+    store.start_scale_out("web", 1, 0, "below min", T0)
+    before = store.members()
+    with pytest.raises(StoreError):
+        store.transition(before[0].id, S.IN_SERVICE, T0 + 1)        # not allowed: nothing written
+    with store.engine.connect() as conn, conn.begin() as tx:
+        conn.execute(text("UPDATE members SET address = '10.0.0.7'"))
+        tx.rollback()
+    assert [m.address for m in store.members()] == [None]
 
 
 # ---- PostgreSQL only -----------------------------------------------------------------------------
