@@ -42,7 +42,7 @@ pools:
 
 CONFIG = """\
 store: {{url: "sqlite:///scaler.db"}}
-api: {{host: 127.0.0.1, port: {port}}}
+api: {{host: 127.0.0.1, port: {port}, anonymous_read: true}}
 policy_dir: policies
 intervals: {{collect: 0.5s, evaluate: 0.5s, reconcile: 0.3s}}
 orchestrator: {{driver: fake, options: {{boot_probes: 0}}}}

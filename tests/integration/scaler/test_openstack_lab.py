@@ -98,7 +98,7 @@ def write_config(lab: LabConfig, api: FakeOpenStack, port: int) -> Path:
     instances = lab.lab_dir / "instances"
     cfg: dict[str, Any] = {
         "store": {"url": f"sqlite:///{d}/scaler.db"},
-        "api": {"host": "127.0.0.1", "port": port},
+        "api": {"host": "127.0.0.1", "port": port, "anonymous_read": True},
         "policy_dir": "policies",
         "intervals": {"collect": "2s", "evaluate": "2s", "reconcile": "1s"},
         "orchestrator": {"driver": "openstack", "options": {

@@ -34,9 +34,14 @@ pools:
     cooldown: {scale_out: 0s, scale_in: 0s}
 """
 
+API_TOKEN = "it-ops-token-0123456789"
 CONFIG = """\
 store: {{url: "sqlite:///scaler.db"}}
-api: {{host: 127.0.0.1, port: {port}}}
+api:
+  host: 127.0.0.1
+  port: {port}
+  anonymous_read: true
+  credentials: [{{name: it-ops, token: {{file: api-token}}, scopes: [read, operate]}}]
 policy_dir: policies
 intervals: {{collect: 0.5s, evaluate: 0.5s, reconcile: 0.3s, policy_watch: 0.3s}}
 orchestrator: {{driver: fake, options: {{boot_probes: 0}}}}
@@ -59,6 +64,7 @@ async def service(tmp_path: Path) -> AsyncIterator[ServiceProcess]:
     port = free_port()
     config = tmp_path / "scaler.yaml"
     config.write_text(CONFIG.format(port=port, tmp=tmp_path))
+    (tmp_path / "api-token").write_text(API_TOKEN + "\n")
     svc = ServiceProcess(config, port)
     try:
         await svc.start()
@@ -104,7 +110,7 @@ async def test_valid_edit_applies_broken_edit_is_rejected_and_old_policy_keeps_d
     assert len(after) >= before + 2
     assert (await service.get("/v1/pools/web"))["min"] == 2
     async with httpx.AsyncClient(base_url=service.base, timeout=5) as c:
-        r = await c.post("/v1/reload")
+        r = await c.post("/v1/reload", headers={"Authorization": f"Bearer {API_TOKEN}"})
         assert r.status_code == 422 and r.json()["problems"] == pols["last_reload"]["problems"]
         metrics = (await c.get("/metrics")).text
     assert "scaler_policy_valid 0.0" in metrics
@@ -140,7 +146,8 @@ async def test_valid_edit_applies_broken_edit_is_rejected_and_old_policy_keeps_d
     assert why.stdout.startswith("web  ") and "\n  why:    " in why.stdout
     assert "\n  inputs: sessions=no data" in why.stdout
     reload = await asyncio.to_thread(subprocess.run, [sys.executable, "-m", "scaler", "reload", "--api",
-                                                      service.base], capture_output=True, text=True, timeout=30)
+                                                      service.base], capture_output=True, text=True, timeout=30,
+                                     env={**os.environ, "SCALER_TOKEN_FILE": str(tmp_path / "api-token")})
     assert reload.returncode == 0 and "changed pools: none" in reload.stdout, reload.stderr
 
 
