@@ -301,7 +301,10 @@ class PrometheusQueryCollector:
             known = ", ".join(sorted(values))
             raise CollectorError(f"{what}: unknown placeholder ${{{exc.args[0]}}} (known: {known})",
                                  reason="config") from None
-        answers = await asyncio.gather(*(self._answer(query) for query in queries))
+        # Every query of this member is started (or joined) before any is awaited, so they run at
+        # once; an answer already shared is used without a task or a future (most members of a round).
+        tasks = [self._shared_task(query) for query in queries]
+        answers = [t.result() if t.done() else await asyncio.shield(t) for t in tasks]
         now = self._clock()
         out: list[Sample] = []
         absences: dict[str, str] = {}
@@ -341,16 +344,17 @@ class PrometheusQueryCollector:
 
     # -- internals -------------------------------------------------------------------------------
 
-    async def _answer(self, query: str) -> QueryAnswer | CollectorError:
+    def _shared_task(self, query: str) -> asyncio.Task[QueryAnswer | CollectorError]:
+        """The task answering `query` for every member asking within `share_ttl_s`. Awaited through
+        `asyncio.shield`: a member whose poll is cancelled (its own deadline) must not cancel the
+        query the other members of the round are waiting for."""
         now = self._monotonic()
         entry = self._shared.get(query)
         if entry is None or (entry.task.done() and now - entry.started > self.config.share_ttl_s):
             entry = _Shared(asyncio.create_task(self._query(query)), now)
             self._shared[query] = entry
             self._prune(now)
-        # shield: a member whose poll is cancelled (its own deadline) must not cancel the query the
-        # other members of the round are waiting for.
-        return await asyncio.shield(entry.task)
+        return entry.task
 
     def _prune(self, now: float) -> None:
         # At most once per TTL: with per-member queries the dict holds one entry per member.
