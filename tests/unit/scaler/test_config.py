@@ -40,24 +40,24 @@ def test_the_shipped_bgp_example_is_valid(conf: Path) -> None:
 @pytest.mark.parametrize(
     ("old", "new", "expected"),
     [
-        pytest.param("policy_dir: policies", "policy_dri: policies", ":15:1: policy_dri: unknown key",
+        pytest.param("policy_dir: policies", "policy_dri: policies", ":19:1: policy_dri: unknown key",
                      id="unknown top-level key"),
-        pytest.param("vip: 198.19.0.1", "vip: 198.19.0.300", ":69:5: pools.web.vip: Input is not a valid IPv4 address",
+        pytest.param("vip: 198.19.0.1", "vip: 198.19.0.300", ":73:5: pools.web.vip: Input is not a valid IPv4 address",
                      id="bad VIP"),
-        pytest.param("driver: kernel ", "driver: ospf ", ":32:3: router.driver: unknown router driver 'ospf' "
+        pytest.param("driver: kernel ", "driver: ospf ", ":36:3: router.driver: unknown router driver 'ospf' "
                      "(known: bgp, fake, kernel)", id="unknown driver"),
-        pytest.param("    mode: conntrack ", "    mode: ecmp ", ":35:5: router.options.mode: Input should be "
+        pytest.param("    mode: conntrack ", "    mode: ecmp ", ":39:5: router.options.mode: Input should be "
                      "'conntrack' or 'resilient'", id="driver option of the wrong value"),
         pytest.param("    mode: conntrack ", "    buckets: many\n    mode: conntrack ",
-                     ":35:5: router.options.buckets: Input should be a valid integer",
+                     ":39:5: router.options.buckets: Input should be a valid integer",
                      id="driver option of the wrong type"),
-        pytest.param("    mode: conntrack ", "    mode: resilient\n    idle_timer_s: 5 #", ":36:5: "
+        pytest.param("    mode: conntrack ", "    mode: resilient\n    idle_timer_s: 5 #", ":40:5: "
                      "router.options.idle_timer_s: idle_timer_s (5) must be longer than the longest silence a live "
                      "flow may have (30s: pools.*.max_client_silence)",
                      id="resilient timer shorter than a silent flow"),
-        pytest.param("  collect: 2s", "  collect: 2 seconds", ":18:3: intervals.collect: not a duration",
+        pytest.param("  collect: 2s", "  collect: 2 seconds", ":22:3: intervals.collect: not a duration",
                      id="bad duration"),
-        pytest.param("boot_timeout: 60s", "boot_timeout: 60s\n    boot_timout: 1m", ":71:5: "
+        pytest.param("boot_timeout: 60s", "boot_timeout: 60s\n    boot_timout: 1m", ":75:5: "
                      "pools.web.boot_timout: unknown key", id="typo in a pool"),
     ],
 )
