@@ -25,6 +25,8 @@ def test_the_production_example_is_valid(tmp_path: Path) -> None:
     assert cfg.orchestrator.driver == "openstack" and cfg.router.driver == "bgp"
     router = driver_options(cfg.router, REGISTRIES.routers, tmp_path)
     assert [(p.label, str(p.local_address)) for p in router.peers] == [("tor-a", "10.0.1.5"), ("tor-b", "10.0.2.5")]
+    assert cfg.api.tls is not None and cfg.api.socket is not None and not cfg.api.anonymous_read
+    assert {c.name: c.scopes for c in cfg.api.credentials} == {"prometheus": ["read"], "ops": ["read", "operate"]}
     orchestrator = driver_options(cfg.orchestrator, REGISTRIES.orchestrators, tmp_path)
     assert orchestrator.template_path == SHIPPED_TEMPLATE
 
