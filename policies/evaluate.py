@@ -60,6 +60,7 @@ class Cause(enum.StrEnum):
     KEPT = "kept"                  # a rule with an opinion keeps the current size (e.g. within tolerance)
     PENDING = "pending"            # a condition holds, not yet for long enough
     QUIET = "quiet"                # no rule fired
+    PAUSED = "paused"              # an operator paused the pool: what the rules asked is only recorded
 
 
 @dataclass(frozen=True, slots=True)

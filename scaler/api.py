@@ -31,7 +31,7 @@ from scaler.breaker import BreakerOut, breaker_out, breaker_state, reset_breaker
 from scaler.config import ApiConfig, PoolConfig
 from scaler.explain import explain
 from scaler.metrics import Metrics
-from scaler.store import CAPACITY, DecisionRow, MemberState, Store
+from scaler.store import CAPACITY, DecisionRow, MemberState, Store, StoreError
 
 
 class ServiceView(Protocol):
@@ -60,6 +60,12 @@ class ServiceView(Protocol):
         """This scaler's role, epoch, the leader's identity and its lease (scaler.leader)."""
 
     def reload_policies(self, trigger: str) -> Any: ...
+
+
+def pause_out(row: Any) -> PauseOut | None:
+    if row is None or row.paused_at is None:
+        return None
+    return PauseOut(at=iso(row.paused_at), by=row.paused_by, reason=row.paused_reason)
 
 
 def iso(t: float | None) -> str | None:
@@ -120,6 +126,19 @@ class PoolOut(BaseModel):
     launch_breaker: BreakerOut
     health_panic: str | None = Field(None, description="set while more than the panic threshold of the pool "
                                      "is down: every route is kept and no replacement starts")
+    paused: PauseOut | None = Field(None, description="set while an operator has paused the pool: decisions "
+                                    "are evaluated and stored but start nothing; dead members are still "
+                                    "withdrawn, not replaced")
+
+
+class PauseOut(BaseModel):
+    at: str | None
+    by: str | None
+    reason: str | None
+
+
+class PauseIn(BaseModel):
+    reason: str = Field("", max_length=500, description="why, for the events and `scaler why`")
 
 
 class ReloadOut(BaseModel):
@@ -203,6 +222,7 @@ def create_app(service: ServiceView, clock: Callable[[], float] = time.time, *,
             last_decision=decision_out(last[0]) if last else None,
             launch_breaker=breaker_out(breaker_state(service.store, name, clock()), clock()),
             health_panic=service.health_panic(name),
+            paused=pause_out(service.store.pool(name)),
         )
 
     # Alarm receivers: they only record alarms (durably) and never scale inside a request. They
@@ -269,11 +289,36 @@ def create_app(service: ServiceView, clock: Callable[[], float] = time.time, *,
         head = f"{pool}: {st.summary(now)}\n" if st.status != "closed" else ""
         panic = service.health_panic(pool)
         head += f"{pool}: health {panic}\n" if panic else ""
+        row = service.store.pool(pool)
+        paused = row.pause_summary() if row is not None else None
+        head += f"{pool}: {paused}: decisions start nothing (`scaler resume {pool}`)\n" if paused else ""
         for m in service.store.members(pool):
             if m.health == "down" and m.state != MemberState.DELETED:
                 head += (f"{pool}: {m.instance} ({m.state}) is down since {iso(m.health_since)}: "
                          f"{m.health_reason}\n")
         return PlainTextResponse((head + "\n" if head else "") + explain(pool, rows, now))
+
+    @app.post("/v1/pools/{pool}/pause")
+    def pause(pool: str, who: Operator, body: PauseIn | None = None) -> PoolOut:
+        """Pause the pool's decisions (persisted, every scaler of the cluster): they are still
+        evaluated and stored, with what the rules asked for, but start nothing. A running operation
+        finishes; health checks keep withdrawing dead members but do not replace them."""
+        known(pool)
+        try:
+            service.store.pause(pool, f"api ({who.name})", body.reason if body else "", clock())
+        except StoreError as exc:       # configured, but no leader has stored it yet
+            raise HTTPException(409, str(exc)) from exc
+        return pool_out(pool)
+
+    @app.post("/v1/pools/{pool}/resume")
+    def resume(pool: str, who: Operator) -> PoolOut:
+        """Resume the pool's decisions (the next evaluation may act)."""
+        known(pool)
+        try:
+            service.store.resume(pool, f"api ({who.name})", clock())
+        except StoreError as exc:
+            raise HTTPException(409, str(exc)) from exc
+        return pool_out(pool)
 
     @app.post("/v1/pools/{pool}/breaker/reset")
     def breaker_reset(pool: str, who: Operator) -> BreakerOut:

@@ -8,6 +8,7 @@ in their first state) written in one transaction; the lifecycle carries it out.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import time
 from collections import deque
@@ -17,6 +18,7 @@ from typing import Any, Protocol
 
 from collectors import Collector, CollectorError, Sample, Target
 from policies import (
+    Cause,
     Decision,
     Outcome,
     Point,
@@ -33,7 +35,7 @@ from scaler.breaker import breaker_state, breaker_states, hold_for_breaker
 from scaler.config import CollectorConfig, PoolConfig
 from scaler.leader import NotLeader
 from scaler.metrics import Metrics
-from scaler.store import CAPACITY, DecisionRow, Member, MemberState, Store, StoreError, dumps
+from scaler.store import CAPACITY, DecisionRow, Member, MemberState, Pool, Store, StoreError, dumps
 
 log = logging.getLogger("scaler.engine")
 
@@ -288,7 +290,7 @@ class Engine:
                 continue
             mine = by_pool.get(pool, [])
             decision = evaluate(policy, self.series.get(pool, {}), self.pool_state(pool, mine, reads[pool]), now)
-            decision = hold_for_breaker(decision, reads[pool][2])
+            decision = hold_for_pause(hold_for_breaker(decision, reads[pool][2]), reads[pool][1])
             self.history[pool] = remember(policy, self.history.get(pool, ()), now, decision)
             out.append((pool, decision, mine))
         return out
@@ -413,6 +415,16 @@ class Engine:
             self._targets.pop((source, m.id), None)
 
 
+def hold_for_pause(decision: Decision, row: Pool | None) -> Decision:
+    """A decision that would act turned into a hold while an operator has paused the pool; the
+    reason says who paused it and what the rules asked for (`scaler why` shows both)."""
+    paused = row.pause_summary() if row is not None else None
+    if paused is None or decision.outcome is Outcome.HOLD:
+        return decision
+    return dataclasses.replace(decision, outcome=Outcome.HOLD, desired=decision.current, cause=Cause.PAUSED,
+                               reason=f"{paused}; wanted {decision.current} → {decision.desired}: {decision.reason}")
+
+
 class _Unknown:
     """The state of every alarm when the alarm store could not be read: unknown (missing data)."""
 
@@ -427,4 +439,4 @@ class _Unknown:
 
 _UNKNOWN = _Unknown()
 
-__all__ = ["AlarmSource", "AlarmView", "Engine", "Read", "members_by_pool", "target_for"]
+__all__ = ["AlarmSource", "AlarmView", "Engine", "Read", "hold_for_pause", "members_by_pool", "target_for"]

@@ -410,6 +410,12 @@ class HealthChecker:
             top = self.max_of(pool, now)
             why = (f"went down {cfg.flap_limit} times within {format_duration(cfg.flap_window)}" if flaps else
                    f"down for {format_duration(down_for)}") + f" ({m.health_reason})"
+            row = self.store.pool(pool)
+            if row is not None and row.paused_at is not None:
+                # Withdrawn (the route is safety), not replaced: a pause stops every change of the fleet.
+                self._say(pool, f"{m.instance} {why}: not replaced while the pool is {row.pause_summary()}",
+                          logging.WARNING)
+                return False
             if top is not None and size > top:
                 self._say(pool, f"{m.instance} {why}: not replaced, the pool ({size}) is above its max ({top})",
                           logging.WARNING)

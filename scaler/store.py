@@ -24,6 +24,7 @@ import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -88,6 +89,17 @@ class Pool(SQLModel, table=True):
     last_scale_out_at: float | None = None
     last_scale_in_at: float | None = None
     created_at: float
+    # Paused by an operator (Store.pause): decisions are evaluated and stored but start nothing.
+    paused_at: float | None = None
+    paused_by: str | None = None
+    paused_reason: str | None = None
+
+    def pause_summary(self) -> str | None:
+        """'paused by api (alice) at …: reason', or None when the pool is not paused."""
+        if self.paused_at is None:
+            return None
+        at = datetime.fromtimestamp(self.paused_at, UTC).isoformat(timespec="seconds")
+        return f"paused by {self.paused_by} at {at}" + (f": {self.paused_reason}" if self.paused_reason else "")
 
 
 class Member(SQLModel, table=True):
@@ -340,6 +352,38 @@ class Store:
                 pool.vip = vip
                 s.add(pool)
             s.commit()
+            return pool
+
+    def pause(self, name: str, by: str, reason: str, now: float) -> Pool:
+        """Pause the pool's decisions, with an event. Not a leader's write (unfenced): an operator may
+        ask any scaler, and the leader reads it at its next evaluation. Pausing a paused pool keeps
+        the first pause's time and says so in the event."""
+        with self.session() as s:
+            pool = s.get(Pool, name)
+            if pool is None:
+                raise StoreError(f"pool {name} does not exist")
+            again = pool.paused_at is not None
+            if not again:
+                pool.paused_at = now
+            pool.paused_by, pool.paused_reason = by, reason or None
+            s.add(pool)
+            what = f"{'still paused' if again else 'paused'} by {by}" + (f": {reason}" if reason else "")
+            s.add(EventRow(at=now, pool=name, kind="pause",
+                           message=f"{what}: decisions start nothing; health checks still withdraw dead members"))
+            s.commit()
+            return pool
+
+    def resume(self, name: str, by: str, now: float) -> Pool:
+        with self.session() as s:
+            pool = s.get(Pool, name)
+            if pool is None:
+                raise StoreError(f"pool {name} does not exist")
+            if pool.paused_at is not None:
+                was = pool.pause_summary()
+                pool.paused_at = pool.paused_by = pool.paused_reason = None
+                s.add(pool)
+                s.add(EventRow(at=now, pool=name, kind="pause", message=f"resumed by {by} ({was})"))
+                s.commit()
             return pool
 
     def pools(self) -> list[Pool]:

@@ -154,3 +154,39 @@ def test_scaler_router_prints_the_speaker_and_one_line_per_session() -> None:
         "  tor2             198.18.254.1    connected for 59s  ups 0 downs 1 replays 0 (last: 0 paths in 0 ms)",
     ]
     assert format_router({"driver": "kernel"}, 0) == "router driver: kernel\n"
+
+
+async def test_pause_and_resume_need_the_operate_scope_and_show_everywhere(view: View,
+                                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("T_READ", "reader-token-0123456789")
+    monkeypatch.setenv("T_OPS", "operator-token-0123456789")
+    access = ApiConfig.model_validate({"credentials": [
+        {"name": "dashboards", "token": {"env": "T_READ"}, "scopes": ["read"]},
+        {"name": "alice", "token": {"env": "T_OPS"}, "scopes": ["read", "operate"]}]})
+    reader = {"Authorization": "Bearer reader-token-0123456789"}
+    ops = {"Authorization": "Bearer operator-token-0123456789"}
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=create_app(view, access=access)),
+                                 base_url="http://api") as c:
+        for headers, status in (({}, 401), ({"Authorization": "Bearer wrong-token-0123456789"}, 401),
+                                (reader, 403)):
+            for path in ("/v1/pools/web/pause", "/v1/pools/web/resume"):
+                r = await c.post(path, headers=headers, json={"reason": "x"})
+                assert r.status_code == status, (path, headers, r.text)
+        assert view.store.pool("web").paused_at is None                                 # type: ignore[union-attr]
+        assert [e for e in view.store.events("web") if e.kind == "pause"] == []
+
+        r = await c.post("/v1/pools/web/pause", headers=ops, json={"reason": "hypervisor maintenance"})
+        assert r.status_code == 200, r.text
+        assert r.json()["paused"]["by"] == "api (alice)" and r.json()["paused"]["reason"] == "hypervisor maintenance"
+        pools = (await c.get("/v1/pools", headers=reader)).json()
+        assert pools[0]["paused"]["by"] == "api (alice)"
+        why = (await c.get("/v1/pools/web/why", headers=reader)).text
+        assert why.startswith("web: paused by api (alice) at ") and "hypervisor maintenance" in why
+        assert (await c.post("/v1/pools/nope/pause", headers=ops)).status_code == 404
+
+        r = await c.post("/v1/pools/web/resume", headers=ops)
+        assert r.status_code == 200 and r.json()["paused"] is None
+        assert "paused" not in (await c.get("/v1/pools/web/why", headers=reader)).text
+        assert [e.message.split(" at ")[0] for e in view.store.events("web") if e.kind == "pause"] == [
+            "paused by api (alice): hypervisor maintenance: decisions start nothing; health checks still withdraw "
+            "dead members", "resumed by api (alice) (paused by api (alice)"]

@@ -340,3 +340,26 @@ async def test_the_services_evaluation_reads_and_writes_the_store_off_the_loop(m
     await w.engine.collect()
     decisions = await w.engine.evaluate_off_loop()
     assert w.last()["outcome"] == str(decisions["web"].outcome)
+
+
+async def test_a_paused_pool_records_what_the_rules_ask_and_starts_nothing(make) -> None:  # type: ignore[no-untyped-def]
+    w = make({"min": 2})
+    w.store.pause("web", "api (alice)", "disk full on the hypervisors", w.clock())
+    w.engine.evaluate()                           # below min: would scale out 0 → 2
+    d = w.last()
+    assert d["outcome"] == "hold" and d["desired"] == 0, d
+    assert str(d["reason"]).startswith("paused by api (alice) at ") and "disk full" in str(d["reason"])
+    assert "wanted 0 → 2" in str(d["reason"]) and d["context"]["cause"] == "paused"
+    assert w.store.running_operation("web") is None and w.store.members("web") == []
+    events = [e.message for e in w.store.events("web") if e.kind == "pause"]
+    assert events == ["paused by api (alice): disk full on the hypervisors: decisions start nothing; "
+                      "health checks still withdraw dead members"]
+
+    w.store.pause("web", "api (bob)", "", w.clock() + 1)        # again: the first pause's time is kept
+    assert w.store.pool("web").paused_at == w.clock()           # type: ignore[union-attr]
+    w.store.resume("web", "api (bob)", w.clock() + 2)
+    assert w.store.pool("web").pause_summary() is None          # type: ignore[union-attr]
+    w.clock.advance(5)
+    w.engine.evaluate()
+    assert (w.last()["outcome"], w.last()["desired"]) == ("scale_out", 2)
+    assert [e.message.split(" (")[0] for e in w.store.events("web") if e.kind == "pause"][-1] == "resumed by api"

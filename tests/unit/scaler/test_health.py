@@ -160,6 +160,23 @@ async def test_a_member_down_for_replace_after_is_failed_replaced_and_deleted(st
     assert store.running_operation("web") is None
 
 
+async def test_a_paused_pool_withdraws_a_dead_member_but_replaces_it_only_after_resume(store: Store,
+                                                                                     clock: ManualClock) -> None:
+    bed = Bed(store, clock, replace_after="1s")
+    a, b, c = await bed.serve(3)
+    store.pause("web", "api (alice)", "maintenance", clock())
+    bed.prober.results[a.address or ""] = Result.FAIL
+    await bed.rounds(3)
+    assert bed.hops() == {b.address, c.address}          # withdrawn: routing is safety, paused or not
+    await bed.rounds(10)                                  # 2 s down, replace_after 1 s
+    assert store.running_operation("web") is None and bed.woken == 0
+    assert member(store, a.id).state == MemberState.IN_SERVICE
+    store.resume("web", "api (alice)", clock())
+    await bed.rounds(1)
+    op = store.running_operation("web")
+    assert op is not None and op.reason.startswith(f"replace {a.instance}: down for ")
+
+
 async def test_keep_failed_holds_the_dead_instance_unrouted_before_deleting_it(store: Store,
                                                                                clock: ManualClock) -> None:
     bed = Bed(store, clock, replace_after="0s", keep_failed="1m")
