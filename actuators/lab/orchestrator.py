@@ -26,12 +26,13 @@ import shutil
 import socket
 import sys
 import time
-from collections.abc import AsyncIterator, Iterable, Mapping
+from collections.abc import AsyncIterator, Collection, Iterable, Mapping
 from ipaddress import IPv4Address
 from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from actuators import handoff
 from actuators.errors import ActuatorError, OrchestratorError
 from actuators.haproxy_runtime import DRAIN_MAP_INITIAL, drain_config_lines, drain_map_path
 from actuators.lab.snmpd import Snmpd, SnmpdCommunity, SnmpdConfig, SnmpdUser
@@ -73,6 +74,29 @@ def router_ifname(lab: str, idx: int) -> str:
 
 def instance_ifname(lab: str, idx: int) -> str:
     return f"{lab}-{idx}i"
+
+
+def peers_ns(lab: str) -> str:
+    """The namespace holding the members' shared segment (a bridge), when handoff is on."""
+    return f"{lab}-peers"
+
+
+PEERS_BRIDGE = "br0"
+PEER_PREFIXLEN = 24
+
+
+def peer_ifname(lab: str, idx: int) -> str:
+    """The instance's veth on the peer segment (its handoff peer device)."""
+    return f"{lab}-{idx}p"
+
+
+def bridge_port_ifname(lab: str, idx: int) -> str:
+    return f"{lab}-{idx}b"
+
+
+def peer_address(idx: int) -> IPv4Address:
+    """The instance's address on the peer segment 198.19.255.0/24 (the VIPs live in 198.19.0.0/24)."""
+    return IPv4Address(f"198.19.255.{idx}")
 
 
 def router_address(idx: int) -> IPv4Address:
@@ -204,6 +228,9 @@ class LabOrchestratorConfig(BaseModel):
     snmp_user: str = Field(default="scaler", pattern=r"^[A-Za-z][A-Za-z0-9_-]{0,31}$")
     command_timeout_s: float = Field(default=15.0, gt=0)
     probe_timeout_s: float = Field(default=2.0, gt=0)
+    # Stray-packet handoff (actuators.handoff, issue 19): every instance also gets a link to the
+    # lab's peer segment and the handoff table; `set_peers` keeps the peer lists current.
+    handoff: bool = False
 
     @model_validator(mode="after")
     def _default_dir(self) -> LabOrchestratorConfig:
@@ -432,6 +459,10 @@ class LabOrchestrator:
                 meta = await self._ensure_meta(spec, name)
                 await self._ensure_netns(meta)
                 await self._ensure_link(meta)
+                if self.cfg.handoff:
+                    # Before HAProxy serves: conntrack must see every connection from its SYN.
+                    await self._ensure_peer_link(meta)
+                    await self._ensure_handoff(meta)
                 await self._ensure_backend(meta)
                 await self._ensure_haproxy(meta)
                 await self._ensure_snmpd(meta)
@@ -490,6 +521,68 @@ class LabOrchestrator:
             f"addr replace {instance_address(idx)}/24 dev {i_if}\n"
             f"link set {i_if} up\n"
             f"route replace default via {router_address(idx)} dev {i_if}\n").encode())
+
+    async def _ensure_peer_segment(self) -> None:
+        """The peers namespace and its bridge (idempotent, under the lab's lock)."""
+        pns = peers_ns(self.cfg.lab)
+        async with file_lock(self.cfg.lab_dir / "instances.lock"):
+            if not netns.exists(pns):
+                await netns.run(["ip", "netns", "add", pns], timeout_s=self.cfg.command_timeout_s)
+            if not await self._link_exists(pns, PEERS_BRIDGE):
+                await self._ip(["link", "add", PEERS_BRIDGE, "type", "bridge"], ns=pns)
+            await self._ip(["link", "set", PEERS_BRIDGE, "up"], ns=pns)
+
+    async def _ensure_peer_link(self, meta: InstanceMeta) -> None:
+        """A veth from the instance to the peer segment's bridge, with the instance's peer address."""
+        await self._ensure_peer_segment()
+        lab, idx, ns, pns = self.cfg.lab, meta.idx, self.netns_of(meta.name), peers_ns(self.cfg.lab)
+        b_if, p_if = bridge_port_ifname(lab, idx), peer_ifname(lab, idx)
+        b_ok, p_ok = await self._link_exists(pns, b_if), await self._link_exists(ns, p_if)
+        if not (b_ok and p_ok):
+            if b_ok:
+                await self._ip(["link", "del", b_if], ns=pns)
+            if p_ok:
+                await self._ip(["link", "del", p_if], ns=ns)
+            await self._ip(["link", "add", b_if, "type", "veth", "peer", "name", p_if, "netns", ns], ns=pns)
+        await self._ip(["-batch", "-"], ns=pns, stdin=(
+            f"link set {b_if} master {PEERS_BRIDGE}\n"
+            f"link set {b_if} up\n").encode())
+        await self._ip(["-batch", "-"], ns=ns, stdin=(
+            f"addr replace {peer_address(idx)}/{PEER_PREFIXLEN} dev {p_if}\n"
+            f"link set {p_if} up\n").encode())
+
+    def _handoff_rules(self, meta: InstanceMeta, peers: list[InstanceMeta]) -> handoff.HandoffRules:
+        return handoff.HandoffRules(vips=(meta.vip,), peer_device=peer_ifname(self.cfg.lab, meta.idx),
+                                    peers=tuple(peer_address(p.idx) for p in peers if p.name != meta.name))
+
+    async def _ensure_handoff(self, meta: InstanceMeta) -> None:
+        """The handoff table, copying strays to the pool's other instances that exist now (the
+        scaler's `set_peers` makes the list exact)."""
+        peers = [m for m in self._all_metas() if m.pool == meta.pool and m.name != meta.name
+                 and netns.exists(self.netns_of(m.name))]
+        await handoff.apply(self.netns_of(meta.name), self._handoff_rules(meta, peers),
+                            timeout_s=self.cfg.command_timeout_s)
+
+    async def set_peers(self, pool: str, members: Collection[str]) -> None:
+        """`actuators.handoff.Peers`: every listed instance copies its strays to the others."""
+        if not self.cfg.handoff:
+            raise OrchestratorError(f"pool {pool}: handoff is off in lab {self.cfg.lab}")
+        metas = {m.name: m for m in self._all_metas() if m.pool == pool}
+        wanted = [metas[n] for n in sorted(set(members)) if n in metas]
+        results = await asyncio.gather(*(
+            handoff.apply(self.netns_of(m.name), self._handoff_rules(m, wanted), timeout_s=self.cfg.command_timeout_s)
+            for m in wanted), return_exceptions=True)
+        problems = [f"{m.name}: {r}" for m, r in zip(wanted, results, strict=True) if isinstance(r, BaseException)]
+        problems += [f"{n}: no such instance in pool {pool}" for n in handoff.unknown(members, metas)]
+        if problems:
+            raise OrchestratorError(f"pool {pool}: set_peers: {'; '.join(problems)}")
+
+    async def handoff_counters(self, name: str) -> dict[str, int]:
+        """The instance's handoff counters (`actuators.handoff.COUNTERS`, packets)."""
+        try:
+            return await handoff.counters(self.netns_of(name), timeout_s=self.cfg.command_timeout_s)
+        except ActuatorError as exc:
+            raise OrchestratorError(f"instance {name}: {exc}") from exc
 
     async def _ensure_backend(self, meta: InstanceMeta) -> None:
         p = self.paths(meta.name)
@@ -640,7 +733,9 @@ class LabOrchestrator:
 
 __all__ = [
     "SNMP_SECRET_NAMES", "InstanceMeta", "LabInstanceOptions", "LabOrchestrator", "LabOrchestratorConfig",
-    "allocate_index", "client_ns", "ensure_lab_snmp_secrets", "instance_address", "instance_ifname", "instance_ns",
-    "kill_netns_processes", "kill_pidfile", "lab_instance_options", "lab_snmp_secrets", "pids_in_netns",
+    "allocate_index", "bridge_port_ifname", "client_ns", "ensure_lab_snmp_secrets", "instance_address",
+    "instance_ifname", "instance_ns",
+    "kill_netns_processes", "kill_pidfile", "lab_instance_options", "lab_snmp_secrets", "peer_address",
+    "peer_ifname", "peers_ns", "pids_in_netns",
     "render_haproxy_cfg", "router_address", "router_ifname", "router_ns",
 ]

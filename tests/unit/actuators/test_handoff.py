@@ -1,0 +1,100 @@
+"""The handoff table (actuators/handoff.py): what each member's nftables rules say, and the counters."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from ipaddress import IPv4Address
+from pathlib import Path
+
+import pytest
+
+from actuators import handoff
+from actuators.errors import ActuatorError, OrchestratorError
+from actuators.handoff import HandoffError, HandoffRules
+from actuators.lab.orchestrator import LabOrchestrator, LabOrchestratorConfig
+
+VIP = IPv4Address("198.19.0.1")
+P1, P2 = IPv4Address("198.19.255.3"), IPv4Address("198.19.255.2")
+
+
+def rules_of(text: str, chain: str) -> list[str]:
+    prefix = f"add rule ip {handoff.TABLE} {chain} "
+    return [line.removeprefix(prefix) for line in text.splitlines() if line.startswith(prefix)]
+
+
+def test_a_stray_is_copied_to_every_peer_in_address_order_then_dropped() -> None:
+    text = handoff.render(HandoffRules((VIP,), "lab-1p", (P1, P2)))
+    assert rules_of(text, "to_peers") == [
+        'counter name strays dup to 198.19.255.2 device "lab-1p" dup to 198.19.255.3 device "lab-1p" drop']
+
+
+def test_what_is_mine_or_new_is_accepted_before_anything_is_copied() -> None:
+    pre = rules_of(handoff.render(HandoffRules((VIP,), "lab-1p", (P1,))), "prerouting")
+    assert pre == ['iifname "lo" accept', "ip daddr != { 198.19.0.1 } accept", "ip protocol != tcp accept",
+                   'iifname "lab-1p" jump from_peer', "ct state established,related accept",
+                   "tcp flags & (syn | ack) == syn accept", "jump to_peers"]
+
+
+def test_a_copy_from_a_peer_is_accepted_only_if_mine_and_never_copied_on() -> None:
+    text = handoff.render(HandoffRules((VIP,), "lab-1p", (P1,)))
+    assert rules_of(text, "from_peer") == ["ct state established,related counter name peer_accepted accept",
+                                           "counter name peer_dropped drop"]
+
+
+def test_without_peers_a_stray_goes_on_to_the_stack() -> None:
+    text = handoff.render(HandoffRules((VIP,), "lab-1p"))
+    assert rules_of(text, "to_peers") == ["counter name strays accept"]
+    assert "dup" not in text
+
+
+def test_a_reapply_flushes_chains_but_never_deletes_the_table() -> None:
+    # Deleting the table would switch conntrack off and on: connections made meanwhile are unknown.
+    text = handoff.render(HandoffRules((VIP, IPv4Address("198.19.0.2")), "eth0", (P1,)))
+    assert "delete" not in text and "flush table" not in text
+    assert text.index("flush chain ip scaler_handoff prerouting") < text.index("add rule")
+    assert "ip daddr != { 198.19.0.1, 198.19.0.2 } accept" in text
+
+
+def test_the_conntrack_settings_the_rules_rely_on() -> None:
+    assert handoff.SYSCTLS["net.netfilter.nf_conntrack_tcp_loose"] == "0"
+    assert handoff.SYSCTLS["net.netfilter.nf_conntrack_tcp_be_liberal"] == "1"
+    assert int(handoff.SYSCTLS["net.netfilter.nf_conntrack_tcp_timeout_time_wait"]) <= 5
+
+
+@pytest.mark.parametrize(("vips", "device", "peers", "message"), [
+    ((), "eth0", (), "no VIP"),
+    ((VIP,), "eth0; drop", (), "invalid peer device name"),
+    ((VIP,), "a-very-long-interface", (), "invalid peer device name"),
+    ((VIP,), "eth0", (P1, P1), "listed twice"),
+])
+def test_bad_rules_are_refused_naming_the_problem(vips: tuple[IPv4Address, ...], device: str,
+                                                   peers: tuple[IPv4Address, ...], message: str) -> None:
+    with pytest.raises(HandoffError, match=message):
+        HandoffRules(vips, device, peers)
+    assert issubclass(HandoffError, ActuatorError)
+
+
+def test_counters_are_read_from_nft_json() -> None:
+    listing = json.dumps({"nftables": [
+        {"metainfo": {"json_schema_version": 1}},
+        {"counter": {"family": "ip", "name": "strays", "table": handoff.TABLE, "packets": 7, "bytes": 400}},
+        {"counter": {"family": "ip", "name": "peer_accepted", "table": handoff.TABLE, "packets": 3, "bytes": 1}},
+        {"counter": {"family": "ip", "name": "strays", "table": "other", "packets": 99, "bytes": 1}},
+    ]})
+    assert handoff.parse_counters(listing) == {"strays": 7, "peer_accepted": 3, "peer_dropped": 0}
+    with pytest.raises(HandoffError, match="unreadable"):
+        handoff.parse_counters("not json")
+
+
+def test_peers_of_a_member_are_all_the_others() -> None:
+    addresses = {"b": P1, "a": P2, "c": IPv4Address("198.19.255.9")}
+    assert handoff.peers_of("a", addresses) == (P1, IPv4Address("198.19.255.9"))
+    assert handoff.unknown(["a", "x", "y"], addresses) == ["x", "y"]
+
+
+def test_the_lab_refuses_set_peers_when_handoff_is_off(tmp_path: Path) -> None:
+    orch = LabOrchestrator(LabOrchestratorConfig(lab="hou", dir=tmp_path))
+    assert orch.cfg.handoff is False
+    with pytest.raises(OrchestratorError, match="handoff is off"):
+        asyncio.run(orch.set_peers("web", ["a"]))
