@@ -96,10 +96,11 @@ class ApiConfig(Strict):
     anonymous_read: bool = False
     credentials: list[ApiCredential] = Field(default_factory=list)
 
-    @model_validator(mode="after")
-    def _unique(self) -> ApiConfig:
-        check_unique([c.name for c in self.credentials], [digest(c.token) for c in self.credentials])
-        return self
+    @field_validator("credentials")
+    @classmethod
+    def _unique(cls, credentials: list[ApiCredential]) -> list[ApiCredential]:
+        check_unique([c.name for c in credentials], [digest(c.token) for c in credentials])
+        return credentials
 
 
 class HaConfig(Strict):
