@@ -1,6 +1,6 @@
 """Heat mode of the `openstack` orchestrator: a pool is one Heat stack whose ResourceGroup holds the
-members (template: `deploy/heat/pool.yaml` + `member.yaml`, or the operator's own with the same
-parameters).
+members (template: `actuators/openstack/templates/heat/pool.yaml` + `member.yaml`, shipped as package
+data and used when `heat.template` is unset, or the operator's own with the same parameters).
 
 The driver keeps the group's membership in three stack parameters, so Heat itself is the durable
 record: `count`, `member_names` (group index → instance name; the nested template names each server
@@ -131,8 +131,8 @@ class HeatPools:
                 index = next_index(names, removed)
                 names[index] = name
                 params = {**await self.parameters(spec, opts, sname), **membership_parameters(names, removed)}
-                template, files = await self.d.call(f"{what}: read {heat.template}",
-                                                    self.d.api.template_contents, heat.template)
+                template, files = await self.d.call(f"{what}: read {heat.template_path}",
+                                                    self.d.api.template_contents, heat.template_path)
                 if stack is None:
                     await self.d.call(f"{what}: create the stack", self.d.api.create_stack, sname, template, files,
                                       params, heat.timeout_mins)

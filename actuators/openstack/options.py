@@ -7,6 +7,7 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from importlib import resources
 from ipaddress import IPv4Address
 from pathlib import Path
 from typing import Any, Literal, TypeVar
@@ -26,6 +27,8 @@ from actuators.openstack.userdata import (
 )
 
 T = TypeVar("T")
+# The Heat templates shipped as package data (pool.yaml uses member.yaml beside it).
+SHIPPED_HEAT_TEMPLATE = Path(str(resources.files("actuators.openstack") / "templates" / "heat" / "pool.yaml"))
 # Instance names become server names, hostnames and tag values: keep them plain.
 INSTANCE_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
 # Nova tags are at most 60 characters: "{prefix}-pool=" + a pool name (≤ 40) must fit.
@@ -52,10 +55,15 @@ class HeatOptions(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    template: Path = Field(description="the pool's HOT template (e.g. deploy/heat/pool.yaml)")
+    template: Path | None = Field(default=None,
+                                  description=f"the pool's HOT template; default: {SHIPPED_HEAT_TEMPLATE}")
     stack_name: str | None = Field(default=None, description="default: {tag_prefix}-{pool}")
     parameters: dict[str, Any] = Field(default_factory=dict, description="extra template parameters")
     timeout_mins: int = Field(default=30, ge=1)
+
+    @property
+    def template_path(self) -> Path:
+        return self.template or SHIPPED_HEAT_TEMPLATE
 
 
 class InstanceOptions(BaseModel):
@@ -222,7 +230,7 @@ class Refs:
 
 
 __all__ = [
-    "INSTANCE_NAME_RE", "STATUS_WORDS", "HeatOptions", "InstanceOptions", "OpenStackOrchestratorConfig", "Refs",
-    "ServerGroupOptions", "Tags", "check_instance_name", "endpoints_of", "instance_options", "operation_of",
-    "pick_zone",
+    "INSTANCE_NAME_RE", "SHIPPED_HEAT_TEMPLATE", "STATUS_WORDS", "HeatOptions", "InstanceOptions",
+    "OpenStackOrchestratorConfig", "Refs", "ServerGroupOptions", "Tags", "check_instance_name", "endpoints_of",
+    "instance_options", "operation_of", "pick_zone",
 ]

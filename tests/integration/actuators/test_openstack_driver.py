@@ -465,12 +465,9 @@ async def test_parallel_creates_of_one_pool(driver: OpenStackOrchestrator, cloud
 
 # ---- Heat mode ---------------------------------------------------------------------------------------
 
-POOL_TEMPLATE = Path(__file__).resolve().parents[3] / "deploy" / "heat" / "pool.yaml"
-
-
 @pytest.fixture
 def heat_spec(secrets_dir: Path) -> InstanceSpec:
-    return InstanceSpec(POOL, VIP, params(secrets_dir, networks=["lb-net"], heat={"template": str(POOL_TEMPLATE)}))
+    return InstanceSpec(POOL, VIP, params(secrets_dir, networks=["lb-net"], heat={}))
 
 
 def the_stack(cloud: FakeCloud) -> dict[str, Any]:

@@ -94,7 +94,8 @@ def installed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Installed]:
 
 def test_the_wheel_carries_the_files_loaded_at_run_time(installed: Installed) -> None:
     names = set(zipfile.ZipFile(installed.wheel).namelist())
-    for needed in ("actuators/openstack/templates/member.yaml.tmpl", "scaler/migrations/env.py",
+    for needed in ("actuators/openstack/templates/member.yaml.tmpl", "actuators/openstack/templates/heat/pool.yaml",
+                   "actuators/openstack/templates/heat/member.yaml", "scaler/migrations/env.py",
                    "scaler/migrations/script.py.mako"):
         assert needed in names
     assert any(n.startswith("scaler/migrations/versions/0001") for n in names)
