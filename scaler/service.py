@@ -267,9 +267,8 @@ class Service:
     async def _lead(self) -> None:
         """Start acting: resume half-done work and re-program the router from the store (first pass),
         report what the orchestrator has that the store does not, then run the jobs and the checks."""
-        now = self.clock()
-        for name, pool in self.pools.items():
-            self.store.ensure_pool(name, str(pool.vip), now)
+        await self.store.call(self.store.ensure_pools, {name: str(p.vip) for name, p in self.pools.items()},
+                              self.clock())
         await self.lifecycle.reconcile()
         self.last_run["reconcile"] = self.clock()
         await self.auditor.audit()
