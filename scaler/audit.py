@@ -165,7 +165,8 @@ class Auditor:
             if f.kind in ("unknown_instance", "inconsistent", "missing") and key in self._reported:
                 continue        # said once per process; the metric keeps counting them
             self._reported.add(key)
-            (log.error if f.kind == "list_failed" else log.warning)("audit: %s", f.message)
+            (log.error if f.kind == "list_failed" else log.warning)("audit: %s", f.message,
+                                                                    extra={"pool": f.pool, "member": f.instance})
             kind = "unknown_instance" if f.kind == "unknown_instance" else "audit"
             self.lc.store.add_event(f.pool, kind, f.message, now, member=f.instance)
         for (p, k), n in counts.items():

@@ -1,7 +1,11 @@
-"""Command line: `scaler run`, `scaler check`, `scaler policy check`, `scaler why`, `scaler reload`,
+"""Command line: `scaler run`, `scaler check`, `scaler policy check`, `scaler status`, `scaler why`,
+`scaler router`, `scaler cluster`, `scaler breaker`, `scaler reload`, `scaler signal-url`, `scaler simulate`,
 `scaler lab …`, `scaler demo`.
 
-Exit codes: 0 success, 1 failure at run time, 2 invalid configuration or usage.
+The commands that ask the running service (status, why, router, cluster, breaker, reload) reach its
+API by URL, by unix socket or through the address in scaler.yaml, with a bearer token read from a file
+(scaler.client); `--json` prints the API's JSON as it came. Exit codes: EXIT_CODES below, the same in
+`scaler --help` and the README.
 """
 
 from __future__ import annotations
@@ -12,16 +16,46 @@ import json
 import logging
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from scaler.client import (
+    ENV_API,
+    ENV_CACERT,
+    ENV_SOCKET,
+    ENV_TOKEN_FILE,
+    ApiClient,
+    ApiError,
+    ApiTarget,
+    InputError,
+    env,
+)
 from scaler.errors import ConfigError, ScalerError
+from scaler.logs import FORMATS as LOG_FORMATS
+from scaler.logs import setup_logging
 
+if TYPE_CHECKING:
+    import httpx
 
-def _setup_logging(verbose: bool) -> None:
-    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, stream=sys.stderr,
-                        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s")
-    for noisy in ("apscheduler", "httpx", "httpcore", "alembic"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
+# Every command exits with one of these (scripts, systemd's RestartPreventExitStatus=, monitoring).
+EXIT_OK = 0
+EXIT_PROBLEMS = 1       # problems in what the command was given or checked: fix the input, retrying will not help
+EXIT_USAGE = 2          # the command line does not parse (argparse's own code)
+EXIT_API = 3            # the service's API cannot be reached, refused the request (401/403) or answered an error
+EXIT_FAILED = 4         # failed while running (`scaler run` stopped on an error …): retrying may help
+EXIT_INTERRUPTED = 130  # Ctrl-C
+
+EXIT_CODES = f"""\
+exit codes:
+  {EXIT_OK}    success (check: everything is valid; status, why …: the answer was printed)
+  {EXIT_PROBLEMS}    problems in what the command was given or checked: invalid scaler.yaml or policy
+       files (check, policy check, run, simulate), a bad option value or recording, a pool
+       the service does not know, an unreadable token file, a policy reload the service rejected
+  {EXIT_USAGE}    the command line does not parse (unknown option, missing argument)
+  {EXIT_API}    the API cannot be reached, refused the request (401/403: no or a wrong token) or
+       answered with an error
+  {EXIT_FAILED}    failed while running: `scaler run` stopped on an error, Prometheus failed (simulate)
+  {EXIT_INTERRUPTED}  interrupted (Ctrl-C)
+"""
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -31,12 +65,27 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _policies_json(ok: bool, problems: list[str], pools: dict[str, Any]) -> None:
+    print(json.dumps({"ok": ok, "problems": problems, "pools": pools}, indent=2))
+
+
 def cmd_check(args: argparse.Namespace) -> int:
     from scaler.config import load_config, load_policies
     from scaler.service import REGISTRIES
 
-    cfg = load_config(Path(args.config), REGISTRIES)
-    policies = load_policies(cfg)
+    try:
+        cfg = load_config(Path(args.config), REGISTRIES)
+        policies = load_policies(cfg)
+    except ConfigError as exc:
+        if not args.json:
+            raise
+        _policies_json(False, exc.problems, {})
+        return EXIT_PROBLEMS
+    if args.json:
+        _policies_json(True, [], {name: {"vip": str(cfg.pools[name].vip), "min": pol.min, "max": pol.max,
+                                         "rules": len(pol.rules), "dry_run": pol.dry_run}
+                                  for name, pol in sorted(policies.items())})
+        return EXIT_OK
     for name, pol in sorted(policies.items()):
         print(f"{name}: vip {cfg.pools[name].vip}, min {pol.min}, max {pol.max}, {len(pol.rules)} rules"
               + (" (dry-run)" if pol.dry_run else ""))
@@ -57,16 +106,27 @@ def _service_config(path: str, required: bool) -> object | None:
 def cmd_policy_check(args: argparse.Namespace) -> int:
     from scaler.config import ServiceConfig, check_policy_paths
 
-    cfg = _service_config(args.config, required=args.config_given)
+    try:
+        cfg = _service_config(args.config, required=args.config_given)
+    except ConfigError as exc:
+        if not args.json:
+            raise
+        _policies_json(False, exc.problems, {})
+        return EXIT_PROBLEMS
     if cfg is None:
         print(f"note: {args.config} not found: pools and collectors are not checked (use -c)", file=sys.stderr)
     assert cfg is None or isinstance(cfg, ServiceConfig)
     policies, problems = check_policy_paths([Path(p) for p in args.paths], cfg)
+    if args.json:
+        _policies_json(not problems, problems, {} if problems else {
+            name: {"min": pol.min, "max": pol.max, "inputs": len(pol.inputs), "rules": len(pol.rules),
+                   "dry_run": pol.dry_run} for name, pol in sorted(policies.items())})
+        return EXIT_PROBLEMS if problems else EXIT_OK
     for problem in problems:
         print(problem)
     if problems:
         print(f"{len(problems)} problem{'s' if len(problems) != 1 else ''} found", file=sys.stderr)
-        return 1
+        return EXIT_PROBLEMS
     for name, pol in sorted(policies.items()):
         print(f"{name}: min {pol.min}, max {pol.max}, {len(pol.inputs)} inputs, {len(pol.rules)} rules"
               + (" (dry-run)" if pol.dry_run else ""))
@@ -74,28 +134,53 @@ def cmd_policy_check(args: argparse.Namespace) -> int:
     return 0
 
 
-def _api_base(args: argparse.Namespace) -> str:
-    if args.api:
-        return str(args.api).rstrip("/")
+def _api_target(args: argparse.Namespace) -> ApiTarget:
+    """Where the API is: --socket, --api, $SCALER_SOCKET, $SCALER_API, else api.host:port of -c's config
+    (a wildcard address asked on loopback); the token file from --token-file or $SCALER_TOKEN_FILE."""
+    token_file, token_from = args.token_file, "--token-file"
+    if not token_file and env(ENV_TOKEN_FILE):
+        token_file, token_from = env(ENV_TOKEN_FILE), ENV_TOKEN_FILE
+    common: dict[str, Any] = {"token_file": token_file, "token_from": token_from,
+                              "cacert": args.cacert or env(ENV_CACERT)}
+    socket = args.socket or (None if args.api else env(ENV_SOCKET))
+    if socket:
+        return ApiTarget(base="http://localhost", socket=socket, **common)
+    api = args.api or env(ENV_API)
+    if api:
+        if not str(api).startswith(("http://", "https://")):
+            raise InputError(f"--api {api}: not an http:// or https:// URL")
+        return ApiTarget(base=str(api).rstrip("/"), **common)
     from scaler.config import ServiceConfig
 
     cfg = _service_config(args.config, required=True)
     assert isinstance(cfg, ServiceConfig)
+    # The API's own unix socket when it serves one (whoever may open it may do everything: no token).
+    if cfg.api.socket is not None:
+        return ApiTarget(base="http://localhost", socket=str(cfg.resolve(cfg.api.socket)), **common)
     host = "127.0.0.1" if cfg.api.host in ("0.0.0.0", "::", "") else cfg.api.host
-    return f"http://{host}:{cfg.api.port}"
+    host = f"[{host}]" if ":" in host else host
+    scheme = "https" if cfg.api.tls is not None else "http"
+    return ApiTarget(base=f"{scheme}://{host}:{cfg.api.port}", **common)
+
+
+def _client(args: argparse.Namespace, timeout: float = 10.0) -> ApiClient:
+    return ApiClient(_api_target(args), timeout=timeout)
+
+
+def _print_json(r: httpx.Response | Any) -> None:
+    """The API's JSON as it came (one document, a newline after it); a part of one as JSON."""
+    import httpx
+
+    text = r.text if isinstance(r, httpx.Response) else json.dumps(r)
+    print(text if text.endswith("\n") else text + "\n", end="")
 
 
 def cmd_why(args: argparse.Namespace) -> int:
-    import httpx
-
-    base = _api_base(args)
-    try:
-        r = httpx.get(f"{base}/v1/pools/{args.pool}/why", params={"limit": args.n}, timeout=10, trust_env=False)
-    except httpx.HTTPError as exc:
-        raise ScalerError(f"cannot reach the scaler API at {base}: {exc}") from exc
-    if r.status_code != 200:
-        raise ScalerError(f"{base}: HTTP {r.status_code}: {r.text.strip()}")
-    print(r.text, end="")
+    with _client(args) as api:
+        if args.json:
+            _print_json(api.request("GET", f"/v1/pools/{args.pool}/decisions", params={"limit": args.n}))
+        else:
+            print(api.request("GET", f"/v1/pools/{args.pool}/why", params={"limit": args.n}).text, end="")
     return 0
 
 
@@ -118,25 +203,22 @@ def format_router(h: dict[str, Any], now: float) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _api_get(args: argparse.Namespace, path: str) -> Any:
-    """GET a JSON document from the running service's API; ScalerError naming the API if it fails."""
-    import httpx
-
-    base = _api_base(args)
-    try:
-        r = httpx.get(f"{base}{path}", timeout=10, trust_env=False)
-    except httpx.HTTPError as exc:
-        raise ScalerError(f"cannot reach the scaler API at {base}: {exc}") from exc
-    if r.status_code != 200:
-        raise ScalerError(f"{base}: HTTP {r.status_code}: {r.text.strip()}")
-    return r.json()
+def _api_get(args: argparse.Namespace, path: str, fmt: Any) -> int:
+    """GET a JSON document from the running service's API and print it: as it came with --json, else
+    as `fmt(document)` formats it."""
+    with _client(args) as api:
+        r = api.request("GET", path)
+    if args.json:
+        _print_json(r)
+    else:
+        print(fmt(r.json()), end="")
+    return 0
 
 
 def cmd_router(args: argparse.Namespace) -> int:
     import time
 
-    print(format_router(_api_get(args, "/v1/router"), time.time()), end="")
-    return 0
+    return _api_get(args, "/v1/router", lambda h: format_router(h, time.time()))
 
 
 def format_cluster(c: dict[str, Any]) -> str:
@@ -151,26 +233,55 @@ def format_cluster(c: dict[str, Any]) -> str:
 
 
 def cmd_cluster(args: argparse.Namespace) -> int:
-    print(format_cluster(_api_get(args, "/v1/cluster")), end="")
+    return _api_get(args, "/v1/cluster", format_cluster)
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    import time
+
+    from scaler.status import format_status
+
+    with _client(args) as api:
+        r = api.request("GET", "/v1/pools")
+        if args.json:
+            _print_json(r)
+            return 0
+        cluster = api.get_json("/v1/cluster")
+        policies = api.get_json("/v1/policies")
+    print(format_status(r.json(), time.time(), cluster=cluster, policies=policies), end="")
+    return 0
+
+
+def cmd_pause(args: argparse.Namespace) -> int:
+    import time
+
+    from scaler.status import paused_line
+
+    with _client(args) as api:
+        if args.pause_cmd == "pause":
+            r = api.request("POST", f"/v1/pools/{args.pool}/pause", json={"reason": args.reason or ""})
+        else:
+            r = api.request("POST", f"/v1/pools/{args.pool}/resume")
+    if args.json:
+        _print_json(r)
+    else:
+        pool = r.json()
+        print(paused_line(pool, time.time()) if pool.get("paused") else f"{args.pool}: not paused: decisions act")
     return 0
 
 
 def cmd_reload(args: argparse.Namespace) -> int:
-    import httpx
-
-    base = _api_base(args)
-    try:
-        r = httpx.post(f"{base}/v1/reload", timeout=30, trust_env=False)
-    except httpx.HTTPError as exc:
-        raise ScalerError(f"cannot reach the scaler API at {base}: {exc}") from exc
-    if r.status_code not in (200, 422):
-        raise ScalerError(f"{base}: HTTP {r.status_code}: {r.text.strip()}")
+    with _client(args, timeout=30) as api:
+        r = api.request("POST", "/v1/reload", ok=(200, 422))
     body = r.json()
+    if args.json:
+        _print_json(r)
+        return 0 if body["ok"] else EXIT_PROBLEMS
     if not body["ok"]:
         print("policy reload rejected; the previous policies keep running:", file=sys.stderr)
         for problem in body["problems"]:
             print(f"  {problem}", file=sys.stderr)
-        return 1
+        return EXIT_PROBLEMS
     print(f"reloaded; changed pools: {', '.join(body['changed']) or 'none'}")
     return 0
 
@@ -185,31 +296,33 @@ def cmd_signal_url(args: argparse.Namespace) -> int:
     cfg = _service_config(args.config, required=True)
     assert isinstance(cfg, ServiceConfig)
     if args.pool not in cfg.pools:
-        raise ScalerError(f"unknown pool {args.pool!r} (pools: {', '.join(sorted(cfg.pools))})")
+        raise InputError(f"unknown pool {args.pool!r} (pools: {', '.join(sorted(cfg.pools))})")
     base = args.base_url or f"http://{cfg.api.host}:{cfg.api.port}"
     try:
         ttl = parse_duration(args.ttl) if args.ttl else None
     except ValueError as exc:
-        raise ConfigError([f"--ttl: {exc}"]) from None
-    print(signal_url_for(cfg.alerts.signals, base, args.pool, args.action, time.time(), ttl_s=ttl, key_id=args.key))
+        raise InputError(f"--ttl: {exc}") from None
+    try:
+        url = signal_url_for(cfg.alerts.signals, base, args.pool, args.action, time.time(), ttl_s=ttl,
+                             key_id=args.key)
+    except ConfigError as exc:      # the configuration is valid, but does not allow what was asked
+        raise InputError("; ".join(exc.problems)) from None
+    print(url)
     return 0
 
 
 def cmd_breaker(args: argparse.Namespace) -> int:
-    import httpx
-
-    base = _api_base(args)
-    try:
+    with _client(args) as api:
         if args.breaker_cmd == "reset":
-            r = httpx.post(f"{base}/v1/pools/{args.pool}/breaker/reset", timeout=10, trust_env=False)
+            r = api.request("POST", f"/v1/pools/{args.pool}/breaker/reset")
+            body = r.json()
         else:
-            r = httpx.get(f"{base}/v1/pools/{args.pool}", timeout=10, trust_env=False)
-    except httpx.HTTPError as exc:
-        raise ScalerError(f"cannot reach the scaler API at {base}: {exc}") from exc
-    if r.status_code != 200:
-        raise ScalerError(f"{base}: HTTP {r.status_code}: {r.text.strip()}")
-    body = r.json()
-    print((body if args.breaker_cmd == "reset" else body["launch_breaker"])["summary"])
+            r = api.request("GET", f"/v1/pools/{args.pool}")
+            body = r.json()["launch_breaker"]
+    if args.json:
+        _print_json(r if args.breaker_cmd == "reset" else body)
+    else:
+        print(body["summary"])
     return 0
 
 
@@ -270,49 +383,103 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return asyncio.run(demo(router=args.router, keep=args.keep, name=args.name, scenario=args.scenario))
 
 
+def _api_options(json_output: bool = True) -> argparse.ArgumentParser:
+    """The options of the commands that ask the running service (a parent parser)."""
+    a = argparse.ArgumentParser(add_help=False)
+    g = a.add_argument_group("reaching the API")
+    g.add_argument("-c", "--config", default="scaler.yaml",
+                   help="scaler.yaml, for the API's address (api.host, api.port) when neither --api nor --socket "
+                   "is given (default ./scaler.yaml)")
+    g.add_argument("--api", metavar="URL", default=None,
+                   help=f"the API's base URL, e.g. https://scaler1:8750 (default: ${ENV_API})")
+    g.add_argument("--socket", metavar="PATH", default=None,
+                   help=f"the API's unix socket, on the scaler's host (default: ${ENV_SOCKET})")
+    g.add_argument("--token-file", metavar="FILE", default=None,
+                   help=f"send the token in FILE as 'Authorization: Bearer' (default: ${ENV_TOKEN_FILE})")
+    g.add_argument("--cacert", metavar="FILE", default=None,
+                   help=f"CA certificates (PEM) that sign the API's TLS certificate (default: ${ENV_CACERT}, "
+                   "else the system's)")
+    if json_output:
+        a.add_argument("--json", action="store_true", help="print the API's JSON as it came, not text")
+    return a
+
+
+def _fail(args: argparse.Namespace, message: str, problems: list[str] | None = None) -> None:
+    """Report why the command failed: on stderr, or as a log record when `run` logs JSON (so every line
+    of its output stays one JSON object)."""
+    if getattr(args, "fn", None) is cmd_run and args.log_format == "json":
+        extra = {"problems": problems} if problems else None
+        logging.getLogger("scaler").error("%s", message, extra=extra)
+        return
+    print(message if problems is None else f"{message}:", file=sys.stderr)
+    for problem in problems or []:
+        print(f"  {problem}", file=sys.stderr)
+
+
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="scaler", description="Autoscaler for HAProxy LB fleets on one ECMP VIP")
-    p.add_argument("-v", "--verbose", action="store_true")
-    sub = p.add_subparsers(dest="cmd", required=True)
+    from scaler import __version__
+
+    p = argparse.ArgumentParser(prog="scaler", description="Autoscaler for HAProxy LB fleets on one ECMP VIP",
+                                epilog=EXIT_CODES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--version", action="version", version=f"scaler {__version__}")
+    p.add_argument("-v", "--verbose", action="store_true", help="log DEBUG records too")
+    log_format_help = ("how log records are written to stderr: text (one line each) or json (one object per line: "
+                       "ts, level, logger, message, pool, member, operation, exc); default: $SCALER_LOG_FORMAT, "
+                       "else text")
+    p.add_argument("--log-format", choices=LOG_FORMATS, default=None, help=log_format_help)
+    sub = p.add_subparsers(dest="cmd", required=True, metavar="COMMAND")
 
     r = sub.add_parser("run", help="run the service")
     r.add_argument("-c", "--config", default="scaler.yaml")
+    r.add_argument("--log-format", choices=LOG_FORMATS, default=argparse.SUPPRESS, help=log_format_help)
     r.set_defaults(fn=cmd_run)
 
-    c = sub.add_parser("check", help="validate scaler.yaml and the policy files, then exit")
+    c = sub.add_parser("check", help="validate scaler.yaml and the policy files, then exit (1: problems found)")
     c.add_argument("-c", "--config", default="scaler.yaml")
+    c.add_argument("--json", action="store_true", help="print {ok, problems, pools} as JSON")
     c.set_defaults(fn=cmd_check)
 
     pol = sub.add_parser("policy", help="policy files: check")
     pol_sub = pol.add_subparsers(dest="policy_cmd", required=True)
-    pc = pol_sub.add_parser("check", help="validate policy files; every problem as FILE:LINE:COL: message")
+    pc = pol_sub.add_parser("check", help="validate policy files; every problem as FILE:LINE:COL: message "
+                            "(1: problems found)")
     pc.add_argument("paths", nargs="+", metavar="PATH", help="policy files or directories")
     pc.add_argument("-c", "--config", default=None,
                     help="scaler.yaml to check pools and collectors against (default: ./scaler.yaml if present)")
+    pc.add_argument("--json", action="store_true", help="print {ok, problems, pools} as JSON")
     pc.set_defaults(fn=cmd_policy_check)
 
-    w = sub.add_parser("why", help="the latest evaluations of a pool, explained (asks the running service)")
+    st = sub.add_parser("status", parents=[_api_options()],
+                        help="every pool at a glance: size, bounds, members, health, breaker, last decision "
+                        "(asks the running service)")
+    st.set_defaults(fn=cmd_status)
+
+    w = sub.add_parser("why", parents=[_api_options()],
+                       help="the latest evaluations of a pool, explained (asks the running service)")
     w.add_argument("pool")
     w.add_argument("-n", type=int, default=3, help="how many evaluations (default 3)")
-    w.add_argument("-c", "--config", default="scaler.yaml", help="to find the API address")
-    w.add_argument("--api", default=None, help="the API's base URL (instead of -c)")
     w.set_defaults(fn=cmd_why)
 
-    ro = sub.add_parser("router", help="the router driver's state: BGP speaker and sessions (asks the running "
-                        "service)")
-    ro.add_argument("-c", "--config", default="scaler.yaml", help="to find the API address")
-    ro.add_argument("--api", default=None, help="the API's base URL (instead of -c)")
+    ro = sub.add_parser("router", parents=[_api_options()],
+                        help="the router driver's state: BGP speaker and sessions (asks the running service)")
     ro.set_defaults(fn=cmd_router)
 
-    cl = sub.add_parser("cluster", help="which scaler leads: this one's role, the epoch, the leader, the lease "
-                        "(asks the running service)")
-    cl.add_argument("-c", "--config", default="scaler.yaml", help="to find the API address")
-    cl.add_argument("--api", default=None, help="the API's base URL (instead of -c)")
+    cl = sub.add_parser("cluster", parents=[_api_options()],
+                        help="which scaler leads: this one's role, the epoch, the leader, the lease (asks the "
+                        "running service)")
     cl.set_defaults(fn=cmd_cluster)
 
-    rl = sub.add_parser("reload", help="make the running service re-read its policy files (like SIGHUP)")
-    rl.add_argument("-c", "--config", default="scaler.yaml", help="to find the API address")
-    rl.add_argument("--api", default=None, help="the API's base URL (instead of -c)")
+    for name, text in (("pause", "pause a pool's decisions: evaluated and shown, they start nothing; health "
+                                 "checks keep withdrawing dead members (asks the running service)"),
+                       ("resume", "resume a paused pool's decisions (asks the running service)")):
+        pa = sub.add_parser(name, parents=[_api_options()], help=text)
+        pa.add_argument("pool")
+        if name == "pause":
+            pa.add_argument("--reason", default=None, help="why, for the events, `scaler status` and `scaler why`")
+        pa.set_defaults(fn=cmd_pause, pause_cmd=name)
+
+    rl = sub.add_parser("reload", parents=[_api_options()],
+                        help="make the running service re-read its policy files (like SIGHUP; 1: rejected)")
     rl.set_defaults(fn=cmd_reload)
 
     su = sub.add_parser("signal-url", help="print a signed URL that asks a pool to scale (for Aodh/Heat-style "
@@ -332,11 +499,10 @@ def main(argv: list[str] | None = None) -> int:
     add_simulate(sub.add_parser("simulate", help="replay recorded metrics through a policy: timeline, summary, "
                                 "plot"))
 
-    br = sub.add_parser("breaker", help="a pool's launch circuit breaker: show or reset (asks the running service)")
+    br = sub.add_parser("breaker", parents=[_api_options()],
+                        help="a pool's launch circuit breaker: show or reset (asks the running service)")
     br.add_argument("breaker_cmd", choices=["show", "reset"])
     br.add_argument("pool")
-    br.add_argument("-c", "--config", default="scaler.yaml", help="to find the API address")
-    br.add_argument("--api", default=None, help="the API's base URL (instead of -c)")
     br.set_defaults(fn=cmd_breaker)
 
     lab = sub.add_parser("lab", help="the network-namespace lab: up, down, status, load")
@@ -363,22 +529,29 @@ def main(argv: list[str] | None = None) -> int:
     d.set_defaults(fn=cmd_demo)
 
     args = p.parse_args(argv)
+    if args.log_format is None:
+        args.log_format = env("SCALER_LOG_FORMAT") or "text"
+        if args.log_format not in LOG_FORMATS:
+            p.error(f"SCALER_LOG_FORMAT={args.log_format}: one of {', '.join(LOG_FORMATS)}")
+    if getattr(args, "api", None) and getattr(args, "socket", None):
+        p.error("--api and --socket: give one of them")
     if getattr(args, "fn", None) is cmd_policy_check:
         args.config_given = args.config is not None
         args.config = args.config or "scaler.yaml"
-    _setup_logging(args.verbose)
+    setup_logging(args.log_format, args.verbose)
     try:
         return int(args.fn(args))
     except ConfigError as exc:
-        print("configuration is invalid:", file=sys.stderr)
-        for problem in exc.problems:
-            print(f"  {problem}", file=sys.stderr)
-        return 2
+        _fail(args, "configuration is invalid", exc.problems)
+        return EXIT_PROBLEMS
+    except (InputError, ApiError) as exc:
+        _fail(args, f"scaler: {exc}")
+        return exc.exit_code
     except ScalerError as exc:
-        print(f"scaler: {exc}", file=sys.stderr)
-        return 1
+        _fail(args, f"scaler: {exc}")
+        return EXIT_FAILED
     except KeyboardInterrupt:
-        return 130
+        return EXIT_INTERRUPTED
 
 
 if __name__ == "__main__":

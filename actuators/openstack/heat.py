@@ -139,7 +139,8 @@ class HeatPools:
                 else:
                     await self._update(what, sname, lambda s: self.d.api.update_stack(
                         s, template, files, params, heat.timeout_mins))
-                log.info("instance %s: stack %s updated to %d members (index %s)", name, sname, len(names), index)
+                log.info("instance %s: stack %s updated to %d members (index %s)", name, sname, len(names), index,
+                         extra={"pool": spec.pool, "member": name})
             server, ports = await self._wait_member(what, spec.pool, sname, name)
         address = next((p.addresses[0] for p in ports if p.addresses), None)
         if address is None:
@@ -200,7 +201,7 @@ class HeatPools:
         del names[index]
         removed.append(index)
         await self._update(what, sname, lambda s: self.d.api.patch_stack(s, membership_parameters(names, removed)))
-        log.info("instance %s: removed from stack %s (index %s)", name, sname, index)
+        log.info("instance %s: removed from stack %s (index %s)", name, sname, index, extra={"member": name})
         return True
 
     # delete

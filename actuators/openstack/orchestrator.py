@@ -170,7 +170,7 @@ class OpenStackOrchestrator:
                 return gid
             gid = await self.call(f"pool {pool}: create server group {name}", self.api.create_server_group,
                                   name, sg.policy)
-            log.info("pool %s: created server group %s (%s, %s)", pool, name, gid, sg.policy)
+            log.info("pool %s: created server group %s (%s, %s)", pool, name, gid, sg.policy, extra={"pool": pool})
             return gid
 
     # create
@@ -210,7 +210,8 @@ class OpenStackOrchestrator:
                     # retry (or the delete of the failed member) finds them by their tags.
                     await self._delete_free_ports(name)
                 raise
-            log.info("instance %s: server %s booting on %s (pool %s)", name, server_id, address, spec.pool)
+            log.info("instance %s: server %s booting on %s (pool %s)", name, server_id, address, spec.pool,
+                     extra={"pool": spec.pool, "member": name})
             return Instance(name, spec.pool, address, "building", endpoints_of(opts, name, address, server_id))
 
     async def _boot(self, spec: InstanceSpec, opts: InstanceOptions, name: str, refs: Refs,
@@ -266,7 +267,8 @@ class OpenStackOrchestrator:
                 if not p.device_id:
                     await self.call(f"instance {name}: delete port {p.id}", self.api.delete_port, p.id)
         except OrchestratorError as exc:     # the lifecycle's delete of the failed member retries it
-            log.warning("instance %s: ports not cleaned up after a refused create: %s", name, exc)
+            log.warning("instance %s: ports not cleaned up after a refused create: %s", name, exc,
+                        extra={"member": name})
 
     async def _keep_one(self, name: str, servers: Sequence[ServerInfo], ports: Sequence[PortInfo]) -> ServerInfo:
         """One server per name: keep the one on our ports (else the oldest), delete the others."""
@@ -276,7 +278,8 @@ class OpenStackOrchestrator:
         keep = sorted(servers, key=lambda s: (s.id not in bound, s.created or 0.0, s.id))[0]
         for s in servers:
             if s.id != keep.id:
-                log.warning("instance %s: deleting duplicate server %s (keeping %s)", name, s.id, keep.id)
+                log.warning("instance %s: deleting duplicate server %s (keeping %s)", name, s.id, keep.id,
+                            extra={"member": name})
                 await self.call(f"instance {name}: delete duplicate server {s.id}", self.api.delete_server, s.id)
         return keep
 
@@ -352,7 +355,8 @@ class OpenStackOrchestrator:
             for p in ports:
                 await self.call(f"{what}: delete port {p.id}", self.api.delete_port, p.id)
             if servers or ports:
-                log.info("instance %s: deleted %d server(s), %d port(s)", name, len(servers), len(ports))
+                log.info("instance %s: deleted %d server(s), %d port(s)", name, len(servers), len(ports),
+                         extra={"member": name})
         self._name_locks.pop(name, None)
 
     async def wait_gone(self, name: str, server_ids: Sequence[str]) -> None:

@@ -2,8 +2,9 @@
 report, the exit codes. The only module of the package that prints or exits; the work itself is done
 by `sources`, `backtest`, `report` and `plot`.
 
-Exit codes: 0 done, 1 the Prometheus server failed, 2 bad input (policy, CSV, query or option);
-every problem in a file is reported as FILE:LINE:COL: message.
+Exit codes (the same as every `scaler` command, scaler.cli): 0 done, 1 problems in the input (policy,
+CSV, query or option), 2 a command line argparse refused, 4 failed while running (the Prometheus server
+failed, the plot could not be written); every problem in a file is reported as FILE:LINE:COL: message.
 """
 
 from __future__ import annotations
@@ -40,7 +41,7 @@ CSV (blank lines and # comments skipped):
 value * recorded size / simulated members in service (same total load, spread evenly).
 
 Times (--from/--to): epoch seconds, ISO 8601, now, now-1h, or +10m (after the recording's start, or
-after --from). Exit codes: 0 done, 1 Prometheus failed, 2 bad input.
+after --from). Exit codes: 0 done, 1 bad input, 2 usage, 4 Prometheus failed or the plot not written.
 
 examples:
   scaler simulate --policy deploy/examples/policies/web.yaml --metrics deploy/examples/metrics/web.csv \\
@@ -197,10 +198,10 @@ def cmd_simulate(args: argparse.Namespace, out: Callable[[str], None] = print) -
     except ConfigError as exc:
         for problem in exc.problems:
             print(problem, file=sys.stderr)
-        return 2
+        return 1
     except ScalerError as exc:
         print(f"scaler simulate: {exc}", file=sys.stderr)
-        return 1
+        return 4
     summary = summarize(result)
     if args.json:
         out(json.dumps(to_json(result, summary, every=args.every_evaluation), indent=2, default=str))
@@ -212,7 +213,7 @@ def cmd_simulate(args: argparse.Namespace, out: Callable[[str], None] = print) -
             plot(result, Path(args.plot), title=f"pool {policy.name} ({args.policy}) on {recording.source}")
         except OSError as exc:
             print(f"scaler simulate: cannot write {args.plot}: {exc.strerror or exc}", file=sys.stderr)
-            return 1
+            return 4
         if not args.json:
             out(f"plot written to {args.plot}")
     return 0

@@ -167,7 +167,7 @@ def test_broken_config_stops_run_naming_file_line_and_key(tmp_path: Path) -> Non
     config.write_text(broken)
     run = subprocess.run([sys.executable, "-m", "scaler", "run", "-c", str(config)], capture_output=True,
                          text=True, timeout=60)
-    assert run.returncode == 2
+    assert run.returncode == 1
     assert f"{config}:{line}:5: router.options.idle_timer: unknown key" in run.stderr
 
     config.write_text(example)
@@ -175,5 +175,5 @@ def test_broken_config_stops_run_naming_file_line_and_key(tmp_path: Path) -> Non
     policy.write_text(policy.read_text().replace("for: 6s", "for: soon"))
     run = subprocess.run([sys.executable, "-m", "scaler", "run", "-c", str(config)], capture_output=True,
                          text=True, timeout=60)
-    assert run.returncode == 2
+    assert run.returncode == 1
     assert f"{policy}:22:9: pools.web.rules.0.for: not a duration: 'soon'" in run.stderr

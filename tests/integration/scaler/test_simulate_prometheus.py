@@ -87,24 +87,24 @@ def test_range_queries_replayed_through_the_policy(setup: Setup, capsys: pytest.
 
 
 def test_a_query_returning_several_series_is_named(setup: Setup, capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(args(setup, "--query", "up=up")) == 2
+    assert main(args(setup, "--query", "up=up")) == 1
     err = capsys.readouterr().err
     assert "--query up=up: returned 2 series, one is needed" in err and 'job="again"' in err
 
 
-def test_refused_credentials_exit_1(setup: Setup, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_refused_credentials_exit_4(setup: Setup, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     wrong = tmp_path / "wrong"
     wrong.write_text("wrong\n")
-    assert main(args(setup, "--query", "up=sum(up)", password=wrong)) == 1
+    assert main(args(setup, "--query", "up=sum(up)", password=wrong)) == 4
     assert "HTTP 401" in capsys.readouterr().err
 
 
 def test_bad_promql_is_bad_input(setup: Setup, capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(args(setup, "--query", "up=sum(up")) == 2
+    assert main(args(setup, "--query", "up=sum(up")) == 1
     assert "--query up=sum(up: Prometheus said bad_data" in capsys.readouterr().err
 
 
-def test_a_server_that_does_not_answer_exits_1(setup: Setup, capsys: pytest.CaptureFixture[str]) -> None:
+def test_a_server_that_does_not_answer_exits_4(setup: Setup, capsys: pytest.CaptureFixture[str]) -> None:
     url = f"http://127.0.0.1:{free_port()}"       # nothing listens there
-    assert main(args(setup, "--query", "up=sum(up)", url=url)) == 1
+    assert main(args(setup, "--query", "up=sum(up)", url=url)) == 4
     assert f"prometheus {url}: ConnectError" in capsys.readouterr().err

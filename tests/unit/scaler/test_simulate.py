@@ -2,7 +2,7 @@
 
 The decisions are checked against timelines computed by hand from the policy's `for`, cooldowns and
 the boot / drain delays; the shipped sample must produce a timeline and a PNG; every bad input names
-its file, line and column and exits 2."""
+its file, line and column and exits 1 (scaler.cli EXIT_CODES)."""
 
 from __future__ import annotations
 
@@ -285,7 +285,7 @@ def test_bad_csv_names_file_line_and_column(tmp_path: Path, capsys: pytest.Captu
     policy_path, _ = pool_of(tmp_path, STEPS)
     path = tmp_path / "bad.csv"
     path.write_text(csv)
-    assert main(["--policy", str(policy_path), "--metrics", str(path)]) == 2
+    assert main(["--policy", str(policy_path), "--metrics", str(path)]) == 1
     assert capsys.readouterr().err.splitlines() == [e.format(path=path) for e in expected]
 
 
@@ -300,7 +300,7 @@ def test_broken_policy_gives_the_same_messages_as_policy_check(tmp_path: Path, m
     monkeypatch.chdir(tmp_path)        # no ./scaler.yaml: policy check validates the file alone
     assert scaler_main(["policy", "check", str(bad)]) == 1
     checked = [ln for ln in capsys.readouterr().out.splitlines() if ln.startswith(str(bad))]
-    assert main(["--policy", str(bad), "--metrics", str(csv)]) == 2
+    assert main(["--policy", str(bad), "--metrics", str(csv)]) == 1
     err = capsys.readouterr().err.splitlines()
     assert err == checked and len(err) == 2
     assert err[0].startswith(f"{bad}:4:5: pools.t.max: ")
@@ -316,12 +316,12 @@ def test_broken_policy_gives_the_same_messages_as_policy_check(tmp_path: Path, m
         pytest.param(["--query", "load=up"], "--query goes with --prometheus", id="query without prometheus"),
     ],
 )
-def test_bad_options_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture[str], argv: list[str],
+def test_bad_options_exit_1(tmp_path: Path, capsys: pytest.CaptureFixture[str], argv: list[str],
                             message: str) -> None:
     policy_path, _ = pool_of(tmp_path, STEPS)
     csv = tmp_path / "load.csv"
     csv.write_text(steps_csv())
-    assert main(["--policy", str(policy_path), "--metrics", str(csv), *argv]) == 2
+    assert main(["--policy", str(policy_path), "--metrics", str(csv), *argv]) == 1
     assert message in capsys.readouterr().err
 
 
@@ -331,7 +331,7 @@ def test_a_file_with_several_pools_needs_pool(tmp_path: Path, capsys: pytest.Cap
     policy_path.write_text(two)
     csv = tmp_path / "load.csv"
     csv.write_text(steps_csv())
-    assert main(["--policy", str(policy_path), "--metrics", str(csv)]) == 2
+    assert main(["--policy", str(policy_path), "--metrics", str(csv)]) == 1
     assert "the file has pools t, u: choose one with --pool" in capsys.readouterr().err
     assert main(["--policy", str(policy_path), "--metrics", str(csv), "--pool", "u"]) == 0
     assert "simulating pool u" in capsys.readouterr().out
