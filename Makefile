@@ -9,9 +9,11 @@ PY := $(VENV)/bin/python
 # the tests start their own throwaway server (tests/support/postgres.py); the default cluster the
 # package may create is left alone and never started by us. systemd: systemd-analyze verify/security
 # and systemd-sysusers check deploy/systemd (nothing is started); promtool (prometheus) checks and
-# unit-tests deploy/prometheus.
+# unit-tests deploy/prometheus. chromium + chromium-driver: the web console's browser tests (headless,
+# through selenium).
 APT_PACKAGES := haproxy frr iproute2 procps psmisc curl ca-certificates python3-venv \
-	snmpd snmp prometheus prometheus-node-exporter prometheus-alertmanager nftables postgresql systemd
+	snmpd snmp prometheus prometheus-node-exporter prometheus-alertmanager nftables postgresql systemd \
+	chromium chromium-driver
 
 .PHONY: help deps system-deps venv demo demo-bgp demo-health test test-unit lint bench clean lab-down
 
