@@ -29,6 +29,7 @@ from scaler.alerts import AlertsConfig, alerts_router
 from scaler.auth import Operator, install, require_scope
 from scaler.breaker import BreakerOut, breaker_out, breaker_state, reset_breaker
 from scaler.config import ApiConfig, PoolConfig
+from scaler.console import console_router
 from scaler.explain import explain
 from scaler.metrics import Metrics
 from scaler.store import CAPACITY, DecisionRow, MemberState, Store, StoreError
@@ -236,6 +237,7 @@ def create_app(service: ServiceView, clock: Callable[[], float] = time.time, *,
             reads.routes.append(route)
     app.include_router(receivers)
     app.include_router(reads, dependencies=read)
+    app.include_router(console_router(service, clock))     # /console/: read-only web pages (scaler.console)
 
     def known(pool: str) -> None:
         if pool not in service.pools:
