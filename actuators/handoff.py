@@ -160,6 +160,33 @@ async def remove(ns: str | None, *, timeout_s: float = 15.0) -> None:
         raise HandoffError(f"handoff in {ns or 'this namespace'}: nft delete table: {err.strip()}")
 
 
+# A connection still needs its member while data it sent is not all acknowledged: HAProxy counts it
+# no more once it closed it, but the kernel may still hold megabytes of its response (measured: a
+# member deleted when HAProxy reported 0 connections cut slow responses and downloads short).
+OPEN_STATES = ("established", "syn-recv", "fin-wait-1", "close-wait", "last-ack", "closing")
+
+
+def open_flows_argv(vips: Iterable[IPv4Address]) -> list[str]:
+    """`ss` listing the TCP sockets on the VIPs that still carry data (one line each, no header)."""
+    addresses = sorted(vips)
+    if not addresses:
+        raise HandoffError("handoff: no VIP")
+    expr = [w for a in addresses for w in ("or", "src", str(a))][1:]
+    return ["ss", "-Htn", *(w for st in OPEN_STATES for w in ("state", st)), "(", *expr, ")"]
+
+
+async def open_flows(ns: str | None, vips: Iterable[IPv4Address], *, timeout_s: float = 15.0) -> int:
+    """How many of the member's TCP connections on its VIPs still carry data (see OPEN_STATES): a
+    draining member may go once this and its HAProxy's count are 0."""
+    try:
+        _, out, _ = await netns.run(open_flows_argv(vips), ns=ns, timeout_s=timeout_s)
+    except HandoffError:
+        raise
+    except ActuatorError as exc:
+        raise HandoffError(f"handoff in {ns or 'this namespace'}: {exc}") from exc
+    return sum(1 for line in out.splitlines() if line.strip())
+
+
 def peers_of(member: str, addresses: Mapping[str, IPv4Address]) -> tuple[IPv4Address, ...]:
     """Every other member's peer address: whom `member` copies its strays to."""
     return tuple(a for name, a in sorted(addresses.items()) if name != member)
@@ -178,10 +205,40 @@ class Peers(Protocol):
     async def set_peers(self, pool: str, members: Collection[str]) -> None: ...
 
 
+class PeerSync:
+    """What the scaler's lifecycle holds: calls `Peers.set_peers` for a pool only when its member set
+    changed since the last successful call (a failed pool is tried again on the next `sync`).
+
+    Call `sync` on every pass before the router is programmed, with every pool's announcing,
+    in-service and draining members: a joining member is then in every peer list before its route
+    exists, and a leaving one stays until it is withdrawn (after its connections ended)."""
+
+    def __init__(self, peers: Peers) -> None:
+        self.peers = peers
+        self._sent: dict[str, frozenset[str]] = {}
+
+    async def sync(self, pools: Mapping[str, Collection[str]]) -> dict[str, ActuatorError]:
+        """Push the pools whose set changed; returns the pools that failed, with their error."""
+        errors: dict[str, ActuatorError] = {}
+        for pool, members in sorted(pools.items()):
+            want = frozenset(members)
+            if self._sent.get(pool) == want:
+                continue
+            try:
+                await self.peers.set_peers(pool, sorted(want))
+            except ActuatorError as exc:
+                self._sent.pop(pool, None)
+                errors[pool] = exc
+            else:
+                self._sent[pool] = want
+        return errors
+
+
 def unknown(members: Iterable[str], known: Collection[str]) -> list[str]:
     """The members a `Peers` implementation was given but does not know, sorted."""
     return sorted(set(members) - set(known))
 
 
-__all__ = ["COUNTERS", "SYSCTLS", "TABLE", "HandoffError", "HandoffRules", "Peers", "apply", "counters",
-           "parse_counters", "peers_of", "remove", "render", "unknown"]
+__all__ = ["COUNTERS", "OPEN_STATES", "SYSCTLS", "TABLE", "HandoffError", "HandoffRules", "PeerSync", "Peers",
+           "apply", "counters", "open_flows", "open_flows_argv", "parse_counters", "peers_of", "remove", "render",
+           "unknown"]

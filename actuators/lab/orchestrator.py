@@ -584,6 +584,16 @@ class LabOrchestrator:
         except ActuatorError as exc:
             raise OrchestratorError(f"instance {name}: {exc}") from exc
 
+    async def handoff_open_flows(self, name: str) -> int:
+        """The instance's TCP connections on its VIP that still carry data (`actuators.handoff.open_flows`)."""
+        meta = self.read_meta(name)
+        if meta is None:
+            raise OrchestratorError(f"instance {name}: no such instance")
+        try:
+            return await handoff.open_flows(self.netns_of(name), (meta.vip,), timeout_s=self.cfg.command_timeout_s)
+        except ActuatorError as exc:
+            raise OrchestratorError(f"instance {name}: {exc}") from exc
+
     async def _ensure_backend(self, meta: InstanceMeta) -> None:
         p = self.paths(meta.name)
         argv = [self.cfg.python, "-m", "actuators.lab.backend", "--port", str(self.cfg.backend_port),

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections.abc import Collection
 from ipaddress import IPv4Address
 from pathlib import Path
 
@@ -87,6 +88,17 @@ def test_counters_are_read_from_nft_json() -> None:
         handoff.parse_counters("not json")
 
 
+def test_open_flows_lists_the_sockets_on_the_vips_that_still_carry_data() -> None:
+    argv = handoff.open_flows_argv([IPv4Address("198.19.0.2"), VIP])
+    assert argv[:2] == ["ss", "-Htn"]
+    states = [argv[i + 1] for i, w in enumerate(argv) if w == "state"]
+    assert "fin-wait-1" in states and "established" in states       # closed by HAProxy, data in flight
+    assert "time-wait" not in states and "fin-wait-2" not in states  # every byte acknowledged
+    assert argv[argv.index("("):] == ["(", "src", "198.19.0.1", "or", "src", "198.19.0.2", ")"]
+    with pytest.raises(HandoffError, match="no VIP"):
+        handoff.open_flows_argv([])
+
+
 def test_peers_of_a_member_are_all_the_others() -> None:
     addresses = {"b": P1, "a": P2, "c": IPv4Address("198.19.255.9")}
     assert handoff.peers_of("a", addresses) == (P1, IPv4Address("198.19.255.9"))
@@ -95,6 +107,42 @@ def test_peers_of_a_member_are_all_the_others() -> None:
 
 def test_the_lab_refuses_set_peers_when_handoff_is_off(tmp_path: Path) -> None:
     orch = LabOrchestrator(LabOrchestratorConfig(lab="hou", dir=tmp_path))
-    assert orch.cfg.handoff is False
+    peers: handoff.Peers = orch          # the lab orchestrator is the lab's Peers (checked by mypy)
+    assert orch.cfg.handoff is False and peers is orch
     with pytest.raises(OrchestratorError, match="handoff is off"):
         asyncio.run(orch.set_peers("web", ["a"]))
+
+
+class RecordingPeers:
+    """A `Peers` that records its calls and fails for the pools told to."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, list[str]]] = []
+        self.failing: set[str] = set()
+
+    async def set_peers(self, pool: str, members: Collection[str]) -> None:
+        self.calls.append((pool, list(members)))
+        if pool in self.failing:
+            raise OrchestratorError(f"pool {pool}: b: unreachable")
+
+
+def test_peer_sync_pushes_a_pool_only_when_its_members_changed() -> None:
+    peers = RecordingPeers()
+    sync = handoff.PeerSync(peers)
+    assert asyncio.run(sync.sync({"web": ["b", "a"], "api": ["x"]})) == {}
+    assert peers.calls == [("api", ["x"]), ("web", ["a", "b"])]
+    asyncio.run(sync.sync({"web": ["a", "b"], "api": ["x"]}))
+    assert len(peers.calls) == 2, "nothing changed: nothing sent"
+    asyncio.run(sync.sync({"web": ["a", "b", "c"], "api": ["x"]}))
+    assert peers.calls[2:] == [("web", ["a", "b", "c"])]
+
+
+def test_peer_sync_retries_a_pool_that_failed() -> None:
+    peers = RecordingPeers()
+    peers.failing.add("web")
+    sync = handoff.PeerSync(peers)
+    errors = asyncio.run(sync.sync({"web": ["a", "b"]}))
+    assert list(errors) == ["web"] and "unreachable" in str(errors["web"])
+    peers.failing.clear()
+    assert asyncio.run(sync.sync({"web": ["a", "b"]})) == {}
+    assert peers.calls == [("web", ["a", "b"]), ("web", ["a", "b"])]
