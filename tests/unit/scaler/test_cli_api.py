@@ -264,3 +264,22 @@ def test_tls_with_the_ca_given(service: Service, access: ApiConfig, tokens: dict
         assert (code, out, err) == (0, "this scaler (?): leader, epoch 1, leader unknown\n", "")
         code, _, err = run(capsys, "cluster", "--api", https, "--token-file", str(tokens["viewer"]))
         assert code == 3 and "CERTIFICATE_VERIFY_FAILED" in err and "pass the CA with --cacert FILE" in err
+
+
+def test_pause_and_resume(api: str, tokens: dict[str, Path], capsys: pytest.CaptureFixture[str]) -> None:
+    ops = ("--api", api, "--token-file", str(tokens["ops"]))
+    code, _, err = run(capsys, "pause", "web", "--api", api, "--token-file", str(tokens["viewer"]))
+    assert code == 3 and "does not allow this" in err
+    code, out, err = run(capsys, "pause", "web", "--reason", "maintenance", *ops)
+    assert (code, err) == (0, "")
+    assert re.fullmatch(r"web: paused by api \(ops\) (just now|\d+s ago): maintenance — decisions start nothing "
+                        r"\(`scaler resume web`\)\n", out), out
+    code, out, _ = run(capsys, "status", *ops)
+    lines = out.splitlines()
+    assert lines[1].split()[6] == "PAUSED" and lines[2].split()[-3:] == ["no", "none", "yet"]
+    assert " open     yes     hold at 1" in lines[3]
+    assert [ln for ln in lines if ln.startswith("web: paused by api (ops)")]
+    code, out, _ = run(capsys, "resume", "web", "--json", *ops)
+    assert code == 0 and json.loads(out)["paused"] is None
+    assert run(capsys, "resume", "web", *ops) == (0, "web: not paused: decisions act\n", "")
+    assert "PAUSED" not in run(capsys, "status", *ops)[1]
