@@ -41,7 +41,7 @@ from scaler.health import HealthChecker
 from scaler.leader import Leadership, NotLeader, SoleLeader, leadership_for
 from scaler.lifecycle import Lifecycle
 from scaler.metrics import LeaderMetrics, Metrics, RouterHealthMetrics
-from scaler.store import Store
+from scaler.store import EventRow, Store
 
 log = logging.getLogger("scaler")
 
@@ -144,9 +144,8 @@ class Service:
             self.metrics.policy_valid.set(0)
             log.error("policy reload (%s) rejected, the previous policies keep running:\n  %s", trigger,
                       "\n  ".join(exc.problems))
-            for pool in self.pools:
-                self.store.add_event(pool, "policy_rejected", f"policy reload ({trigger}) rejected, previous "
-                                     f"policy keeps running: {'; '.join(exc.problems)}", now)
+            self._events([(pool, "policy_rejected", f"policy reload ({trigger}) rejected, previous policy keeps "
+                                 f"running: {'; '.join(exc.problems)}") for pool in self.pools], now)
             self.last_reload = result
             return result
         changed = sorted(name for name in set(new) | set(self.policies) if new.get(name) != self.policies.get(name))
@@ -160,14 +159,38 @@ class Service:
         if changed:
             self.metrics.policy_loaded.set(now)
             log.info("policy reload (%s): applied, changed pools: %s", trigger, ", ".join(changed))
-            for pool in changed:
-                pol = new[pool]
-                self.store.add_event(pool, "policy_applied", f"policy reloaded ({trigger}): min {pol.min}, "
-                                     f"max {pol.max}, {len(pol.rules)} rules" + (", dry-run" if pol.dry_run else ""),
-                                     now)
+            self._events([(pool, "policy_applied", f"policy reloaded ({trigger}): min {pol.min}, max {pol.max}, "
+                           f"{len(pol.rules)} rules" + (", dry-run" if pol.dry_run else ""))
+                          for pool in changed if (pol := new.get(pool)) is not None], now)
         result = ReloadResult(True, trigger, now, changed=changed)
         self.last_reload = result
         return result
+
+    def _events(self, events: list[tuple[str, str, str]], now: float) -> None:
+        """A reload's events (pool, kind, message), in one transaction. On the event loop (SIGHUP, the
+        file watch) they go to the store's thread without waiting: a reload of 1,000 pools must not
+        hold the loop (and the leader's lease renewal) for 1,000 round trips. From the API's threads,
+        written before the answer."""
+        def write() -> None:
+            with self.store.session() as s:
+                s.add_all([EventRow(at=now, pool=pool, kind=kind, message=message) for pool, kind, message in events])
+                s.commit()
+
+        if not events:
+            return
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            write()
+            return
+        task = loop.create_task(self.store.call(write), name="reload-events")
+        self._tasks.add(task)
+        task.add_done_callback(self._reload_events_done)
+
+    def _reload_events_done(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("storing the policy reload's events failed: %s", task.exception())
 
     def _max_of(self, pool: str, now: float) -> int | None:
         policy = self.policies.get(pool)
