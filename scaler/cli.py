@@ -409,7 +409,7 @@ def _fail(args: argparse.Namespace, message: str, problems: list[str] | None = N
     of its output stays one JSON object)."""
     if getattr(args, "fn", None) is cmd_run and args.log_format == "json":
         extra = {"problems": problems} if problems else None
-        logging.getLogger("scaler").error("%s", message, extra=extra)
+        logging.getLogger("scaler").error("%s", message.removeprefix("scaler: "), extra=extra)
         return
     print(message if problems is None else f"{message}:", file=sys.stderr)
     for problem in problems or []:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import logging
 import re
+import socket
 from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
@@ -139,3 +140,25 @@ def test_run_with_json_logs_reports_an_invalid_config_as_one_json_record(
 def test_the_formatter_keeps_a_message_that_is_not_a_string() -> None:
     record = logging.LogRecord("scaler", logging.INFO, __file__, 1, {"a": 1}, None, None)
     assert json.loads(JsonFormatter().format(record))["message"] == "{'a': 1}"
+
+
+def test_run_with_json_logs_ends_a_start_up_failure_with_one_json_record_and_exit_4(
+        logs: None, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / "policies").mkdir()
+    (tmp_path / "policies" / "web.yaml").write_text(
+        "pools:\n  web:\n    min: 1\n    max: 2\n    inputs: {s: {source: haproxy, metric: current_sessions}}\n"
+        "    rules: [{name: busy, input: s, above: 12, adjust: 1}]\n")
+    config = tmp_path / "scaler.yaml"
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        config.write_text(f"store: {{url: 'sqlite:///{tmp_path}/s.db'}}\napi: {{host: 127.0.0.1, port: {port}}}\n"
+                          "policy_dir: policies\norchestrator: {driver: fake}\nrouter: {driver: fake}\n"
+                          "collectors: {haproxy: {driver: haproxy, target: {url: 'http://{address}:8404/metrics'}}}\n"
+                          "pools:\n  web: {vip: 198.19.0.1}\n")
+        assert main(["--log-format", "json", "run", "-c", str(config)]) == 4
+    records = json_lines(capsys.readouterr().err)
+    failed = [r for r in records if r["level"] == "ERROR"]
+    assert len(failed) == 1 and failed[0]["logger"] == "scaler"
+    assert failed[0]["message"].startswith(f"api: cannot listen on 127.0.0.1:{port}: the address is already in use")
