@@ -6,12 +6,15 @@ tests independent of each other.
 
 from __future__ import annotations
 
+import platform
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, PlatformCollector, ProcessCollector
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
+
+from scaler import __version__
 
 SESSION_STATES = ("down", "connected", "up", "synced")
 
@@ -55,6 +58,18 @@ class Metrics:
                                    "When the running policy was loaded", registry=r)
         self.drain_seconds = Histogram("scaler_drain_seconds", "Time from drain start to withdrawal",
                                        ["pool"], registry=r, buckets=(1, 2, 5, 10, 20, 30, 60, 120, 300))
+        # The pool's effective bounds (schedules applied) at its latest evaluation, beside
+        # scaler_pool_desired_members: the dashboards draw size vs desired vs bounds.
+        self.bounds = Gauge("scaler_pool_bounds_members", "The pool's effective min and max at its latest "
+                            "evaluation (schedules applied)", ["pool", "bound"], registry=r)
+        # Which scaler answers (dashboards, alert rules joining on version), and the process itself:
+        # process_* (CPU, memory, file descriptors, start time) and python_info in this registry, not
+        # only in prometheus_client's global one, which GET /metrics does not serve.
+        build = Gauge("scaler_build_info", "Always 1; the labels say which scaler this is",
+                      ["version", "python"], registry=r)
+        build.labels(__version__, platform.python_version()).set(1)
+        ProcessCollector(registry=r)
+        PlatformCollector(registry=r)
 
 
 class RouterHealthMetrics(Collector):

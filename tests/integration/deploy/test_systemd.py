@@ -111,3 +111,12 @@ def test_the_units_check_command_accepts_the_production_example(tmp_path: Path) 
     assert (program, command) == (SHIPPED_PROGRAM, "run")
     usage = subprocess.run([PROGRAM, command, "--help"], capture_output=True, text=True, timeout=60)
     assert usage.returncode == 0 and all(o in usage.stdout for o in options if o.startswith("-")), usage.stdout
+
+
+def test_exits_that_a_restart_cannot_fix_are_not_restarted() -> None:
+    from scaler.cli import EXIT_PROBLEMS, EXIT_USAGE
+
+    unit = (UNIT_DIR / "scaler.service").read_text()
+    kept = re.search(r"^RestartPreventExitStatus=(.*)$", unit, re.M)
+    assert kept is not None and re.search(r"^Restart=on-failure$", unit, re.M)
+    assert {int(c) for c in kept.group(1).split()} == {EXIT_PROBLEMS, EXIT_USAGE}   # not EXIT_FAILED
