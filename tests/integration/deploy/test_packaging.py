@@ -13,6 +13,7 @@ that view: the core install must not need them.
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -31,8 +32,9 @@ pytestmark = pytest.mark.integration
 
 ROOT = Path(__file__).resolve().parents[3]
 SOURCES = ("pyproject.toml", "README.md", "scaler", "collectors", "policies", "actuators")
-# The extras' packages (pyproject.toml [project.optional-dependencies]) and our own editable install.
-HIDDEN = ("scaler-", "__editable__", "psycopg", "openstack", "exabgp", "matplotlib", "mpl_toolkits")
+# Our own editable install, and the extras' packages (pyproject.toml [project.optional-dependencies]).
+OURS = ("scaler-", "__editable__")
+HIDDEN = (*OURS, "psycopg", "openstack", "exabgp", "matplotlib", "mpl_toolkits")
 
 
 @dataclass(frozen=True)
@@ -62,34 +64,46 @@ def build_wheel(tmp: Path) -> Path:
     return wheels[0]
 
 
-def dependency_view(tmp: Path) -> Path:
-    """Links to the dev virtualenv's installed packages, without scaler itself and the extras."""
+def dependency_view(tmp: Path, hidden: tuple[str, ...]) -> Path:
+    """Links to the dev virtualenv's installed packages but those whose names start with `hidden`."""
     site = Path(sysconfig.get_paths()["purelib"])
-    view = tmp / "deps"
+    view = tmp / f"deps-{len(hidden)}"
     view.mkdir()
     for entry in site.iterdir():
-        if entry.suffix == ".pth" or entry.name.lower().startswith(HIDDEN) or entry.name == "__pycache__":
+        if entry.suffix == ".pth" or entry.name.lower().startswith(hidden) or entry.name == "__pycache__":
             continue
         (view / entry.name).symlink_to(entry.resolve())
     return view
+
+
+def new_venv(tmp: Path, name: str, hidden: tuple[str, ...]) -> Path:
+    """A fresh virtualenv seeing the dev virtualenv's packages but `hidden`; returns its python."""
+    venv = tmp / name
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True, timeout=120)
+    python = venv / "bin" / "python"
+    site = subprocess.run([str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+                          check=True, capture_output=True, text=True).stdout.strip()
+    (Path(site) / "dev-dependencies.pth").write_text(f"{dependency_view(tmp, hidden)}\n")
+    return python
+
+
+def pip_install(python: Path, wheel: Path, requirement: str) -> subprocess.CompletedProcess[str]:
+    """pip (the dev virtualenv's) installing into `python`'s environment, from `wheel`'s directory only."""
+    return subprocess.run([sys.executable, "-m", "pip", "--python", str(python), "install", "--no-index",
+                           "--find-links", str(wheel.parent), requirement], capture_output=True, text=True,
+                          timeout=300)
 
 
 @pytest.fixture(scope="module")
 def installed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Installed]:
     tmp = tmp_path_factory.mktemp("packaging")
     wheel = build_wheel(tmp)
-    venv = tmp / "venv"
-    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True, timeout=120)
-    python = venv / "bin" / "python"
-    site = subprocess.run([str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
-                          check=True, capture_output=True, text=True).stdout.strip()
-    (Path(site) / "dev-dependencies.pth").write_text(f"{dependency_view(tmp)}\n")
-    done = subprocess.run([sys.executable, "-m", "pip", "--python", str(python), "install", "--no-index",
-                           "--find-links", str(wheel.parent), "scaler"], capture_output=True, text=True, timeout=300)
+    python = new_venv(tmp, "venv", HIDDEN)
+    done = pip_install(python, wheel, "scaler")
     assert done.returncode == 0, done.stdout + done.stderr
     work = tmp / "elsewhere"
     work.mkdir()
-    yield Installed(venv, wheel, work)
+    yield Installed(python.parent.parent, wheel, work)
 
 
 def test_the_wheel_carries_the_files_loaded_at_run_time(installed: Installed) -> None:
@@ -145,3 +159,20 @@ except OrchestratorError as exc:
     done = installed.run(str(installed.venv / "bin" / "python"), "-c", script)
     assert done.returncode == 0, done.stderr
     assert "needs openstacksdk" in done.stdout and "pip install 'scaler[openstack]'" in done.stdout
+
+
+def test_an_extra_is_not_part_of_the_core_install(installed: Installed) -> None:
+    """psycopg is not visible to this virtualenv, so asking for the extra must fail, offline."""
+    done = pip_install(installed.venv / "bin" / "python", installed.wheel, "scaler[postgresql]")
+    assert done.returncode != 0 and "psycopg" in done.stdout + done.stderr, done.stdout + done.stderr
+
+
+def test_the_all_extra_resolves_to_what_the_drivers_import(installed: Installed,
+                                                            tmp_path: Path) -> None:
+    python = new_venv(tmp_path, "venv-all", OURS)
+    done = pip_install(python, installed.wheel, "scaler[all]")
+    assert done.returncode == 0, done.stdout + done.stderr
+    for package in ("psycopg", "openstacksdk", "exabgp", "matplotlib"):
+        assert re.search(rf"Requirement already satisfied: {package}\b", done.stdout, re.I), package
+    imports = installed.run(str(python), "-c", "import psycopg, openstack, exabgp, matplotlib")
+    assert imports.returncode == 0, imports.stderr
