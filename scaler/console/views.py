@@ -78,6 +78,11 @@ class DecisionView:
     why: str                    # scaler.explain's text, as `scaler why` prints it
     repeats: int = 1            # identical evaluations folded into this one (the oldest at `first_at`)
     first_at: float | None = None
+    first_id: int | None = None     # the oldest one's id: what names the entry across refreshes
+
+    @property
+    def key(self) -> str:
+        return f"d{self.first_id if self.first_id is not None else self.id}"
 
     def words(self, now: float) -> str:
         """'scale out 2 → 3 (12s ago): busy: sessions 31 > 20 for 30s' — the decision in one line."""
@@ -223,7 +228,7 @@ def decision_list(store: Store, pool: str, now: float) -> list[DecisionView]:
         if (prev is not None and prev.outcome == d.outcome == "hold" and prev.reason == d.reason
                 and prev.current == d.current and prev.desired == d.desired):
             prev.repeats += 1
-            prev.first_at = d.at
+            prev.first_at, prev.first_id = d.at, d.id
             continue
         if len(out) == DECISIONS_SHOWN:
             break
