@@ -22,6 +22,14 @@ new epoch as its own. Three guards follow (docs/design.md, "High availability"):
    write or the write sees the bump), and is refused otherwise: a frozen leader that resumes
    after a takeover writes nothing, and so starts nothing.
 
+The lock session runs in a thread of its own, with its own event loop: the service's loop, busy
+for a second or two with a large fleet's tick on a loaded machine, does not delay the renewals past
+the lease (it did: leaderships were lost, and with the bgp driver each loss restarts ExaBGP). The
+service's loop still proves it runs: a heartbeat every `renew_s`; a loop that has not run for
+`stall_s` (max(10 s, 5 x lease)) is taken for stuck and the leadership is given up — a process that
+holds the lock but cannot act must not keep the fleet without a leader — and a stuck process does
+not campaign.
+
 When its own inputs fail: a lost database connection is a lost lease (the process becomes a
 follower and keeps campaigning); a database that refuses the campaign query leaves the process a
 follower. Nothing here touches a router or an orchestrator: the service stops its jobs on a loss.
@@ -34,6 +42,7 @@ import contextlib
 import logging
 import os
 import socket
+import threading
 import time
 import uuid
 from collections.abc import Awaitable, Callable
@@ -154,11 +163,19 @@ class PostgresLeader:
     """Leader election on PostgreSQL (see the module doc for the timings)."""
 
     def __init__(self, url: str, *, lease_s: float = 2.0, renew_s: float | None = None,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 stall_s: float | None = None, clock: Callable[[], float] = time.monotonic) -> None:
         self.url = url
         self.lease_s = lease_s
         self.renew_s = renew_s if renew_s is not None else lease_s / 3
+        # How long the service's event loop may go without running before this process gives the
+        # leadership up (or stops campaigning): busy for a moment is no reason to hand over, stuck is.
+        self.stall_s = stall_s if stall_s is not None else max(10.0, 5 * lease_s)
         self.clock = clock
+        # The lock session lives in a thread of its own with its own event loop (`run`): a service
+        # loop busy with a large fleet for a second or two does not delay the renewals past the lease.
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+        self._beat = clock()             # monotonic: the service's loop last ran (its heartbeat)
         self.me = identity()
         self.epoch: int | None = None
         self._conn: Any = None
@@ -189,13 +206,110 @@ class PostgresLeader:
     # --- campaign ----------------------------------------------------------------------------------
 
     async def run(self, on_lead: Callable[[], Awaitable[None]], on_lose: Callable[[], Awaitable[None]]) -> None:
+        """Campaign and renew in the lock session's own thread; `on_lead` / `on_lose` run on the
+        caller's loop, in order. Cancelled: the campaign stops (after `on_lose` if it led) and the
+        session is left as it is — `close` ends it."""
+        main = asyncio.get_running_loop()
+
+        def on_main(cb: Callable[[], Awaitable[None]], *, wait: bool) -> Callable[[], Awaitable[None]]:
+            # In order on the service's loop. `on_lead` is not waited for: the renewals go on while
+            # that loop is busy. `on_lose` is: no campaign again before the jobs stopped.
+            async def call() -> None:
+                fut = asyncio.run_coroutine_threadsafe(_call(cb), main)
+                if wait:
+                    await asyncio.wrap_future(fut)
+            return call
+
+        loop = self._start_thread()
+        done: asyncio.Future[None] = main.create_future()
+        inner: list[asyncio.Task[None]] = []
+        stopping = False
+
+        def set_done() -> None:
+            if not done.done():
+                done.set_result(None)
+
+        def finished(_: object = None) -> None:
+            main.call_soon_threadsafe(set_done)
+
+        # Both run on the session's loop, one after the other: a cancel never misses the start.
+        def begin() -> None:
+            if stopping:
+                finished()
+                return
+            task = loop.create_task(self._campaign_loop(on_main(on_lead, wait=False), on_main(on_lose, wait=True)))
+            task.add_done_callback(finished)
+            inner.append(task)
+
+        def stop() -> None:
+            nonlocal stopping
+            stopping = True
+            if inner:
+                inner[0].cancel()
+            else:
+                finished()
+
+        self._beat = self.clock()
+        loop.call_soon_threadsafe(begin)
+        heartbeat = main.create_task(self._heartbeat())
+        try:
+            await asyncio.shield(done)
+        finally:
+            heartbeat.cancel()
+            loop.call_soon_threadsafe(stop)
+            # The campaign's own `on_lose` runs on this loop: wait for it (bounded).
+            with contextlib.suppress(BaseException):
+                await asyncio.wait_for(asyncio.shield(done), self.lease_s + 5)
+
+    async def _heartbeat(self) -> None:
+        while True:
+            self._beat = self.clock()
+            await asyncio.sleep(self.renew_s)
+
+    def _stalled(self) -> float | None:
+        """How long the service's loop has not run, if longer than `stall_s`."""
+        quiet = self.clock() - self._beat
+        return quiet if quiet > self.stall_s else None
+
+    def _start_thread(self) -> asyncio.AbstractEventLoop:
+        if self._loop is None:
+            loop = asyncio.new_event_loop()
+
+            def serve() -> None:
+                asyncio.set_event_loop(loop)
+                try:
+                    loop.run_forever()
+                finally:
+                    loop.close()
+
+            # A daemon: a lock session stuck on a silent database never keeps the process alive.
+            self._thread = threading.Thread(target=serve, name="leader", daemon=True)
+            self._thread.start()
+            self._loop = loop
+        return self._loop
+
+    async def _in_thread(self, coro: Awaitable[None]) -> None:
+        """Run a coroutine touching the lock session on the session's loop (or here if none)."""
+        if self._loop is None or not self._loop.is_running():
+            await coro
+            return
+        await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(_call(lambda: coro), self._loop))
+
+    async def _campaign_loop(self, on_lead: Callable[[], Awaitable[None]],
+                             on_lose: Callable[[], Awaitable[None]]) -> None:
         leading = False
         try:
             while True:
                 started = self.clock()
+                stalled = self._stalled()
                 if self.epoch is None:
                     leading = False
-                    await self._campaign()
+                    if stalled is None:     # a stuck service must not take the leadership
+                        await self._campaign()
+                elif stalled is not None:
+                    leading = False
+                    await self._lose(on_lose, f"the service's event loop has not run for {stalled:.1f} s "
+                                              f"(more than {self.stall_s:g} s): handing over")
                 elif not await self._renew(started):
                     leading = False
                     await self._lose(on_lose, "the lock session was lost or did not answer")
@@ -293,13 +407,20 @@ class PostgresLeader:
     async def resign(self) -> None:
         # The lock goes with the session; the campaign loop then competes again like a follower.
         log.error("resigning the leadership (epoch %s)", self.epoch)
-        await self._drop_connection()
         self.epoch, self._valid_until, self._acts_from, self._since = None, 0.0, float("inf"), None
+        await self._in_thread(self._drop_connection())
 
     async def close(self) -> None:
         # Closing the session releases the lock at once: a clean stop hands over without waiting.
-        await self._drop_connection()
         self.epoch = None
+        await self._in_thread(self._drop_connection())
+        loop, self._loop = self._loop, None
+        if loop is not None and loop.is_running():
+            loop.call_soon_threadsafe(loop.stop)
+
+
+async def _call(cb: Callable[[], Awaitable[None]]) -> None:
+    await cb()
 
 
 def leadership_for(url: str, lease_s: float = 2.0) -> Leadership:

@@ -233,3 +233,28 @@ async def test_a_leader_that_resigns_hands_over(store: Store, postgres_url: str)
         assert not old.leader.may_act() and old.leader.epoch is None
         await eventually(lambda: new.leader.may_act(), timeout_s=10, interval_s=0.05, what="takeover")
         assert new.leader.epoch == 2
+
+
+async def test_a_busy_service_loop_keeps_the_leadership_and_a_stuck_one_hands_it_over(
+        store: Store, postgres_url: str) -> None:
+    """The lock session renews in a thread of its own: the service's event loop busy for longer than
+    the lease (a large fleet's tick on a loaded machine) loses nothing. Busy for longer than
+    `stall_s`, the process is taken for stuck and gives the leadership up."""
+    async with campaigners(postgres_url, 2) as cs:
+        for c in cs:
+            c.leader.stall_s = 4 * LEASE
+        await eventually(lambda: len(leaders(cs)) == 1, timeout_s=10, what="one leader")
+        [lead] = leaders(cs)
+        [other] = [c for c in cs if c is not lead]
+        epoch = lead.leader.epoch
+        time.sleep(2.5 * LEASE)  # noqa: ASYNC251  (on purpose: the whole event loop blocked)
+        assert lead.leader.may_act() and lead.leader.epoch == epoch and lead.lost == []
+        await asyncio.sleep(LEASE)
+        assert leaders(cs) == [lead] and other.leader.epoch is None
+
+        time.sleep(4 * LEASE + 2 * LEASE / 3 + 0.2)  # noqa: ASYNC251  (stuck past stall_s)
+        assert lead.leader.epoch is None and not lead.leader.may_act()
+        await eventually(lambda: lead.lost, timeout_s=5, what="on_lose called")
+        # Both campaigners share this test's loop, so either may win the next election once it runs.
+        await eventually(lambda: len(leaders(cs)) == 1, timeout_s=10, interval_s=0.05, what="a new leader")
+        assert leaders(cs)[0].leader.epoch == epoch + 1         # type: ignore[operator]
