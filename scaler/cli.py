@@ -14,6 +14,7 @@ import argparse
 import asyncio
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -154,8 +155,9 @@ def _api_target(args: argparse.Namespace) -> ApiTarget:
 
     cfg = _service_config(args.config, required=True)
     assert isinstance(cfg, ServiceConfig)
-    # The API's own unix socket when it serves one (whoever may open it may do everything: no token).
-    if cfg.api.socket is not None:
+    # The API's own unix socket when it serves one and this user may connect to it (whoever may, may do
+    # everything: no token); else its TCP address (from another host, or a user outside the socket's group).
+    if cfg.api.socket is not None and os.access(cfg.resolve(cfg.api.socket), os.R_OK | os.W_OK):
         return ApiTarget(base="http://localhost", socket=str(cfg.resolve(cfg.api.socket)), **common)
     host = "127.0.0.1" if cfg.api.host in ("0.0.0.0", "::", "") else cfg.api.host
     host = f"[{host}]" if ":" in host else host

@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 import json
 import re
+import socket
 import tomllib
 from importlib.metadata import version
 from pathlib import Path
@@ -98,7 +99,11 @@ def test_where_the_api_is(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> No
     config = copy_examples(tmp_path)
     text = config.read_text()
     assert "  socket: scaler.sock " in text       # the lab example: the socket, relative to scaler.yaml
-    assert target(["-c", str(config)]) == cli.ApiTarget(base="http://localhost", socket=str(tmp_path / "scaler.sock"))
+    assert target(["-c", str(config)]) == cli.ApiTarget(base="http://127.0.0.1:8750")    # not there: TCP
+    with socket.socket(socket.AF_UNIX) as served:
+        served.bind(str(tmp_path / "scaler.sock"))
+        assert target(["-c", str(config)]) == cli.ApiTarget(base="http://localhost",
+                                                            socket=str(tmp_path / "scaler.sock"))
     text = re.sub(r"(?m)^  socket: .*\n", "", text)
     config.write_text(text)
     assert target(["-c", str(config)]) == cli.ApiTarget(base="http://127.0.0.1:8750")
