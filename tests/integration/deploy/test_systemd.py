@@ -8,12 +8,16 @@ import os
 import re
 import shlex
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
+import httpx
 import pytest
 
+from scaler.lab.demo import free_port
 from tests.support.production import install
 
 pytestmark = pytest.mark.integration
@@ -120,3 +124,92 @@ def test_exits_that_a_restart_cannot_fix_are_not_restarted() -> None:
     kept = re.search(r"^RestartPreventExitStatus=(.*)$", unit, re.M)
     assert kept is not None and re.search(r"^Restart=on-failure$", unit, re.M)
     assert {int(c) for c in kept.group(1).split()} == {EXIT_PROBLEMS, EXIT_USAGE}   # not EXIT_FAILED
+
+
+# ---- the service under the unit's process restrictions ------------------------------------------
+# Not systemd (not PID 1 here), but the restrictions that could stop a Python service from starting,
+# applied the same way: no capability at all (bounding, inheritable, ambient), no new privileges, and
+# MemoryDenyWriteExecute, which systemd does with seccomp and the kernel does with PR_SET_MDWE (no
+# mapping may become writable and executable: ctypes' callbacks need libffi's static trampolines).
+
+SANDBOXED_CONFIG = """\
+store: {{url: "sqlite:///{tmp}/scaler.db"}}
+api:
+  host: 127.0.0.1
+  port: {port}
+  credentials: [{{name: prometheus, token: {{file: {tmp}/read-token}}, scopes: [read]}}]
+policy_dir: policies
+orchestrator: {{driver: fake, options: {{boot_probes: 0}}}}
+router: {{driver: fake}}
+collectors:
+  haproxy:
+    driver: haproxy
+    target: {{url: "http://localhost/metrics", uds: "{tmp}/none/{{instance}}.sock"}}
+pools:
+  web: {{vip: 198.19.0.1, boot_timeout: 10s, drain_timeout: 1s}}
+"""
+SANDBOXED_POLICY = """\
+pools:
+  web:
+    min: 1
+    max: 2
+    inputs:
+      sessions: {source: haproxy, metric: current_sessions}
+    rules:
+      - {name: busy, input: sessions, above: 12, adjust: +1}
+"""
+PR_SET_MDWE, PR_MDWE_REFUSE_EXEC_GAIN = 65, 1
+READ_TOKEN = "a-read-token-of-enough-length-0123456789"
+
+
+def _deny_write_execute() -> None:
+    """In the child before exec: PR_SET_MDWE is kept across execve."""
+    import ctypes
+
+    if ctypes.CDLL(None, use_errno=True).prctl(PR_SET_MDWE, PR_MDWE_REFUSE_EXEC_GAIN, 0, 0, 0) != 0:
+        raise OSError(ctypes.get_errno(), "prctl(PR_SET_MDWE)")
+
+
+def test_the_service_runs_without_capabilities_and_without_writable_code(tmp_path: Path) -> None:
+    port = free_port()
+    (tmp_path / "policies").mkdir()
+    (tmp_path / "policies" / "web.yaml").write_text(SANDBOXED_POLICY)
+    (tmp_path / "read-token").write_text(f"{READ_TOKEN}\n")
+    config = tmp_path / "scaler.yaml"
+    config.write_text(SANDBOXED_CONFIG.format(tmp=tmp_path, port=port))
+    restricted = ["setpriv", "--no-new-privs", "--inh-caps=-all", "--ambient-caps=-all", "--bounding-set=-all"]
+    probe = ("import ctypes; print(ctypes.CDLL(None).prctl(66, 0, 0, 0, 0)); "      # PR_GET_MDWE
+             "print(open('/proc/self/status').read())")
+    seen = subprocess.run([*restricted, sys.executable, "-c", probe], capture_output=True, text=True, timeout=60,
+                          preexec_fn=_deny_write_execute)
+    assert seen.returncode == 0, seen.stderr
+    mdwe, status = seen.stdout.split("\n", 1)
+    assert mdwe == str(PR_MDWE_REFUSE_EXEC_GAIN)
+    assert re.search(r"^CapBnd:\s+0+$", status, re.M) and re.search(r"^NoNewPrivs:\s+1$", status, re.M)
+
+    log = (tmp_path / "scaler.log").open("w")
+    proc = subprocess.Popen([*restricted, sys.executable, "-m", "scaler", "run", "-c", str(config)], stdout=log,
+                            stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd=ROOT,
+                            preexec_fn=_deny_write_execute)
+    try:
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}", trust_env=False) as c:
+            for _ in range(300):
+                assert proc.poll() is None, (tmp_path / "scaler.log").read_text()[-3000:]
+                try:
+                    if c.get("/healthz").status_code == 200:
+                        break
+                except httpx.TransportError:
+                    pass
+                time.sleep(0.1)
+            else:
+                raise AssertionError("no /healthz within 30 s: " + (tmp_path / "scaler.log").read_text()[-3000:])
+            metrics = c.get("/metrics", headers={"Authorization": f"Bearer {READ_TOKEN}"})
+            assert metrics.status_code == 200
+            assert "scaler_build_info{" in metrics.text and "process_open_fds " in metrics.text
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=30) == 0, (tmp_path / "scaler.log").read_text()[-3000:]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        log.close()
