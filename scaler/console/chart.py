@@ -15,6 +15,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from html import escape
+from typing import NamedTuple
 
 WIDTH = 960
 LEFT = 56               # room for the y labels
@@ -27,8 +28,7 @@ BUCKET_PX = 2
 TICK_STEPS = (60, 300, 600, 900, 1800, 3600, 7200, 10800, 21600, 43200, 86400)
 
 
-@dataclass(frozen=True)
-class Point:
+class Point(NamedTuple):
     at: float
     value: float | None
 

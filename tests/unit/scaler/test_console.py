@@ -17,7 +17,7 @@ from sqlalchemy import event
 
 from scaler.api import create_app
 from scaler.config import ApiConfig, PoolConfig
-from scaler.console import COOKIE, chart
+from scaler.console import COOKIE, chart, views
 from scaler.store import Store
 from tests.support import console as seed
 from tests.support.api import NOW, OPS_TOKEN, READ_TOKEN, WRONG_TOKEN, View, api_config, bearer
@@ -307,3 +307,8 @@ def test_render_draws_gaps_thresholds_and_marks_with_their_reason() -> None:
     assert svg.count('<line class="mark out"') == 2 and svg.count('<polygon class="marker out"') == 1
     empty = chart.render([chart.Panel("input t", [])], [], 0, 30)
     assert "no data in this window" in empty
+
+
+def test_inputs_are_parsed_together_and_a_bad_row_reads_as_none() -> None:
+    assert views._inputs(['{"s": 1.5}', None, '{"s": null}']) == [{"s": 1.5}, {}, {"s": None}]
+    assert views._inputs(['{"s": 2}', "not json", "[1]"]) == [{"s": 2}, {}, {}]
