@@ -515,6 +515,9 @@ class PoolPolicy(Strict):
     name: Name = Field(description="the pool's name; filled from the key under `pools:`")
     min: int = Field(ge=0)
     max: int = Field(ge=1)
+    standby: int = Field(default=0, ge=0, le=1000,
+                         description="warm standby members: booted, health-checked, not announced, taken "
+                                     "first by a scale-out or a replacement; not counted toward max")
     inputs: dict[str, Input]
     rules: list[Rule] = Field(min_length=1)
     cooldown: Cooldown = Cooldown()

@@ -32,7 +32,8 @@ from scaler.config import ApiConfig, PoolConfig
 from scaler.console import console_router
 from scaler.explain import explain
 from scaler.metrics import Metrics
-from scaler.store import CAPACITY, DecisionRow, MemberState, Store, StoreError
+from scaler.rollout import outdated, progress
+from scaler.store import CAPACITY, DecisionRow, MemberState, OpKind, Store, StoreError
 
 
 class ServiceView(Protocol):
@@ -84,6 +85,8 @@ class MemberOut(BaseModel):
     health_reason: str | None = None
     check: dict[str, Any] | None = Field(None, description="last check: at, result, detail, latency_ms, "
                                          "consecutive failures and successes")
+    template: str | None = Field(None, description="the pool's instance template it was created with "
+                                 "(another than the pool's: outdated, `scaler rollout` replaces it)")
 
 
 class DecisionOut(BaseModel):
@@ -130,6 +133,34 @@ class PoolOut(BaseModel):
     paused: PauseOut | None = Field(None, description="set while an operator has paused the pool: decisions "
                                     "are evaluated and stored but start nothing; dead members are still "
                                     "withdrawn, not replaced")
+    standby: int = Field(0, description="warm standby members ready (booted, checked, not announced; not in "
+                         "size, not counted toward max)")
+    standby_wanted: int | None = Field(None, description="the policy's standby")
+    template: str = Field("", description="the pool's current instance template (hash of its instance: options)")
+    outdated: int = Field(0, description="members in service or standby on another template")
+
+
+class RolloutIn(BaseModel):
+    surge: int = Field(1, ge=1, le=100, description="members replaced at a time")
+
+
+class RolloutOut(BaseModel):
+    operation: str
+    state: str = Field(description="running, done or failed")
+    template: str = Field(description="the template members are replaced with")
+    surge: int
+    outdated: list[str] = Field(description="members in service still on another template (left to replace)")
+    outdated_standby: list[str]
+    in_flight: list[str] = Field(description="new members on their way into service")
+    draining: list[str] = Field(description="old members being drained and deleted")
+    replaced: int = Field(description="old members drained so far")
+    new_in_service: int
+    failed_launches: int
+    stops_after_failed_launches: int
+    paused: bool
+    started: str | None
+    finished: str | None
+    error: str | None
 
 
 class PauseOut(BaseModel):
@@ -213,10 +244,11 @@ def create_app(service: ServiceView, clock: Callable[[], float] = time.time, *,
         return PoolOut(
             name=name, vip=str(cfg.vip), min=policy.min if policy else None, max=policy.max if policy else None,
             dry_run=policy.dry_run if policy else False,
-            size=sum(1 for m in members if MemberState(m.state) in CAPACITY),
+            size=sum(1 for m in members if MemberState(m.state) in CAPACITY and not m.standby),
             members=[MemberOut(instance=m.instance, state=m.state, address=m.address, since=iso(m.state_since),
                                error=m.error, health=m.health, health_since=iso(m.health_since),
-                               health_reason=m.health_reason, check=service.member_check(m.id)) for m in members],
+                               health_reason=m.health_reason, check=service.member_check(m.id),
+                               template=m.template) for m in members],
             operation=None if op is None else OperationOut(
                 id=op.id, kind=op.kind, state=op.state, from_size=op.from_size, to_size=op.to_size,
                 reason=op.reason, started=iso(op.created_at), finished=iso(op.finished_at), error=op.error),
@@ -224,7 +256,16 @@ def create_app(service: ServiceView, clock: Callable[[], float] = time.time, *,
             launch_breaker=breaker_out(breaker_state(service.store, name, clock()), clock()),
             health_panic=service.health_panic(name),
             paused=pause_out(service.store.pool(name)),
+            standby=sum(1 for m in members if m.state == MemberState.STANDBY),
+            standby_wanted=policy.standby if policy else None, template=cfg.instance_template(),
+            outdated=sum(len(x) for x in outdated(members, cfg.instance_template())),
         )
+
+    def rollout_out(name: str, op: Any) -> RolloutOut:
+        p = progress(service.store, op, service.pools[name].instance_template()).as_dict()
+        row = service.store.pool(name)
+        return RolloutOut.model_validate({**p, "paused": row is not None and row.paused_at is not None,
+                                          "started": iso(op.created_at), "finished": iso(op.finished_at)})
 
     # Alarm receivers: they only record alarms (durably) and never scale inside a request. They
     # check their own credentials; their read (a pool's alarms) needs `read` like the other reads.
@@ -321,6 +362,37 @@ def create_app(service: ServiceView, clock: Callable[[], float] = time.time, *,
         except StoreError as exc:
             raise HTTPException(409, str(exc)) from exc
         return pool_out(pool)
+
+    @app.post("/v1/pools/{pool}/rollout", status_code=201)
+    def rollout_start(pool: str, who: Operator, body: RolloutIn | None = None) -> RolloutOut:
+        """Replace every member on another instance template than the pool's current one (`scaler
+        rollout POOL`): `surge` new members at a time, each old member drained only once a new one
+        is in service. Persisted: a restarted scaler resumes it. Stops when the launch breaker opens
+        or after surge + 2 failed launches (the old members keep serving). 409: another operation
+        runs, or no member is outdated."""
+        known(pool)
+        surge = body.surge if body else 1
+        template = service.pools[pool].instance_template()
+        members = service.store.members(pool)
+        serving, standby = outdated(members, template)
+        if not serving and not standby:
+            raise HTTPException(409, f"pool {pool}: every member is on the current template {template}: "
+                                     f"nothing to roll out")
+        size = sum(1 for m in members if MemberState(m.state) in CAPACITY and not m.standby)
+        try:
+            op = service.store.start_rollout(pool, surge, template, len(serving) + len(standby), size,
+                                             f"api ({who.name})", clock())
+        except StoreError as exc:
+            raise HTTPException(409, str(exc)) from exc
+        return rollout_out(pool, op)
+
+    @app.get("/v1/pools/{pool}/rollout", dependencies=read)
+    def rollout_status(pool: str) -> RolloutOut | None:
+        """The pool's running rollout, else its last one: what is left, in flight, replaced, failed
+        (null: the pool has had none)."""
+        known(pool)
+        op = service.store.last_operation(pool, OpKind.ROLLOUT)
+        return None if op is None else rollout_out(pool, op)
 
     @app.post("/v1/pools/{pool}/breaker/reset")
     def breaker_reset(pool: str, who: Operator) -> BreakerOut:

@@ -9,6 +9,8 @@ own config model, so an error inside `orchestrator.options` still names its line
 
 from __future__ import annotations
 
+import hashlib
+import json
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address
@@ -205,6 +207,12 @@ class RebalanceConfig(Strict):
     window: Duration = Field(default=30.0, ge=0)
 
 
+def instance_template(options: Mapping[str, Any]) -> str:
+    """12 hex digits of the SHA-256 of the options as canonical JSON (sorted keys, no spaces)."""
+    blob = json.dumps(dict(options), sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:12]
+
+
 class PoolConfig(Strict):
     """A pool's infrastructure. What makes it grow or shrink lives in the policy files."""
 
@@ -230,6 +238,12 @@ class PoolConfig(Strict):
     # in deploy/cloud-init). A router that moves idle flows (kernel resilient mode) must wait longer.
     max_client_silence: PositiveDuration = 30.0
     rebalance: RebalanceConfig = RebalanceConfig()
+
+    def instance_template(self) -> str:
+        """The pool's versioned instance template: a short, stable hash of its `instance:` options
+        (JSON, sorted keys). Recorded on each member at its create call (Member.template); a member
+        on another hash is outdated, and `scaler rollout` replaces it."""
+        return instance_template(self.instance)
 
     @field_validator("drain_grace")
     @classmethod

@@ -35,7 +35,7 @@ from scaler.breaker import breaker_state, breaker_states, hold_for_breaker
 from scaler.config import CollectorConfig, PoolConfig
 from scaler.leader import NotLeader
 from scaler.metrics import Metrics
-from scaler.store import CAPACITY, DecisionRow, Member, MemberState, Pool, Store, StoreError, dumps
+from scaler.store import CAPACITY, STANDBY_EARLY, DecisionRow, Member, MemberState, Pool, Store, StoreError, dumps
 
 log = logging.getLogger("scaler.engine")
 
@@ -260,8 +260,10 @@ class Engine:
     # --- evaluation -------------------------------------------------------------------------------
 
     def pool_state(self, pool: str, members: list[Member], reads: PoolReads | None = None) -> PoolState:
-        current = sum(1 for m in members if MemberState(m.state) in CAPACITY)
-        failed = sum(1 for m in members if m.state == MemberState.FAILED)
+        current = sum(1 for m in members if MemberState(m.state) in CAPACITY and not m.standby)
+        # Standby members (ready or booting) are not capacity and do not count toward max, nor do
+        # failed ones that were booting for the standby.
+        failed = sum(1 for m in members if m.state == MemberState.FAILED and not m.standby)
         op, row, _ = reads if reads is not None else self._read_pool(pool, self.clock())
         return PoolState(current=current, toward_max=current + failed,
                          busy=f"{op.kind.replace('_', '-')} {op.id}" if op else None,
@@ -301,7 +303,47 @@ class Engine:
         holds: list[dict[str, Any]] = []
         started = [self._record(pool, d, mine, now, holds) for pool, d, mine in decided]
         self.store.add_decisions(holds)
-        return any(started)
+        # Standby after the decisions: a scale-out that took standby members is replenished at once.
+        members = self.store.members() if any(started) else [m for _, _, mine in decided for m in mine]
+        replenished = self._standby(members, now)
+        return any(started) or replenished
+
+    def _standby(self, members: list[Member], now: float) -> bool:
+        """Keep each pool's warm standby at its policy's `standby`: boot the missing members (one
+        standby operation per pool at a time, never blocking a decision; not while the launch
+        breaker is open, the pool is paused or the policy is a dry run), delete the extra ready
+        ones, newest first. True if a standby operation started."""
+        by_pool = members_by_pool(members)
+        wanted = {pool: p.standby for pool, p in self.policies.items()}
+        if not any(wanted.values()) and not any(m.state == MemberState.STANDBY for m in members):
+            return False        # the usual fleet: no query
+        running = self.store.running_standby()
+        rows = {p.name: p for p in self.store.pools()}
+        breakers = breaker_states(self.store, list(wanted), now)
+        started = False
+        for pool, n in wanted.items():
+            row = rows.get(pool)
+            if row is None or row.paused_at is not None or self.policies[pool].dry_run:
+                continue
+            mine = by_pool.get(pool, [])
+            ready = [m for m in mine if m.state == MemberState.STANDBY]
+            booting = [m for m in mine if m.standby and MemberState(m.state) in STANDBY_EARLY]
+            have = len(ready) + len(booting)
+            try:
+                if have < n and pool not in running and not breakers[pool].open:
+                    self.store.start_standby(pool, n - have, len(ready),
+                                             f"standby {have} → {n} (policy standby: {n})", now)
+                    log.info("%s: booting %d standby members (%d of %d)", pool, n - have, have, n)
+                    started = True
+                elif len(ready) > n and have > n:
+                    extra = sorted(ready, key=lambda m: (m.created_at, m.id), reverse=True)[:min(len(ready) - n,
+                                                                                                have - n)]
+                    self.store.drop_standby(extra, f"policy standby lowered to {n}", now)
+            except StoreError as exc:
+                if isinstance(exc, NotLeader):
+                    raise
+                log.info("%s: standby waits: %s", pool, exc)
+        return started
 
     def evaluate(self) -> dict[str, Decision]:
         """One evaluation of every pool, the store read and written on the calling thread."""
@@ -339,8 +381,9 @@ class Engine:
             context=dumps(self._context(pool, d)), op_id=None)
         try:
             if d.acts and d.outcome is Outcome.SCALE_OUT:
+                cfg = self.pools.get(pool)
                 self.store.start_scale_out(pool, d.desired - d.current, d.current, d.reason, now,
-                                           DecisionRow(**values))
+                                           DecisionRow(**values), cfg.instance_template() if cfg else None)
             elif d.acts and d.outcome is Outcome.SCALE_IN:
                 victims = self.victims(members, d.current - d.desired)
                 self.store.start_scale_in(pool, victims, d.current, d.reason, now, DecisionRow(**values))

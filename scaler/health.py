@@ -42,8 +42,9 @@ from scaler.store import Member, MemberState, Store
 
 log = logging.getLogger("scaler.health")
 
-# Members whose health is checked: the ones a router may send flows to.
-CHECKED = frozenset({MemberState.ANNOUNCING, MemberState.IN_SERVICE, MemberState.DRAINING})
+# Members whose health is checked: the ones a router may send flows to, and the warm standby (a
+# standby member found down is failed, deleted and booted again; it never had a route).
+CHECKED = frozenset({MemberState.ANNOUNCING, MemberState.IN_SERVICE, MemberState.DRAINING, MemberState.STANDBY})
 # Members a replacement may stand in for (a draining one is leaving anyway).
 REPLACEABLE = frozenset({MemberState.ANNOUNCING, MemberState.IN_SERVICE})
 
@@ -308,8 +309,9 @@ class HealthChecker:
         now = self.clock()
         changes = [c for m, out in zip(checked, outcomes, strict=True)
                    if (c := self._observe(pool, cfg, m, out)) is not None]
-        healths = {m.id: Health(m.health) for m in members}
-        healths.update({m.id: after for m, _, after, _ in changes})
+        # Panic is about the routed members: standby members neither cause nor hide it.
+        healths = {m.id: Health(m.health) for m in members if m.state != MemberState.STANDBY}
+        healths.update({m.id: after for m, _, after, _ in changes if m.state != MemberState.STANDBY})
         panic = self._panic_reason(cfg, list(healths.values()))
         if not changes and pool in self.panic and panic == self.panic[pool] and all(
                 m.health != Health.DOWN for m in members):
@@ -361,7 +363,9 @@ class HealthChecker:
             kind = "HTTP check" if cfg.type == "http" else "TCP check"
             reason = f"{kind} failed {cfg.fall} times (fall {cfg.fall}): {out.detail}"
             self.metrics.withdrawals.labels(pool, _reason_label(out.detail)).inc()
-            event = f"{m.instance} unhealthy: {reason}: " + ("kept routed (pool in panic)" if panic else "withdrawn")
+            event = f"{m.instance} unhealthy: {reason}: " + (
+                "standby, never routed: failed" if m.state == MemberState.STANDBY else
+                "kept routed (pool in panic)" if panic else "withdrawn")
             log.warning("pool %s: %s", pool, event)
         else:
             reason = f"{cfg.rise} checks passed (rise {cfg.rise}): {out.detail}"
@@ -397,6 +401,13 @@ class HealthChecker:
         never in panic, never above the pool's max."""
         if self.panic.get(pool):
             return False
+        for m in members:
+            if m.state == MemberState.STANDBY and m.health == Health.DOWN and (
+                    (now_m := self.store.member(m.id)) is not None and now_m.state == MemberState.STANDBY):
+                # Serves nobody: failed at once (then deleted), and the engine boots another.
+                self.store.transition(m.id, MemberState.FAILED, now,
+                                      error=f"standby member found down: {m.health_reason}")
+                log.warning("pool %s: standby member %s is down: failed (%s)", pool, m.instance, m.health_reason)
         for m in sorted(members, key=lambda m: (m.health_since or 0.0, m.id)):
             if m.health != Health.DOWN or MemberState(m.state) not in REPLACEABLE:
                 continue
@@ -405,8 +416,8 @@ class HealthChecker:
             down_for = now - (m.health_since or now)
             if down_for < cfg.replace_after and not flaps:
                 continue
-            size = sum(1 for x in self.store.members(pool) if MemberState(x.state) in REPLACEABLE
-                       or x.state in (MemberState.CREATING, MemberState.BOOTING, MemberState.HEALTHY))
+            size = sum(1 for x in self.store.members(pool) if MemberState(x.state) in REPLACEABLE or (
+                x.state in (MemberState.CREATING, MemberState.BOOTING, MemberState.HEALTHY) and not x.standby))
             top = self.max_of(pool, now)
             why = (f"went down {cfg.flap_limit} times within {format_duration(cfg.flap_window)}" if flaps else
                    f"down for {format_duration(down_for)}") + f" ({m.health_reason})"
@@ -421,7 +432,10 @@ class HealthChecker:
                           logging.WARNING)
                 continue
             try:
-                op = self.store.start_replacement(m, size, f"replace {m.instance}: {why}", now)
+                # A ready standby member stands in first (announced at once), else a new one boots.
+                pool_cfg = self.pools.get(pool)
+                op = self.store.start_replacement(m, size, f"replace {m.instance}: {why}", now,
+                                                  pool_cfg.instance_template() if pool_cfg else None)
             except StoreError as exc:
                 self._say(pool, f"replacing {m.instance} waits: {exc}", logging.INFO)
                 return False

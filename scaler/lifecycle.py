@@ -4,7 +4,11 @@ It is level-triggered: every pass reads the store, computes the router's desired
 members' states, applies it in one batch, then moves each member one step along
 
     creating → booting → healthy → announcing → in_service → draining → withdrawn → deleting → deleted
-                                                           (any early step) → failed → deleting → deleted
+                                  └→ standby ─┘ (taken)      (any early step) → failed → deleting → deleted
+
+A member created for the pool's warm standby (`Member.standby`, PoolPolicy.standby) rests in
+`standby` once healthy: not routed, health-checked; a scale-out, a replacement or a rollout moves it
+to announcing in the transaction that starts them, so it is in the FIB after one router batch.
 
 Each transition is written to the store before the side effect that follows it, and every side
 effect is idempotent, so a pass interrupted anywhere (crash, SIGKILL) is simply resumed by the next
@@ -52,6 +56,7 @@ from actuators.orchestrator import Instance, InstanceSpec, Orchestrator
 from actuators.router import ApplyResult, DesiredRoutes, DrainMode, HopState, NextHop, Router, RouteStatus
 from policies import format_duration
 from policies.health import Health, routable
+from scaler import rollout
 from scaler.breaker import (
     BreakerMetrics,
     LaunchBreakerConfig,
@@ -76,7 +81,15 @@ EARLY = frozenset({MemberState.CREATING, MemberState.BOOTING, MemberState.HEALTH
 COUNTED = tuple(str(s) for s in MemberState if s is not MemberState.DELETED)
 # Members whose instance must exist in the orchestrator (the audit checks them).
 EXISTING = frozenset({MemberState.BOOTING, MemberState.HEALTHY, MemberState.ANNOUNCING, MemberState.IN_SERVICE,
-                      MemberState.DRAINING})
+                      MemberState.DRAINING, MemberState.STANDBY})
+# States with no step of their own: a pass leaves them alone (the engine, the health checks or an
+# operation's transaction move them).
+RESTING = frozenset({MemberState.IN_SERVICE, MemberState.STANDBY})
+
+
+def _after_healthy(m: Member) -> MemberState:
+    """Where a member goes once HAProxy answers: standby if it was created for the warm standby."""
+    return MemberState.STANDBY if m.standby else MemberState.ANNOUNCING
 
 
 def instance_of(m: Member) -> Instance:
@@ -169,7 +182,7 @@ class Lifecycle:
             desired = desired_routes(self.pools, members)
             # The router's state is read back only for the VIPs whose members wait on it (announcing,
             # draining, withdrawn, failed): at steady state none, whatever the fleet's size.
-            waiting = {self.pools[m.pool].vip for m in members if m.state != MemberState.IN_SERVICE
+            waiting = {self.pools[m.pool].vip for m in members if m.state not in RESTING
                        and m.pool in self.pools}
             self.check()
             return members, desired, await self._apply_routes(desired, waiting)
@@ -178,11 +191,14 @@ class Lifecycle:
         # A step that changes what must be routed (healthy → announcing, in_service → draining,
         # draining → withdrawn) is followed at once by another round, so a healthy member is in the
         # FIB within the same pass instead of one reconcile interval later. Bounded: at most 3 rounds.
+        # A running rollout's next step first (scaler.rollout): a member it takes from standby is
+        # routed by this pass, one it launches is created by it.
+        await self._db(self._advance_rollouts)
         for _ in range(3):
             members, desired, statuses = await self._route()
-            # A member in service has no step of its own (a scale-in moves it to draining in the
-            # store): at steady state a pass advances nobody and the fleet is read once.
-            moving = [m for m in members if m.state != MemberState.IN_SERVICE]
+            # A member in service (or standby) has no step of its own (a scale-in moves it to
+            # draining in the store): at steady state a pass advances nobody and the fleet is read once.
+            moving = [m for m in members if m.state not in RESTING]
             if not moving:
                 break
             await asyncio.gather(*(self._advance(m, statuses) for m in moving))
@@ -300,20 +316,21 @@ class Lifecycle:
             self.check()
             inst = await self.orchestrator.create(spec, m.instance)
             self.metrics.actions.labels(m.pool, "create", "ok").inc()
+            # The template it was created with: the `instance:` options of this create call.
             await self._db(self.store.transition, m.id, MemberState.BOOTING, self.clock(),
                            detail=f"address {inst.address}", address=str(inst.address) if inst.address else None,
-                           endpoints=dumps(dict(inst.endpoints)))
+                           endpoints=dumps(dict(inst.endpoints)), template=pool.instance_template())
         elif state is MemberState.BOOTING:
             if await self.orchestrator.probe(instance_of(m)):
                 waited = format_duration(now - m.state_since)
                 await self._db(self.store.transition, m.id, MemberState.HEALTHY, now,
                                detail=f"HAProxy answers on the VIP after {waited}")
-                await self._db(self.store.transition, m.id, MemberState.ANNOUNCING, self.clock())
+                await self._db(self.store.transition, m.id, _after_healthy(m), self.clock())
                 self.breaker_metrics.export(await self._db(record_launch_success, self.store, m.pool, m.instance, now))
             else:
                 await self._db(self._check_boot_timeout, m, pool, now)
         elif state is MemberState.HEALTHY:
-            await self._db(self.store.transition, m.id, MemberState.ANNOUNCING, now)
+            await self._db(self.store.transition, m.id, _after_healthy(m), now)
         elif state is MemberState.ANNOUNCING:
             if hops is not None and m.address and IPv4Address(m.address) in hops.addresses():
                 self.metrics.actions.labels(m.pool, "announce", "ok").inc()
@@ -460,11 +477,29 @@ class Lifecycle:
                                f"{m.instance}: {pct}% of responses close their connection{what}", now,
                                member=m.instance)
 
+    def _advance_rollouts(self) -> bool:
+        """One step of every running rollout (scaler.rollout), in the store's thread."""
+        now = self.clock()
+        changed = False
+        for name, op in self.store.running_operations().items():
+            if name in self.pools and op.kind == OpKind.ROLLOUT:
+                changed |= rollout.advance(self.store, op, self.pools[name].instance_template(), now)
+        return changed
+
     def _finish_operations(self) -> None:
         now = self.clock()
-        for name, op in self.store.running_operations().items():
+        for name, op in self.store.running_standby().items():
             if name not in self.pools:
                 continue
+            # Done once none of its members is still on its way (taken ones have left the operation).
+            mine = self.store.members_of(op.id)
+            if not any(MemberState(m.state) in EARLY for m in mine):
+                errors = [f"{m.instance}: {m.error}" for m in mine if m.error]
+                self.store.finish_operation(op.id, OpState.FAILED if errors else OpState.DONE, now,
+                                            "; ".join(errors) or None)
+        for name, op in self.store.running_operations().items():
+            if name not in self.pools or op.kind == OpKind.ROLLOUT:
+                continue        # a rollout is finished by scaler.rollout.advance
             mine = self.store.members_of(op.id)
             states = {MemberState(m.state) for m in mine}
             if op.kind == OpKind.SCALE_OUT:
@@ -499,4 +534,4 @@ class Lifecycle:
                 note_cool_off(self.store, name, now)
 
 
-__all__ = ["EARLY", "EXISTING", "Lifecycle", "desired_routes", "instance_of"]
+__all__ = ["EARLY", "EXISTING", "RESTING", "Lifecycle", "desired_routes", "instance_of"]

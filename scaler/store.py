@@ -49,18 +49,26 @@ class MemberState(enum.StrEnum):
     DELETING = "deleting"
     DELETED = "deleted"
     FAILED = "failed"
+    # Booted and healthy, checked, not announced: the pool's warm standby (PoolPolicy.standby).
+    STANDBY = "standby"
 
 
 # Members that serve or will serve: the pool's size as policies see it.
 CAPACITY = frozenset({MemberState.CREATING, MemberState.BOOTING, MemberState.HEALTHY,
                       MemberState.ANNOUNCING, MemberState.IN_SERVICE})
+# Warm standby members: ready (standby) or on their way to it (a member with `standby` set, still early).
+# Not capacity, not routed, not counted toward max.
+STANDBY_EARLY = frozenset({MemberState.CREATING, MemberState.BOOTING, MemberState.HEALTHY})
 # Members whose work is over: never touched again.
 TERMINAL = frozenset({MemberState.DELETED})
 # Allowed transitions; anything else is a bug and raises.
 TRANSITIONS: dict[MemberState, frozenset[MemberState]] = {
     MemberState.CREATING: frozenset({MemberState.BOOTING, MemberState.FAILED}),
     MemberState.BOOTING: frozenset({MemberState.HEALTHY, MemberState.FAILED}),
-    MemberState.HEALTHY: frozenset({MemberState.ANNOUNCING, MemberState.FAILED}),
+    MemberState.HEALTHY: frozenset({MemberState.ANNOUNCING, MemberState.STANDBY, MemberState.FAILED}),
+    # Taken by a scale-out, a replacement or a rollout (announcing); found down or its instance gone
+    # (failed); no longer wanted (deleting: it never had a route).
+    MemberState.STANDBY: frozenset({MemberState.ANNOUNCING, MemberState.FAILED, MemberState.DELETING}),
     MemberState.ANNOUNCING: frozenset({MemberState.IN_SERVICE, MemberState.FAILED}),
     MemberState.IN_SERVICE: frozenset({MemberState.DRAINING, MemberState.FAILED}),
     MemberState.DRAINING: frozenset({MemberState.WITHDRAWN}),
@@ -74,6 +82,10 @@ TRANSITIONS: dict[MemberState, frozenset[MemberState]] = {
 class OpKind(enum.StrEnum):
     SCALE_OUT = "scale_out"
     SCALE_IN = "scale_in"
+    # Boots members into standby. Never blocks a decision (left out of the one-running index).
+    STANDBY = "standby"
+    # Replaces every member on another instance template (scaler.rollout).
+    ROLLOUT = "rollout"
 
 
 class OpState(enum.StrEnum):
@@ -119,6 +131,12 @@ class Member(SQLModel, table=True):
     health_since: float | None = None
     health_reason: str | None = None
     replaced_by: str | None = None           # the operation that replaces it after it was found dead
+    # Created for the pool's warm standby: once healthy it rests in `standby` instead of announcing.
+    # Cleared when a scale-out, a replacement or a rollout takes it.
+    standby: bool = False
+    # PoolConfig.instance_template() of the `instance:` options it was created with (None: created
+    # before templates were recorded); another value than the pool's makes it outdated (rollout).
+    template: str | None = None
 
     def endpoint_map(self) -> dict[str, str]:
         return dict(json.loads(self.endpoints or "{}"))
@@ -142,7 +160,8 @@ class _FencedSession(Session):
         try:
             super().commit()
         except IntegrityError as exc:
-            if "one_running_operation_per_pool" in str(exc) or "operations.pool" in str(exc):
+            if any(k in str(exc) for k in ("one_running_operation_per_pool", "one_standby_operation_per_pool",
+                                           "operations.pool")):
                 raise StoreError("another operation of the pool is already running (a concurrent start was "
                                  "refused by the database)") from exc
             raise
@@ -184,9 +203,14 @@ class _Snapshot:
 
 class Operation(SQLModel, table=True):
     __tablename__ = "operations"
-    # At most one running operation per pool, enforced by the database too (migration 0007).
+    # At most one running operation per pool, enforced by the database too (migrations 0007, 0010),
+    # standby replenishments apart: at most one of those too, and they never make a pool busy.
     __table_args__ = (Index("one_running_operation_per_pool", "pool", unique=True,
-                            sqlite_where=text("state = 'running'"), postgresql_where=text("state = 'running'")),)
+                            sqlite_where=text("state = 'running' AND kind != 'standby'"),
+                            postgresql_where=text("state = 'running' AND kind != 'standby'")),
+                      Index("one_standby_operation_per_pool", "pool", unique=True,
+                            sqlite_where=text("state = 'running' AND kind = 'standby'"),
+                            postgresql_where=text("state = 'running' AND kind = 'standby'")))
     id: str = Field(primary_key=True)
     pool: str = Field(index=True, foreign_key="pools.name")
     kind: str
@@ -197,6 +221,10 @@ class Operation(SQLModel, table=True):
     error: str | None = None
     created_at: float
     finished_at: float | None = None
+    params: str = "{}"                       # JSON: a rollout's {surge, template, by}
+
+    def param(self, key: str, default: Any = None) -> Any:
+        return json.loads(self.params or "{}").get(key, default)
 
 
 class Step(SQLModel, table=True):
@@ -506,39 +534,148 @@ class Store:
                 s.add(EventRow(at=now, pool=m.pool, member=m.instance, kind="health", message=event))
             s.commit()
 
-    def start_replacement(self, dead: Member, from_size: int, reason: str, now: float) -> Operation:
+    def start_replacement(self, dead: Member, from_size: int, reason: str, now: float,
+                          template: str | None = None) -> Operation:
         """One transaction: `dead` (announcing or in service, already unrouted) fails, and a
-        scale-out of one member replaces it. Not a policy decision: no cooldown applies."""
+        scale-out of one member replaces it: a ready standby member if the pool has one (announced
+        at once; `template`: preferred), else a new one. Not a policy decision: no cooldown applies."""
         with self.session(fenced=True) as s:
             m = s.get(Member, dead.id)
             if m is None or m.state not in (MemberState.ANNOUNCING, MemberState.IN_SERVICE):
                 raise StoreError(f"member {dead.instance} is not serving; nothing to replace")
             op = self._begin(s, m.pool, OpKind.SCALE_OUT, from_size - 1, from_size, reason, now, None)
+            taken = self._take_standby(s, m.pool, 1, op.id, now, prefer=template)
             frm = m.state
             m.state, m.state_since, m.error, m.replaced_by = MemberState.FAILED, now, reason, op.id
             s.add(m)
             s.add(Step(op_id=m.op_id, member_id=m.id, name=MemberState.FAILED, at=now, detail=reason))
             s.add(EventRow(at=now, pool=m.pool, member=m.instance, kind="member_state",
                            message=f"{m.instance}: {frm} → failed ({reason})"))
-            mid = new_id("m")
-            s.add(Member(id=mid, pool=m.pool, instance=f"{m.pool}-{op.id.removeprefix('op-')}-0", op_id=op.id,
-                         state=MemberState.CREATING, created_at=now, state_since=now))
-            s.add(Step(op_id=op.id, member_id=mid, name=MemberState.CREATING, at=now))
+            if not taken:
+                self._create(s, m.pool, op.id, 1, now)
             s.commit()
             return op
 
     def start_scale_out(self, pool: str, count: int, from_size: int, reason: str, now: float,
-                        decision: DecisionRow | None = None) -> Operation:
-        """One transaction: the operation and its `count` new members in state creating."""
+                        decision: DecisionRow | None = None, template: str | None = None) -> Operation:
+        """One transaction: the operation; up to `count` ready standby members (those on `template`
+        first, then the oldest) move to announcing and join it, the rest are new members in state
+        creating. The decision's reason says how many came from standby (`scaler why`)."""
         with self.session(fenced=True) as s:
             op = self._begin(s, pool, OpKind.SCALE_OUT, from_size, from_size + count, reason, now, decision)
-            for i in range(count):
-                mid = new_id("m")
-                s.add(Member(id=mid, pool=pool, instance=f"{pool}-{op.id.removeprefix('op-')}-{i}",
-                             op_id=op.id, state=MemberState.CREATING, created_at=now, state_since=now))
-                s.add(Step(op_id=op.id, member_id=mid, name=MemberState.CREATING, at=now))
+            taken = self._take_standby(s, pool, count, op.id, now, prefer=template)
+            self._create(s, pool, op.id, count - len(taken), now)
+            if taken:
+                what = (f"{len(taken)} of {count} from standby ({', '.join(m.instance for m in taken)}), "
+                        f"announced at once")
+                s.add(EventRow(at=now, pool=pool, kind="operation", message=f"{op.id}: {what}"))
+                if decision is not None:
+                    decision.reason = f"{decision.reason}; {what}"
+                    s.add(decision)
             s.commit()
             return op
+
+    @staticmethod
+    def _create(s: Session, pool: str, op_id: str, count: int, now: float, *, standby: bool = False,
+                first: int = 0) -> list[Member]:
+        """`count` new members of operation `op_id` in state creating, named {pool}-{op}-{n} from `first`."""
+        out = []
+        for i in range(first, first + count):
+            mid = new_id("m")
+            m = Member(id=mid, pool=pool, instance=f"{pool}-{op_id.removeprefix('op-')}-{i}", op_id=op_id,
+                       state=MemberState.CREATING, created_at=now, state_since=now, standby=standby)
+            s.add(m)
+            s.add(Step(op_id=op_id, member_id=mid, name=MemberState.CREATING, at=now))
+            out.append(m)
+        return out
+
+    @staticmethod
+    def _take_standby(s: Session, pool: str, count: int, op_id: str, now: float, *, prefer: str | None = None,
+                      only: str | None = None) -> list[Member]:
+        """Up to `count` ready standby members (health not down) moved to announcing and joined to
+        operation `op_id`, in the caller's transaction: those on template `prefer` first, then the
+        oldest; `only`: those on that template alone."""
+        if count <= 0:
+            return []
+        ready = [m for m in s.exec(select(Member).where(Member.pool == pool, Member.state == MemberState.STANDBY)
+                                   .order_by(col(Member.created_at), col(Member.id)))
+                 if m.health != "down" and (only is None or m.template == only)]
+        ready.sort(key=lambda m: m.template != prefer)          # stable: the oldest first within each
+        for m in ready[:count]:
+            m.state, m.state_since, m.op_id, m.standby = MemberState.ANNOUNCING, now, op_id, False
+            s.add(m)
+            s.add(Step(op_id=op_id, member_id=m.id, name=MemberState.ANNOUNCING, at=now, detail="taken from standby"))
+            s.add(EventRow(at=now, pool=pool, member=m.instance, kind="member_state",
+                           message=f"{m.instance}: standby → announcing (taken by {op_id})"))
+        return ready[:count]
+
+    def start_standby(self, pool: str, count: int, ready: int, reason: str, now: float) -> Operation:
+        """One transaction: a standby operation and its `count` new members (flagged standby) in
+        state creating. Refused while another standby operation of the pool runs; never refused
+        because of a scale operation (it does not make the pool busy)."""
+        with self.session(fenced=True) as s:
+            op = self._begin(s, pool, OpKind.STANDBY, ready, ready + count, reason, now, None)
+            self._create(s, pool, op.id, count, now, standby=True)
+            s.commit()
+            return op
+
+    def drop_standby(self, members: Sequence[Member], reason: str, now: float) -> None:
+        """Standby members no longer wanted → deleting (they never had a route), in one transaction."""
+        with self.session(fenced=True) as s:
+            for v in members:
+                m = s.get(Member, v.id)
+                if m is None or m.state != MemberState.STANDBY:
+                    continue
+                m.state, m.state_since = MemberState.DELETING, now
+                s.add(m)
+                s.add(Step(op_id=m.op_id, member_id=m.id, name=MemberState.DELETING, at=now, detail=reason))
+                s.add(EventRow(at=now, pool=m.pool, member=m.instance, kind="member_state",
+                               message=f"{m.instance}: standby → deleting ({reason})"))
+            s.commit()
+
+    def start_rollout(self, pool: str, surge: int, template: str, outdated: int, size: int, by: str,
+                      now: float) -> Operation:
+        """The rollout operation (scaler.rollout advances it pass after pass). Refused while
+        another operation (standby replenishments apart) runs; it makes the pool busy."""
+        with self.session(fenced=True) as s:
+            reason = (f"rollout to template {template} by {by}: {outdated} outdated member"
+                      f"{'' if outdated == 1 else 's'}, surge {surge}")
+            op = self._begin(s, pool, OpKind.ROLLOUT, size, size, reason, now, None)
+            op.params = dumps({"surge": surge, "template": template, "by": by, "outdated": outdated})
+            s.add(op)
+            s.commit()
+            return op
+
+    def rollout_launch(self, op_id: str, count: int, template: str, now: float) -> list[Member]:
+        """One transaction: `count` members for a rollout: ready standby members on `template`
+        first (announced at once), the rest new members in creating."""
+        with self.session(fenced=True) as s:
+            op = s.get(Operation, op_id)
+            if op is None or op.state != OpState.RUNNING:
+                raise StoreError(f"operation {op_id} is not running")
+            taken = self._take_standby(s, op.pool, count, op_id, now, only=template)
+            prefix = f"{op.pool}-{op_id.removeprefix('op-')}-"
+            made = sum(1 for m in s.exec(select(Member).where(Member.op_id == op_id)) if m.instance.startswith(prefix))
+            new = self._create(s, op.pool, op_id, count - len(taken), now, first=made)
+            s.commit()
+            return [*taken, *new]
+
+    def rollout_drain(self, op_id: str, member: Member, reason: str, now: float) -> None:
+        """One transaction: an outdated member in service → draining, joined to the rollout."""
+        with self.session(fenced=True) as s:
+            m = s.get(Member, member.id)
+            if m is None or m.state != MemberState.IN_SERVICE:
+                raise StoreError(f"member {member.instance} is not in service; cannot drain it")
+            m.state, m.state_since, m.op_id = MemberState.DRAINING, now, op_id
+            s.add(m)
+            s.add(Step(op_id=op_id, member_id=m.id, name=MemberState.DRAINING, at=now, detail=reason))
+            s.add(EventRow(at=now, pool=m.pool, member=m.instance, kind="member_state",
+                           message=f"{m.instance}: in_service → draining ({reason})"))
+            s.commit()
+
+    def operation(self, op_id: str) -> Operation | None:
+        with self.session() as s:
+            return s.get(Operation, op_id)
 
     def start_scale_in(self, pool: str, victims: Sequence[Member], from_size: int, reason: str, now: float,
                        decision: DecisionRow | None = None) -> Operation:
@@ -560,7 +697,7 @@ class Store:
     def _begin(self, s: Session, pool: str, kind: OpKind, from_size: int, to_size: int, reason: str,
                now: float, decision: DecisionRow | None) -> Operation:
         """The operation row, its event and the decision that asked for it, in the caller's transaction."""
-        self._no_running_op(s, pool)
+        self._no_running_op(s, pool, standby=kind == OpKind.STANDBY)
         op = Operation(id=new_id("op"), pool=pool, kind=kind, state=OpState.RUNNING, from_size=from_size,
                        to_size=to_size, reason=reason, created_at=now)
         s.add(op)
@@ -572,21 +709,37 @@ class Store:
         return op
 
     @staticmethod
-    def _no_running_op(s: Session, pool: str) -> None:
-        running = s.exec(select(Operation).where(Operation.pool == pool,
-                                                 Operation.state == OpState.RUNNING)).first()
+    def _no_running_op(s: Session, pool: str, *, standby: bool = False) -> None:
+        """Refuse a second running operation of the pool: of the busy kinds (every kind but
+        standby), or a second standby replenishment."""
+        kind = col(Operation.kind) == OpKind.STANDBY if standby else col(Operation.kind) != OpKind.STANDBY
+        running = s.exec(select(Operation).where(Operation.pool == pool, Operation.state == OpState.RUNNING,
+                                                 kind)).first()
         if running is not None:
-            raise StoreError(f"pool {pool}: operation {running.id} is still running")
+            raise StoreError(f"pool {pool}: operation {running.id} ({running.kind.replace('_', '-')}) is still running")
 
     def running_operation(self, pool: str) -> Operation | None:
+        """The pool's running operation that makes it busy (a standby replenishment does not)."""
         with self.session() as s:
-            return s.exec(select(Operation).where(Operation.pool == pool,
-                                                  Operation.state == OpState.RUNNING)).first()
+            return s.exec(select(Operation).where(Operation.pool == pool, Operation.state == OpState.RUNNING,
+                                                  col(Operation.kind) != OpKind.STANDBY)).first()
 
     def running_operations(self) -> dict[str, Operation]:
-        """Every pool's running operation, in one query (the partial unique index keeps it to one)."""
+        """Every pool's running busy operation, in one query (the partial unique index keeps it to one)."""
         with self.session() as s:
-            return {op.pool: op for op in s.exec(select(Operation).where(Operation.state == OpState.RUNNING))}
+            return {op.pool: op for op in s.exec(select(Operation).where(Operation.state == OpState.RUNNING,
+                                                                         col(Operation.kind) != OpKind.STANDBY))}
+
+    def running_standby(self) -> dict[str, Operation]:
+        """Every pool's running standby replenishment (at most one per pool), in one query."""
+        with self.session() as s:
+            return {op.pool: op for op in s.exec(select(Operation).where(Operation.state == OpState.RUNNING,
+                                                                         Operation.kind == OpKind.STANDBY))}
+
+    def last_operation(self, pool: str, kind: OpKind) -> Operation | None:
+        with self.session() as s:
+            return s.exec(select(Operation).where(Operation.pool == pool, Operation.kind == kind)
+                          .order_by(col(Operation.created_at).desc())).first()
 
     def operations(self, pool: str, limit: int = 50) -> list[Operation]:
         with self.session() as s:
@@ -601,7 +754,8 @@ class Store:
             op.state, op.finished_at, op.error = state, now, error
             s.add(op)
             pool = s.get(Pool, op.pool)
-            if pool is not None and state == OpState.DONE:
+            # Cooldowns count from scale operations only (not from standby boots or rollouts).
+            if pool is not None and state == OpState.DONE and op.kind in (OpKind.SCALE_OUT, OpKind.SCALE_IN):
                 if op.kind == OpKind.SCALE_OUT:
                     pool.last_scale_out_at = now
                 else:
