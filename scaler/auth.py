@@ -49,9 +49,9 @@ SCHEME = "apiToken"
 # Keys this module puts in the ASGI scope of a request.
 VIA_SOCKET = "scaler.via_unix_socket"
 CREDENTIAL = "scaler.credential"
-# Names that no configured credential can have (the pattern forbids parentheses).
-SOCKET_PRINCIPAL = "(unix socket)"
-ANONYMOUS = "(anonymous)"
+# Names that no configured credential can have (the pattern forbids "@").
+SOCKET_PRINCIPAL = "@unix-socket"
+ANONYMOUS = "@anonymous"
 
 HOW_TO_CONFIGURE = ("add one under api.credentials in scaler.yaml, e.g. {name: ops, token: {file: "
                     "/etc/scaler/api-token}, scopes: [read, operate]}, or use the unix socket (api.socket)")

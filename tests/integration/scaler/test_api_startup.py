@@ -112,4 +112,4 @@ async def test_a_running_service_serves_its_socket_and_removes_it_at_stop(tmp_pa
     assert not path.exists()
     log = svc.log.read_text()
     assert "scaler.access: POST /v1/reload 401 credential=- client=127.0.0.1:" in log
-    assert "scaler.access: POST /v1/reload 200 credential=(unix socket) client=unix-socket" in log
+    assert "scaler.access: POST /v1/reload 200 credential=@unix-socket client=unix-socket" in log

@@ -112,7 +112,7 @@ async def test_the_unix_socket_is_0660_trusted_and_removed_at_the_end(view: View
             assert (await local.get("/v1/pools/web")).json()["name"] == "web"
     assert view.reloads == ["api"] and not path.exists()
     assert [r.getMessage() for r in caplog.records if r.name == "scaler.access"][-1] == \
-        "POST /v1/reload 200 credential=(unix socket) client=unix-socket"
+        "POST /v1/reload 200 credential=@unix-socket client=unix-socket"
 
 
 async def test_a_stale_socket_file_is_replaced(view: View, tmp_path: Path) -> None:

@@ -13,6 +13,7 @@ import httpx
 import pytest
 from fastapi import Depends, FastAPI
 
+from scaler.alerts import AlertsConfig
 from scaler.api import create_app
 from scaler.auth import Operator, require_scope, via_unix_socket
 from scaler.breaker import LaunchBreakerConfig, breaker_state, record_launch_failure
@@ -194,10 +195,10 @@ async def test_requests_over_the_unix_socket_are_trusted(view: View, tmp_path: P
         assert (await local.post("/v1/reload", headers=bearer(READ_TOKEN))).status_code == 403
         assert (await local.post("/v1/reload", headers=bearer(OPS_TOKEN))).status_code == 200
     assert view.reloads == ["api"]
-    assert any("reset by api ((unix socket))" in e.message for e in view.store.events("web"))
+    assert any("reset by api (@unix-socket)" in e.message for e in view.store.events("web"))
     assert [r.getMessage() for r in caplog.records if r.name == "scaler.access"] == [
         "POST /v1/reload 401 credential=- client=127.0.0.1:123",
-        "POST /v1/pools/web/breaker/reset 200 credential=(unix socket) client=unix-socket",
+        "POST /v1/pools/web/breaker/reset 200 credential=@unix-socket client=unix-socket",
         "POST /v1/reload 401 credential=- client=unix-socket",
         "POST /v1/reload 403 credential=reader client=unix-socket",
         "POST /v1/reload 200 credential=ops client=unix-socket"]
@@ -311,3 +312,26 @@ def test_api_config_errors_name_the_line(conf: Path, line: str, at: str, expecte
     col = text.index(at) + 1
     want = f"{conf}:{n}:{col}: " + expected.replace("{dir}", str(conf.parent))
     assert any(p.startswith(want) for p in err.value.problems), (want, err.value.problems)
+
+
+async def test_alert_deliveries_are_access_logged_with_their_own_sender(view: View, tmp_path: Path,
+                                                                         caplog: pytest.LogCaptureFixture) -> None:
+    (tmp_path / "am-token").write_text("alertmanager-token-0123456789\n")
+    view.alerts = AlertsConfig.model_validate(
+        {"alertmanager": {"credentials": [{"name": "am-prod", "token": {"file": "am-token"}, "pools": ["web"]}]}},
+        context={"base_dir": tmp_path})
+    app = app_for(view, api_config(tmp_path))
+    caplog.set_level(logging.INFO, logger="scaler.access")
+    async with client(app) as c:
+        # The receivers check their own credentials (an API token is not one of them).
+        assert (await c.post("/v1/alerts/alertmanager", json={}, headers=bearer(OPS_TOKEN))).status_code == 401
+        r = await c.post("/v1/alerts/alertmanager", json={"alerts": "not a list"},
+                         headers=bearer("alertmanager-token-0123456789"))
+        assert r.status_code == 422
+        r = await c.post("/v1/pools/web/signal/scale-out?kid=k&exp=1&sig=x")
+        assert r.status_code == 401
+    assert [r.getMessage() for r in caplog.records if r.name == "scaler.access"] == [
+        "POST /v1/alerts/alertmanager 401 credential=- client=127.0.0.1:123",
+        "POST /v1/alerts/alertmanager 422 credential=am-prod client=127.0.0.1:123",
+        # The query (a URL's signature) is never logged.
+        "POST /v1/pools/web/signal/scale-out 401 credential=- client=127.0.0.1:123"]
