@@ -107,6 +107,7 @@ def _next(value: str | None) -> str:
 def console_router(service: views.ConsoleService, clock: Callable[[], float] = time.time) -> APIRouter:
     """The console's routes, for `app.include_router` in scaler.api.create_app."""
     router = APIRouter(prefix=PREFIX, include_in_schema=False)
+    charts = views.ChartCache()
 
     def guarded(fragment: bool, request: Request, page: Callable[[Principal], Response]) -> Response:
         try:
@@ -126,7 +127,7 @@ def console_router(service: views.ConsoleService, clock: Callable[[], float] = t
         summary = views.pool_summaries(service, now, only=pool)[0]
         return {"p": summary, "now": now, "hours": hours,
                 "members": views.member_views(service, pool, summary.members, now),
-                "chart": views.pool_chart(service, pool, now, hours),
+                "chart": views.pool_chart(service, pool, now, hours, charts),
                 "decisions": views.decision_list(service.store, pool, now),
                 "events": views.recent_events(service.store, pool)}
 

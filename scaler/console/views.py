@@ -8,7 +8,10 @@ the newest decisions for the list, and the newest events.
 
 from __future__ import annotations
 
+import bisect
 import json
+import threading
+from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -244,6 +247,7 @@ def recent_events(store: Store, pool: str, limit: int = EVENTS_SHOWN) -> list[Ev
 
 
 class ChartRow(NamedTuple):
+    id: int
     at: float
     outcome: str
     current: int
@@ -253,20 +257,72 @@ class ChartRow(NamedTuple):
     inputs: Mapping[str, float | None]
 
 
-def chart_rows(store: Store, pool: str, since: float) -> list[ChartRow]:
-    """The pool's evaluations since `since`, oldest first, only the columns the chart draws (the
-    reason only of the decisions that acted: the marks' tooltips). Core rows, not ORM objects."""
-    q = (columns(col(DecisionRow.at), col(DecisionRow.outcome), col(DecisionRow.current),
+def chart_rows(store: Store, pool: str, since: float, after_id: int | None = None) -> list[ChartRow]:
+    """The pool's evaluations since `since` (and after `after_id`), oldest first, at most
+    MAX_CHART_ROWS (the newest), only the columns the chart draws (the reason only of the decisions
+    that acted: the marks' tooltips). Core rows, not ORM objects."""
+    q = (columns(col(DecisionRow.id), col(DecisionRow.at), col(DecisionRow.outcome), col(DecisionRow.current),
                  col(DecisionRow.desired), col(DecisionRow.dry_run),
                  case((col(DecisionRow.outcome) != "hold", col(DecisionRow.reason)), else_=None),
                  col(DecisionRow.inputs))
-         .where(col(DecisionRow.pool) == pool, col(DecisionRow.at) >= since)
-         .order_by(col(DecisionRow.id).desc()).limit(MAX_CHART_ROWS))
+         .where(col(DecisionRow.pool) == pool, col(DecisionRow.at) >= since))
+    if after_id is not None:
+        q = q.where(col(DecisionRow.id) > after_id)
+    q = q.order_by(col(DecisionRow.id).desc()).limit(MAX_CHART_ROWS)
     with store.session() as s:
         rows = s.connection().execute(q).all()[::-1]
-    inputs = _inputs([r[6] for r in rows])
-    return [ChartRow(at, outcome, current, desired, bool(dry_run), reason or "", values)
-            for (at, outcome, current, desired, dry_run, reason, _), values in zip(rows, inputs, strict=True)]
+    inputs = _inputs([r[7] for r in rows])
+    return [ChartRow(i, at, outcome, current, desired, bool(dry_run), reason or "", values)
+            for (i, at, outcome, current, desired, dry_run, reason, _), values in zip(rows, inputs, strict=True)]
+
+
+def newest_decision_id(store: Store, pool: str) -> int | None:
+    with store.session() as s:
+        return s.exec(select(func.max(DecisionRow.id)).where(DecisionRow.pool == pool)).one()
+
+
+@dataclass
+class _Window:
+    store: Store
+    since: float            # every evaluation of the pool since then is in `rows`
+    rows: list[ChartRow]
+
+
+class ChartCache:
+    """The evaluations the chart read last, for the few pools viewed most recently: a page that
+    refreshes every few seconds then reads only the decisions newer than the newest it has (the
+    decisions' pool index, then their ids) instead of its whole window again. Rows pruned from the
+    store meanwhile stay until they leave the window; a store whose ids went back (a new database)
+    is read again."""
+
+    def __init__(self, pools: int = 16) -> None:
+        self._lock = threading.Lock()
+        self._windows: OrderedDict[str, _Window] = OrderedDict()
+        self._pools = pools
+
+    def rows(self, store: Store, pool: str, since: float) -> list[ChartRow]:
+        with self._lock:
+            w = self._windows.get(pool)
+            if w is not None and (w.store is not store or w.since > since):
+                w = None
+            if w is not None:
+                last = w.rows[-1].id if w.rows else 0
+                newer = chart_rows(store, pool, w.since, after_id=last)
+                if newer:
+                    w.rows.extend(newer)
+                elif (newest_decision_id(store, pool) or 0) < last:
+                    w = None
+            if w is None:
+                rows = chart_rows(store, pool, since)
+                w = _Window(store, since if len(rows) < MAX_CHART_ROWS else rows[0].at, rows)
+            if len(w.rows) > MAX_CHART_ROWS:
+                del w.rows[:len(w.rows) - MAX_CHART_ROWS]
+                w.since = w.rows[0].at
+            self._windows[pool] = w
+            self._windows.move_to_end(pool)
+            while len(self._windows) > self._pools:
+                self._windows.popitem(last=False)
+            return w.rows[bisect.bisect_left(w.rows, since, key=lambda r: r.at):]
 
 
 def _inputs(texts: Sequence[str | None]) -> list[dict[str, Any]]:
@@ -305,9 +361,9 @@ def thresholds(policy: PoolPolicy | None, name: str) -> list[chart.Threshold]:
     return out
 
 
-def pool_chart(svc: ConsoleService, pool: str, now: float, hours: float) -> str:
+def pool_chart(svc: ConsoleService, pool: str, now: float, hours: float, cache: ChartCache | None = None) -> str:
     start = now - hours * 3600
-    rows = chart_rows(svc.store, pool, start)
+    rows = cache.rows(svc.store, pool, start) if cache is not None else chart_rows(svc.store, pool, start)
     policy = svc.policies.get(pool)
     width = chart.WIDTH - chart.LEFT - chart.RIGHT
     size = chart.Panel("size (line) and the size each evaluation asked for (dashed)",

@@ -312,3 +312,24 @@ def test_render_draws_gaps_thresholds_and_marks_with_their_reason() -> None:
 def test_inputs_are_parsed_together_and_a_bad_row_reads_as_none() -> None:
     assert views._inputs(['{"s": 1.5}', None, '{"s": null}']) == [{"s": 1.5}, {}, {"s": None}]
     assert views._inputs(['{"s": 2}', "not json", "[1]"]) == [{"s": 2}, {}, {}]
+
+
+def test_chart_cache_reads_only_newer_decisions_and_notices_a_new_database(view: View,
+                                                                           statements: list[str]) -> None:
+    store, cache = view.store, views.ChartCache()
+    since = NOW - 3600
+    first = cache.rows(store, "web", since)
+    assert first == views.chart_rows(store, "web", since) and len(first) > 600
+    seed.seed_decisions(store, "web", 3, NOW + 15)
+    statements.clear()
+    again = cache.rows(store, "web", since)
+    assert again == views.chart_rows(store, "web", since) and len(again) == len(first) + 3
+    assert "decisions.id >" in statements[0]            # only what is new was read
+    narrower = cache.rows(store, "web", NOW - 60)
+    assert narrower == views.chart_rows(store, "web", NOW - 60)
+    wider = cache.rows(store, "web", NOW - 7200)
+    assert wider == views.chart_rows(store, "web", NOW - 7200)
+    store.prune_decisions("web", 0)                     # every decision gone: new ids start again
+    seed.seed_decisions(store, "web", 5, NOW)
+    assert cache.rows(store, "web", since) == views.chart_rows(store, "web", since)
+    assert len(cache.rows(store, "web", since)) == 5
