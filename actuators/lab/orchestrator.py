@@ -245,9 +245,11 @@ class LabOrchestratorConfig(BaseModel):
 
 
 class LabInstanceOptions(BaseModel):
-    """A pool's `instance:` mapping in scaler.yaml (`InstanceSpec.params`), as this driver reads it:
-    nothing. Every lab instance is the same HAProxy namespace, set up by the orchestrator's options,
-    so `instance:` stays empty (or absent) and any key in it is refused as unknown."""
+    """A pool's `instance:` mapping in scaler.yaml (`InstanceSpec.params`), as this driver reads it.
+    Every lab instance is the same HAProxy namespace, set up by the orchestrator's options; the one
+    key is `version`, a label that changes nothing in the instance but the pool's instance template
+    (what a real image or flavor change does to it: `scaler rollout` replaces the members). Any
+    other key is refused as unknown."""
 
     model_config = ConfigDict(extra="forbid")
 
