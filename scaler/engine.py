@@ -292,7 +292,9 @@ class Engine:
                 continue
             mine = by_pool.get(pool, [])
             decision = evaluate(policy, self.series.get(pool, {}), self.pool_state(pool, mine, reads[pool]), now)
-            decision = hold_for_pause(hold_for_breaker(decision, reads[pool][2]), reads[pool][1])
+            row = reads[pool][1]
+            decision = hold_for_pause(hold_for_breaker(decision, reads[pool][2]), row)
+            self._pool_metric(self.metrics.paused, pool).set(1 if row is not None and row.paused_at else 0)
             self.history[pool] = remember(policy, self.history.get(pool, ()), now, decision)
             out.append((pool, decision, mine))
         return out
@@ -373,6 +375,9 @@ class Engine:
         self._pool_metric(self.metrics.evaluations, pool).inc()
         self._pool_metric(self.metrics.decisions, pool, label).inc()
         self._pool_metric(self.metrics.desired, pool).set(d.desired)
+        if d.bounds is not None:
+            self._pool_metric(self.metrics.bounds, pool, "min").set(d.bounds.min)
+            self._pool_metric(self.metrics.bounds, pool, "max").set(d.bounds.max)
         values: dict[str, Any] = dict(
             pool=pool, at=now, outcome=str(d.outcome), current=d.current, desired=d.desired, rule=d.rule,
             reason=d.reason, dry_run=d.dry_run, inputs=dumps(dict(d.inputs)),

@@ -60,6 +60,9 @@ class Metrics:
                                        ["pool"], registry=r, buckets=(1, 2, 5, 10, 20, 30, 60, 120, 300))
         # The pool's effective bounds (schedules applied) at its latest evaluation, beside
         # scaler_pool_desired_members: the dashboards draw size vs desired vs bounds.
+        # 1 while an operator has paused the pool (POST /v1/pools/{pool}/pause), at its latest evaluation.
+        self.paused = Gauge("scaler_pool_paused", "1 while an operator has paused the pool's decisions",
+                            ["pool"], registry=r)
         self.bounds = Gauge("scaler_pool_bounds_members", "The pool's effective min and max at its latest "
                             "evaluation (schedules applied)", ["pool", "bound"], registry=r)
         # Which scaler answers (dashboards, alert rules joining on version), and the process itself:

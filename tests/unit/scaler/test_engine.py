@@ -350,6 +350,10 @@ async def test_a_paused_pool_records_what_the_rules_ask_and_starts_nothing(make)
     assert d["outcome"] == "hold" and d["desired"] == 0, d
     assert str(d["reason"]).startswith("paused by api (alice) at ") and "disk full" in str(d["reason"])
     assert "wanted 0 → 2" in str(d["reason"]) and d["context"]["cause"] == "paused"
+    registry = w.engine.metrics.registry
+    assert registry.get_sample_value("scaler_pool_paused", {"pool": "web"}) == 1
+    assert registry.get_sample_value("scaler_pool_bounds_members", {"pool": "web", "bound": "min"}) == 2
+    assert registry.get_sample_value("scaler_pool_bounds_members", {"pool": "web", "bound": "max"}) == 4
     assert w.store.running_operation("web") is None and w.store.members("web") == []
     events = [e.message for e in w.store.events("web") if e.kind == "pause"]
     assert events == ["paused by api (alice): disk full on the hypervisors: decisions start nothing; "
@@ -362,4 +366,5 @@ async def test_a_paused_pool_records_what_the_rules_ask_and_starts_nothing(make)
     w.clock.advance(5)
     w.engine.evaluate()
     assert (w.last()["outcome"], w.last()["desired"]) == ("scale_out", 2)
+    assert registry.get_sample_value("scaler_pool_paused", {"pool": "web"}) == 0
     assert [e.message.split(" (")[0] for e in w.store.events("web") if e.kind == "pause"][-1] == "resumed by api"
