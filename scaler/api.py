@@ -25,6 +25,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel, Field
 
 from policies import PoolPolicy
+from scaler import __version__
 from scaler.alerts import AlertsConfig, alerts_router
 from scaler.auth import Operator, install, require_scope
 from scaler.breaker import BreakerOut, breaker_out, breaker_state, reset_breaker
@@ -229,7 +230,7 @@ def create_app(service: ServiceView, clock: Callable[[], float] = time.time, *,
                access: ApiConfig | None = None) -> FastAPI:
     """The API of `service`. `access`: who may use it (api: in scaler.yaml); the default refuses
     every /v1 request that carries no valid credential."""
-    app = FastAPI(title="scaler", version="0.1.0", docs_url=None, redoc_url=None,
+    app = FastAPI(title="scaler", version=__version__, docs_url=None, redoc_url=None,
                   description="Autoscaler for HAProxy LB fleets sharing one ECMP-routed /32 VIP")
     install(app, access if access is not None else ApiConfig())
     _serve_docs(app)
