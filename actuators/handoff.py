@@ -204,6 +204,20 @@ class Peers(Protocol):
 
     async def set_peers(self, pool: str, members: Collection[str]) -> None: ...
 
+    async def open_flows(self, member: str) -> int | None:
+        """The member's connections on its VIPs whose data is not all acknowledged yet (None: cannot
+        tell). A draining member is done when this and its HAProxy's count are 0: only then may it
+        leave the peer lists and be deleted."""
+
+
+def peers_from(orchestrator: object) -> Peers | None:
+    """The orchestrator as the scaler's `Peers` when it offers handoff and has it switched on (its
+    `handoff` attribute is true, e.g. the lab's `orchestrator.options.handoff`); else None."""
+    if getattr(orchestrator, "handoff", False) is True and callable(getattr(orchestrator, "set_peers", None)) \
+            and callable(getattr(orchestrator, "open_flows", None)):
+        return orchestrator  # type: ignore[return-value]
+    return None
+
 
 class PeerSync:
     """What the scaler's lifecycle holds: calls `Peers.set_peers` for a pool only when its member set
@@ -240,5 +254,6 @@ def unknown(members: Iterable[str], known: Collection[str]) -> list[str]:
 
 
 __all__ = ["COUNTERS", "OPEN_STATES", "SYSCTLS", "TABLE", "HandoffError", "HandoffRules", "PeerSync", "Peers",
-           "apply", "counters", "open_flows", "open_flows_argv", "parse_counters", "peers_of", "remove", "render",
+           "apply", "counters", "open_flows", "open_flows_argv", "parse_counters", "peers_from", "peers_of", "remove",
+           "render",
            "unknown"]

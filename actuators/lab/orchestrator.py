@@ -253,6 +253,8 @@ class LabInstanceOptions(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
+    version: str | None = Field(default=None, max_length=64)
+
 
 def lab_instance_options(params: Mapping[str, object], pool: str) -> LabInstanceOptions:
     """A pool's instance options, validated; OrchestratorError names every unknown key."""
@@ -565,6 +567,11 @@ class LabOrchestrator:
         await handoff.apply(self.netns_of(meta.name), self._handoff_rules(meta, peers),
                             timeout_s=self.cfg.command_timeout_s)
 
+    @property
+    def handoff(self) -> bool:
+        """Whether this lab's instances hand strays to their peers (`actuators.handoff.peers_from`)."""
+        return self.cfg.handoff
+
     async def set_peers(self, pool: str, members: Collection[str]) -> None:
         """`actuators.handoff.Peers`: every listed instance copies its strays to the others."""
         if not self.cfg.handoff:
@@ -586,8 +593,8 @@ class LabOrchestrator:
         except ActuatorError as exc:
             raise OrchestratorError(f"instance {name}: {exc}") from exc
 
-    async def handoff_open_flows(self, name: str) -> int:
-        """The instance's TCP connections on its VIP that still carry data (`actuators.handoff.open_flows`)."""
+    async def open_flows(self, name: str) -> int:
+        """`actuators.handoff.Peers`: the instance's TCP connections on its VIP that still carry data."""
         meta = self.read_meta(name)
         if meta is None:
             raise OrchestratorError(f"instance {name}: no such instance")

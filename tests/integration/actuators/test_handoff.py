@@ -109,7 +109,7 @@ async def test_a_moved_connection_is_served_by_its_owner_and_nobody_resets_it(
         assert after["b"]["strays"] > before["b"]["strays"]
         assert after["a"]["peer_accepted"] > before["a"]["peer_accepted"]
         assert after["c"]["peer_dropped"] > before["c"]["peer_dropped"]     # c dropped it silently
-        assert await orch.handoff_open_flows("a") == 1 and await orch.handoff_open_flows("b") == 0
+        assert await orch.open_flows("a") == 1 and await orch.open_flows("b") == 0
         # A new connection is served where it lands.
         fresh = await Client(lab).connect()
         try:

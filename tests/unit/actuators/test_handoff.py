@@ -109,6 +109,10 @@ def test_the_lab_refuses_set_peers_when_handoff_is_off(tmp_path: Path) -> None:
     orch = LabOrchestrator(LabOrchestratorConfig(lab="hou", dir=tmp_path))
     peers: handoff.Peers = orch          # the lab orchestrator is the lab's Peers (checked by mypy)
     assert orch.cfg.handoff is False and peers is orch
+    assert handoff.peers_from(orch) is None, "handoff off: the scaler has no peers to keep"
+    on = LabOrchestrator(LabOrchestratorConfig(lab="hou", dir=tmp_path, handoff=True))
+    assert handoff.peers_from(on) is on
+    assert handoff.peers_from(object()) is None
     with pytest.raises(OrchestratorError, match="handoff is off"):
         asyncio.run(orch.set_peers("web", ["a"]))
 
@@ -124,6 +128,9 @@ class RecordingPeers:
         self.calls.append((pool, list(members)))
         if pool in self.failing:
             raise OrchestratorError(f"pool {pool}: b: unreachable")
+
+    async def open_flows(self, member: str) -> int | None:
+        return None
 
 
 def test_peer_sync_pushes_a_pool_only_when_its_members_changed() -> None:
