@@ -97,6 +97,11 @@ def _refusal(request: Request, refused: _Refused, fragment: bool) -> Response:
     return render("error.html", status=refused.status, title="refused", message=refused.message)
 
 
+def who_context(request: Request) -> dict[str, Any]:
+    """Who the page is read as, and whether it came with the login cookie (then: a log-out button)."""
+    return {"who": request.scope.get(CREDENTIAL), "cookie": COOKIE in request.cookies}
+
+
 def _next(value: str | None) -> str:
     """Where to go after logging in: only a page of the console (no open redirect)."""
     if value and value.startswith(f"{PREFIX}/") and not value.startswith("//") and "\\" not in value:
@@ -155,7 +160,7 @@ def console_router(service: views.ConsoleService, clock: Callable[[], float] = t
     @router.get("/", response_class=HTMLResponse)
     def overview(request: Request) -> Response:
         return page(request, False, lambda: render("overview.html", **overview_context(clock()),
-                                                   who=request.scope.get(CREDENTIAL)))
+                                                   **who_context(request)))
 
     @router.get("/live", response_class=HTMLResponse)
     def overview_live(request: Request) -> Response:
@@ -165,8 +170,7 @@ def console_router(service: views.ConsoleService, clock: Callable[[], float] = t
     def pool_page(request: Request, pool: str) -> Response:
         def build() -> Response:
             known(pool)
-            return render("pool.html", **pool_context(pool, clock(), hours_of(request)),
-                          who=request.scope.get(CREDENTIAL))
+            return render("pool.html", **pool_context(pool, clock(), hours_of(request)), **who_context(request))
         return page(request, False, build)
 
     @router.get("/pools/{pool}/live", response_class=HTMLResponse)

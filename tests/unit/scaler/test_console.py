@@ -71,6 +71,7 @@ async def test_overview_shows_each_pool_with_size_bounds_states_health_and_last_
     async with client(app_for(view)) as c:
         r = await c.get("/console/")
     assert r.status_code == 200 and r.headers["content-type"].startswith("text/html")
+    assert ">@anonymous<" in r.text and 'action="/console/logout"' not in r.text     # nothing to log out of
     page = Text(r.text)
     assert [a["data-pool"] for a in page.having("data-pool")] == ["api", "web"]
     web = r.text[r.text.index('data-pool="web"'):]
@@ -205,6 +206,7 @@ async def test_login_sets_an_httponly_cookie_the_console_accepts(locked: FastAPI
         assert "Secure" not in cookie                                       # plain http here
         page = await c.get("/console/pools/web")
         assert page.status_code == 200 and 'data-instance="' in page.text and ">reader<" in page.text
+        assert 'action="/console/logout"' in page.text
         assert (await c.get("/console/live")).status_code == 200
         # The JSON API still wants the header: the cookie is the console's.
         async with client(locked, cookies={COOKIE: READ_TOKEN}) as other:
