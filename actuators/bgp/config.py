@@ -58,6 +58,10 @@ class BgpRouterConfig(BaseModel):
     ack_timeout_s: float = Field(default=10.0, gt=0, le=300)
     # At start, how long to wait for ExaBGP's API and then for a first session before going on.
     start_wait_s: float = Field(default=5.0, ge=0, le=120)
+    # ExaBGP is a separate process: a scaler stalled this long (SIGSTOP, a frozen loop) gets it
+    # SIGKILLed by its API bridge, so that a frozen HA leader stops announcing (the routers keep its
+    # paths as stale for `graceful_restart_s`, the new leader's speaker announces its own). 0 = off.
+    watchdog_s: float = Field(default=5.0, ge=0, le=300)
     restart_backoff_s: float = Field(default=0.5, gt=0, le=60)
     restart_backoff_max_s: float = Field(default=30.0, gt=0, le=3600)
 
@@ -69,6 +73,9 @@ class BgpRouterConfig(BaseModel):
             raise ValueError(f"peers: {', '.join(dupes)} listed more than once")
         if len(str(self.dir / "api.sock")) > UNIX_PATH_MAX:
             raise ValueError(f"dir: {self.dir} is too long for a unix socket path (max {UNIX_PATH_MAX - 9} chars)")
+        if 0 < self.watchdog_s < 1:
+            raise ValueError("watchdog_s must be 0 (off) or at least 1 (the scaler sends a heartbeat every "
+                             "watchdog_s / 4)")
         if self.restart_backoff_max_s < self.restart_backoff_s:
             raise ValueError("restart_backoff_max_s must be at least restart_backoff_s")
         return self

@@ -51,6 +51,7 @@ from dataclasses import dataclass, field
 from ipaddress import IPv4Address
 from typing import Any
 
+from actuators.bgp.bridge import HEARTBEAT
 from actuators.bgp.config import BgpRouterConfig
 from actuators.bgp.paths import Path_, PathsLog
 from actuators.bgp.speaker import Speaker, SpeakerStatus
@@ -130,6 +131,7 @@ class BgpRouter(Router):
     # ---- the Router interface ------------------------------------------------------------------
 
     async def apply(self, desired: DesiredRoutes) -> ApplyResult:
+        self._exabgp.release()          # the caller acts: a speaker held after a stall may run again
         await self.start()
         for vip, hops in desired.items():
             self._desired[vip] = {h.address: h.state for h in hops}
@@ -150,6 +152,7 @@ class BgpRouter(Router):
 
     async def replay(self, desired: DesiredRoutes) -> ApplyResult:
         """Send the full desired state again to every established peer, then End-of-RIB."""
+        self._exabgp.release()
         await self.start()
         for vip, hops in desired.items():
             self._desired[vip] = {h.address: h.state for h in hops}
@@ -244,6 +247,8 @@ class BgpRouter(Router):
         self._sent.clear()                     # a new ExaBGP starts with an empty RIB
         self._withdrawn_at.clear()
         self._connected.set()
+        if self.config.watchdog_s > 0:
+            self._spawn(self._heartbeat(writer))
         try:
             while True:
                 try:
@@ -262,6 +267,19 @@ class BgpRouter(Router):
                 # ExaBGP without its API process is useless to us: restart the whole speaker.
                 if not self._closing:
                     self._exabgp.kill()
+
+    async def _heartbeat(self, writer: asyncio.StreamWriter) -> None:
+        """Tell the bridge this scaler runs (its watchdog kills ExaBGP after `watchdog_s` of silence).
+        A beat that comes `watchdog_s` late means this process stood still (SIGSTOP, a frozen loop) and
+        the watchdog has fired: ExaBGP is then held down until the next apply(), which only a scaler
+        that may act makes — not restarted by the supervisor at once with the old state."""
+        interval = self.config.watchdog_s / 4
+        while self._writer is writer:
+            writer.write(HEARTBEAT + b"\n")
+            before = time.monotonic()
+            await asyncio.sleep(interval)
+            if time.monotonic() - before >= self.config.watchdog_s - interval:
+                self._exabgp.hold()
 
     def _drop_connection(self, why: str) -> None:
         writer, self._writer = self._writer, None

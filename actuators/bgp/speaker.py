@@ -47,14 +47,17 @@ class SpeakerStatus:
     restarts: int = 0
     last_exit: str | None = None
     next_start_in_s: float | None = None
+    held: bool = False              # not restarted until the next apply(): this scaler stood still
 
     def as_dict(self) -> dict[str, Any]:
         return {"running": self.running, "connected": self.connected, "pid": self.pid, "starts": self.starts,
-                "restarts": self.restarts, "last_exit": self.last_exit, "next_start_in_s": self.next_start_in_s}
+                "restarts": self.restarts, "last_exit": self.last_exit, "next_start_in_s": self.next_start_in_s,
+                "held": self.held}
 
 
 def render_exabgp_conf(cfg: BgpRouterConfig, python: str, socket_path: Path) -> str:
-    lines = ["process scaler {", f'    run "{python}" "{BRIDGE}" "{socket_path}";', "    encoder json;", "}", ""]
+    lines = ["process scaler {", f'    run "{python}" "{BRIDGE}" "{socket_path}" "{cfg.watchdog_s:g}";',
+             "    encoder json;", "}", ""]
     for p in cfg.peers:
         lines += [
             f"neighbor {p.address} {{",
@@ -92,6 +95,8 @@ class Speaker:
         self._proc: asyncio.subprocess.Process | None = None
         self._supervisor: asyncio.Task[None] | None = None
         self._closing = False
+        self._released = asyncio.Event()
+        self._released.set()
 
     @property
     def started(self) -> bool:
@@ -101,8 +106,23 @@ class Speaker:
         """Stop an ExaBGP left by an earlier scaler, then start supervising ours. Returns without waiting
         for it to run."""
         self._closing = False           # started again after a stop (a scaler that leads again)
+        self.release()
         await self._kill_orphan()
         self._supervisor = asyncio.create_task(self._supervise(), name="exabgp-supervisor")
+
+    def hold(self) -> None:
+        """This scaler stood still (its bridge's watchdog killed ExaBGP, or is about to): do not start
+        ExaBGP again until `release()`. A scaler frozen while leading learns on waking that it lost
+        the leadership; an automatic restart would first announce its old state once more."""
+        if self._released.is_set():
+            log.warning("this scaler stood still for over %gs: ExaBGP is restarted only at the next apply",
+                        self.config.watchdog_s)
+        self._released.clear()
+        self.status.held = True
+
+    def release(self) -> None:
+        self._released.set()
+        self.status.held = False
 
     def kill(self) -> None:
         """SIGKILL the running ExaBGP (hung, or without its API process): the supervisor starts a new one."""
@@ -119,6 +139,7 @@ class Speaker:
                 await self._supervisor
             self._supervisor = None
         await self._stop_process()
+        self.status.running, self.status.pid = False, None    # the cancelled supervisor could not say so
 
     async def _supervise(self) -> None:
         backoff = self.config.restart_backoff_s
@@ -141,6 +162,7 @@ class Speaker:
             await asyncio.sleep(backoff)
             self.status.next_start_in_s = None
             backoff = min(backoff * 2, self.config.restart_backoff_max_s)
+            await self._released.wait()
 
     async def _run(self) -> int:
         cfg = self.config

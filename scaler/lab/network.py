@@ -3,7 +3,8 @@
     {lab}-client (198.18.0.2) ── {lab}-router (198.18.0.1, 198.18.N.1) ──┬── {lab}-i-{instance} (198.18.N.2,
                                                                           ┆    VIP/32 on lo, HAProxy, backend)
                                      router="bgp" only: (198.18.255.1) ───┴── {lab}-ctl (198.18.255.2: the
-                                     FRR, AS 65000                             scaler's ExaBGP, AS 65001)
+                                     FRR, AS 65000                             scaler's ExaBGP, AS 65001;
+                                                                               .3, .4…: more scalers, HA)
 `lab_up` makes the router and client namespaces and their link; instances are made by
 `actuators.lab.orchestrator.LabOrchestrator`; the router's VIP route belongs to the router driver: the `kernel`
 driver programs it over netlink, the `bgp` driver announces it to the FRR that `lab_up` starts in
@@ -74,6 +75,9 @@ BGP_LINK_PREFIXLEN = 24
 BGP_ROUTER_ASN = 65000
 BGP_SPEAKER_ASN = 65001
 BGP_ROUTER_PEER_NAME = "lab-router"
+# Several scalers on one PostgreSQL (HA): each speaks from its own address on the ctl link, the way each
+# scaler host has its own address and the ToRs list every one as a neighbor. Scaler i: 198.18.255.(2+i).
+MAX_SPEAKERS = 8
 
 RouterKind = Literal["kernel", "bgp"]
 
@@ -95,6 +99,8 @@ class LabConfig(BaseModel):
     command_timeout_s: float = Field(default=15.0, gt=0)
     # Which router driver the lab is built for: `bgp` adds FRR in the router and the ctl namespace.
     router: RouterKind = "kernel"
+    # bgp: how many scalers may speak to FRR at once (HA): one address each, all FRR neighbors.
+    speakers: int = Field(default=1, ge=1, le=MAX_SPEAKERS)
 
     @model_validator(mode="after")
     def _default_dir(self) -> LabConfig:
@@ -124,16 +130,25 @@ class LabConfig(BaseModel):
     def frr_dir(self) -> Path:
         return self.lab_dir / "frr"
 
+    def speaker_address(self, i: int = 0) -> IPv4Address:
+        """Scaler i's address on the ctl link (0: BGP_SPEAKER_ADDRESS)."""
+        if not 0 <= i < self.speakers:
+            raise LabError(f"lab {self.name}: speaker {i} does not exist (speakers: {self.speakers})")
+        return BGP_SPEAKER_ADDRESS + i
+
     def frr(self) -> Frr:
-        """The router namespace's FRR: one eBGP neighbor, the scaler's speaker."""
+        """The router namespace's FRR: one eBGP neighbor per scaler speaker."""
         return Frr(FrrConfig(dir=self.frr_dir, asn=BGP_ROUTER_ASN, router_id=BGP_ROUTER_ADDRESS,
-                             neighbors=(FrrNeighbor(BGP_SPEAKER_ADDRESS, BGP_SPEAKER_ASN),),
+                             neighbors=tuple(FrrNeighbor(self.speaker_address(i), BGP_SPEAKER_ASN)
+                                             for i in range(self.speakers)),
                              netns=self.router_ns))
 
-    def bgp_router_options(self) -> dict[str, Any]:
-        """The `router.options` of a scaler.yaml whose `bgp` driver speaks to this lab's FRR."""
-        return {"netns": self.ctl_ns, "dir": str(self.lab_dir / "bgp"), "local_as": BGP_SPEAKER_ASN,
-                "router_id": str(BGP_SPEAKER_ADDRESS), "local_address": str(BGP_SPEAKER_ADDRESS),
+    def bgp_router_options(self, speaker: int = 0) -> dict[str, Any]:
+        """The `router.options` of a scaler.yaml whose `bgp` driver speaks to this lab's FRR; with
+        several speakers (HA), scaler `speaker`'s: its own address and its own directory."""
+        address = str(self.speaker_address(speaker))
+        return {"netns": self.ctl_ns, "dir": str(self.lab_dir / ("bgp" if speaker == 0 else f"bgp{speaker}")),
+                "local_as": BGP_SPEAKER_ASN, "router_id": address, "local_address": address,
                 "peers": [{"address": str(BGP_ROUTER_ADDRESS), "asn": BGP_ROUTER_ASN,
                            "name": BGP_ROUTER_PEER_NAME}]}
 
@@ -144,6 +159,7 @@ class LabConfig(BaseModel):
                 "link": f"{BGP_ROUTER_ADDRESS}/{BGP_LINK_PREFIXLEN} {_router_ctl_if(self.name)} ↔ "
                         f"{BGP_SPEAKER_ADDRESS}/{BGP_LINK_PREFIXLEN} {_ctl_if(self.name)}",
                 "ctl_ns": self.ctl_ns, "frr_dir": str(self.frr_dir),
+                "speakers": [str(self.speaker_address(i)) for i in range(self.speakers)],
                 "router_options": self.bgp_router_options()}
 
     @property
@@ -280,8 +296,9 @@ async def _bgp_up(cfg: LabConfig) -> None:
         f"link set {r_if} up\n").encode())
     await _run(cfg, ["ip", "-n", kns, "-batch", "-"], stdin=(
         "link set lo up\n"
-        f"addr replace {BGP_SPEAKER_ADDRESS}/{BGP_LINK_PREFIXLEN} dev {k_if}\n"
-        f"link set {k_if} up\n").encode())
+        + "".join(f"addr replace {cfg.speaker_address(i)}/{BGP_LINK_PREFIXLEN} dev {k_if}\n"
+                  for i in range(cfg.speakers))
+        + f"link set {k_if} up\n").encode())
     # FRR's daemons run as user `frr`: it must be able to reach its directory inside ours.
     mode = cfg.lab_dir.stat().st_mode
     if mode & 0o111 != 0o111:

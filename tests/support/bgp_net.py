@@ -17,6 +17,7 @@ import os
 import re
 import secrets
 import shutil
+import struct
 import subprocess
 import tempfile
 import threading
@@ -27,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from actuators.bgp import BgpRouter, BgpRouterConfig
+from actuators.kernel import netlink as nl
 from actuators.linux import netns
 from scaler.lab.frr import Frr, FrrConfig, FrrNeighbor
 
@@ -144,6 +146,37 @@ def fib(router_ns: str, vip: IPv4Address) -> set[IPv4Address]:
             hops.add(IPv4Address(r["gateway"]))
         for nh in r.get("nexthops", []):
             hops.add(IPv4Address(nh["gateway"]))
+    return hops
+
+
+RTA_MULTIPATH = 9
+_RTNH = struct.Struct("=HBBi")     # struct rtnexthop: len, flags, hops, ifindex; its attributes follow
+_RTMSG_LEN = 12                     # struct rtmsg
+
+
+def fib_netlink(client: nl.NetlinkClient, vip: IPv4Address) -> set[IPv4Address]:
+    """`fib()` from one in-process netlink route dump (well under a millisecond for a small table, where
+    `ip` costs tens): for polling every few ms. Routes on nexthop objects (FRR's groups) come with their
+    members expanded in RTA_MULTIPATH while net.ipv4.nexthop_compat_mode is 1, the default."""
+    hops: set[IPv4Address] = set()
+    for msg in client.dump(nl.dump_routes()):
+        if msg.type != nl.RTM_NEWROUTE or msg.payload[1] != 32:
+            continue
+        attrs = nl.parse_nlas(msg.payload[_RTMSG_LEN:])
+        if nl.RTA_DST not in attrs or IPv4Address(attrs[nl.RTA_DST]) != vip:
+            continue
+        if nl.RTA_GATEWAY in attrs:
+            hops.add(IPv4Address(attrs[nl.RTA_GATEWAY]))
+        mp = attrs.get(RTA_MULTIPATH, b"")
+        pos = 0
+        while pos + _RTNH.size <= len(mp):
+            length = _RTNH.unpack_from(mp, pos)[0]
+            if length < _RTNH.size:
+                break
+            inner = nl.parse_nlas(mp[pos + _RTNH.size:pos + length])
+            if nl.RTA_GATEWAY in inner:
+                hops.add(IPv4Address(inner[nl.RTA_GATEWAY]))
+            pos += (length + 3) & ~3
     return hops
 
 

@@ -51,7 +51,7 @@ def test_the_exabgp_configuration_has_add_path_graceful_restart_and_manual_eor_f
         {"address": "198.18.255.1", "asn": 65000, "name": "tor1"},
         {"address": "198.18.254.1", "asn": 65002, "local_address": "198.18.254.2", "hold_time_s": 9}]})
     text = render_exabgp_conf(cfg, "/venv/bin/python", tmp_path / "api.sock")
-    assert f'run "/venv/bin/python" "{BRIDGE}" "{tmp_path / "api.sock"}";' in text
+    assert f'run "/venv/bin/python" "{BRIDGE}" "{tmp_path / "api.sock"}" "5";' in text
     assert "encoder json;" in text
     blocks = text.split("neighbor ")[1:]
     assert [b.split()[0] for b in blocks] == ["198.18.255.1", "198.18.254.1"]
