@@ -336,6 +336,12 @@ def create_app(service: ServiceView, clock: Callable[[], float] = time.time, *,
         row = service.store.pool(pool)
         paused = row.pause_summary() if row is not None else None
         head += f"{pool}: {paused}: decisions start nothing (`scaler resume {pool}`)\n" if paused else ""
+        op = service.store.running_operation(pool)
+        if op is not None and op.kind == OpKind.ROLLOUT:
+            p = progress(service.store, op, service.pools[pool].instance_template())
+            head += (f"{pool}: rollout {op.id} to template {p.template} running: {len(p.outdated)} outdated left, "
+                     f"{p.replaced} replaced, {len(p.in_flight)} in flight, {p.failed} failed launches; "
+                     f"decisions wait for it (`scaler rollout {pool} --status`)\n")
         for m in service.store.members(pool):
             if m.health == "down" and m.state != MemberState.DELETED:
                 head += (f"{pool}: {m.instance} ({m.state}) is down since {iso(m.health_since)}: "

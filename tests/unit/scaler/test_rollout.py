@@ -239,5 +239,7 @@ async def test_the_api_starts_a_rollout_and_shows_its_progress(store: Store, tmp
         pool_view = (await c.get("/v1/pools/web", headers=bearer(OPS_TOKEN))).json()
         assert pool_view["outdated"] == 2 and pool_view["operation"]["kind"] == OpKind.ROLLOUT
         assert all(m["template"] == pool("v1").instance_template() for m in pool_view["members"])
+        why = (await c.get("/v1/pools/web/why", headers=bearer(OPS_TOKEN))).text
+        assert f"rollout {body['operation']} to template" in why and "2 outdated left" in why
         ev = [e.message for e in store.events("web") if e.kind == "operation"]
         assert any("rollout to template" in m and "api (ops)" in m for m in ev)
