@@ -90,6 +90,13 @@ async def api(svc: ServiceProcess, path: str) -> Any:
         return r.json()
 
 
+async def decision(svc: ServiceProcess, decision_id: str) -> Any:
+    """The pool's decision with this id, as GET /v1/pools/web/decisions has it."""
+    found = [d for d in await api(svc, "/v1/pools/web/decisions?limit=1000") if str(d["id"]) == decision_id]
+    assert found, f"decision {decision_id!r} is not among the pool's decisions"
+    return found[0]
+
+
 def texts(b: Browser, css: str) -> list[str]:
     from selenium.webdriver.common.by import By
 
@@ -147,9 +154,11 @@ async def test_console_in_chromium(service: ServiceProcess, browser: Browser, tm
     assert attrs(browser, "tr.pool", "data-pool") == ["web"]
     assert attrs(browser, "tr.pool [data-size]", "data-size") == ["2"]
     assert texts(browser, "tr.pool [data-state]") == ["2 in_service"]
-    reason = pool["last_decision"]["reason"]
-    assert reason.startswith("missing data for input sessions")
-    assert reason in texts(browser, "tr.pool [data-last-decision]")[0]
+    # The last decision shown is the newest there was when the page was drawn, with its reason.
+    oldest = pool["last_decision"]["id"]
+    shown = await decision(service, attrs(browser, "tr.pool [data-last-decision]", "data-last-decision")[0])
+    assert shown["id"] >= oldest and shown["reason"].startswith("missing data for input sessions")
+    assert shown["reason"] in texts(browser, "tr.pool [data-last-decision]")[0]
     browser.screenshot(shots / "console-overview.png")
     browser.check()
     assert browser.console == [] and browser.failed == []
@@ -161,22 +170,27 @@ async def test_console_in_chromium(service: ServiceProcess, browser: Browser, tm
     rows = d.find_elements(By.CSS_SELECTOR, "tr.member")
     assert {r.get_attribute("data-instance"): r.get_attribute("data-state") for r in rows} == members
     assert {r.find_element(By.CSS_SELECTOR, ".state").text for r in rows} == {"in_service"}
-    assert reason in texts(browser, "[data-last-decision]")[0]
+    shown = await decision(service, attrs(browser, "[data-last-decision]", "data-last-decision")[0])
+    reason = shown["reason"]
+    assert shown["id"] >= oldest and reason in texts(browser, "[data-last-decision]")[0]
     panels = attrs(browser, "svg.chart g.panel", "data-panel")
     assert panels[1:] == ["input sessions"]
     assert {"busy: > 20 → +1", "idle: < 5 → -1"} <= set(texts(browser, "svg.chart text.threshold-label"))
     assert d.find_elements(By.CSS_SELECTOR, "svg.chart polygon.marker.out")       # the scale-out 0 → 2
     first = d.find_element(By.CSS_SELECTOR, "li.decision")
-    assert reason in first.text
-    first.find_element(By.TAG_NAME, "summary").click()
-    why = first.find_element(By.CSS_SELECTOR, "pre.why").text
+    assert first.get_attribute("data-decision") == str(shown["id"]) and reason in first.text
+    why = first.find_element(By.CSS_SELECTOR, "pre.why").get_attribute("textContent") or ""
     assert "why:    missing data for input sessions" in why and "rules:  busy" in why
     assert any("creating → booting" in t for t in texts(browser, "tr.event"))
+    # The scale-out 0 → 2, opened: its why text shows.
+    scale_out = d.find_element(By.CSS_SELECTOR, "li.decision[data-outcome=scale_out]")
+    scale_out.find_element(By.TAG_NAME, "summary").click()
+    assert "why:    below min: 0 < 2" in scale_out.find_element(By.CSS_SELECTOR, "pre.why").text
     browser.screenshot(shots / "console-pool.png")
 
-    # It refreshes itself: newer evaluations show up, the page is not reloaded, an open `why` stays open.
+    # It refreshes itself: newer evaluations show up, the page is not reloaded, the opened `why` stays open.
     d.execute_script("window.scalerNotReloaded = true")
-    newest = int(first.get_attribute("data-decision") or 0)
+    newest = shown["id"]
 
     def refreshed() -> bool:
         status = d.find_element(By.ID, "refresh-status").text
@@ -186,8 +200,8 @@ async def test_console_in_chromium(service: ServiceProcess, browser: Browser, tm
     await eventually(lambda: asyncio.to_thread(refreshed), timeout_s=20, interval_s=0.5,
                      what="the pool page to refresh itself")
     assert d.execute_script("return window.scalerNotReloaded") is True
-    top = d.find_element(By.CSS_SELECTOR, "li.decision")
-    assert reason in top.text and top.find_element(By.TAG_NAME, "details").get_attribute("open") is not None
+    opened = d.find_element(By.CSS_SELECTOR, "li.decision[data-outcome=scale_out] details")
+    assert opened.get_attribute("open") is not None
     browser.check()
     assert browser.console == [] and browser.failed == []
     for name in ("login", "overview", "pool"):
