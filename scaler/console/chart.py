@@ -228,9 +228,10 @@ def _panel(panel: Panel, marks: Sequence[Mark], ticks: Sequence[float], x: _Scal
             o.append(f'<rect class="band" x="{LEFT}" y="{top_y:.1f}" width="{WIDTH - RIGHT - LEFT}" '
                      f'height="{bottom_y - top_y:.1f}"/>')
         ty = y(th.value)
+        label_y = ty - 3 if ty - 3 >= y1 + 11 else ty + 11      # below the line when it is near the top
         o.append(f'<line class="threshold {kind}" x1="{LEFT}" x2="{WIDTH - RIGHT}" y1="{ty:.1f}" y2="{ty:.1f}">'
                  f'<title>{escape(th.label)}</title></line>'
-                 f'<text class="threshold-label {kind}" x="{LEFT + 4}" y="{ty - 3:.1f}">{escape(th.label)}</text>')
+                 f'<text class="threshold-label {kind}" x="{LEFT + 4}" y="{label_y:.1f}">{escape(th.label)}</text>')
     for m in marks:
         if start <= m.at <= end:
             px = x(m.at)
