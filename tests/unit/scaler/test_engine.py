@@ -360,9 +360,9 @@ async def test_a_paused_pool_records_what_the_rules_ask_and_starts_nothing(make)
                       "health checks still withdraw dead members"]
 
     w.store.pause("web", "api (bob)", "", w.clock() + 1)        # again: the first pause's time is kept
-    assert w.store.pool("web").paused_at == w.clock()           # type: ignore[union-attr]
+    assert w.store.pool("web").paused_at == w.clock()
     w.store.resume("web", "api (bob)", w.clock() + 2)
-    assert w.store.pool("web").pause_summary() is None          # type: ignore[union-attr]
+    assert w.store.pool("web").pause_summary() is None
     w.clock.advance(5)
     w.engine.evaluate()
     assert (w.last()["outcome"], w.last()["desired"]) == ("scale_out", 2)
