@@ -132,6 +132,8 @@ class PoolSummary:
     last: DecisionView | None
     operation: str | None
     members: list[Member] = field(default_factory=list)
+    standby: int = 0                        # warm standby members ready
+    standby_wanted: int = 0                 # the policy's standby
 
 
 def decision_mapping(d: DecisionRow) -> dict[str, Any]:
@@ -159,7 +161,7 @@ def latest_decisions(store: Store, pools: Sequence[str]) -> dict[str, DecisionRo
 
 def in_size(m: Member) -> bool:
     """Counted in the pool's size, as GET /v1/pools counts it (warm standby members are not)."""
-    return m.state in CAPACITY and not getattr(m, "standby", False)
+    return m.state in CAPACITY and not m.standby
 
 
 def pool_summaries(svc: ConsoleService, now: float, only: str | None = None) -> list[PoolSummary]:
@@ -199,7 +201,8 @@ def pool_summaries(svc: ConsoleService, now: float, only: str | None = None) -> 
             last=decision_view(name, d, now) if d is not None else None,
             operation=None if op is None else (f"{op.kind.replace('_', '-')} {op.from_size} → {op.to_size} "
                                                f"({op.id}, started {ago(op.created_at, now)}): {op.reason}"),
-            members=ms))
+            members=ms, standby=sum(1 for m in ms if m.state == "standby"),
+            standby_wanted=policy.standby if policy else 0))
     return out
 
 

@@ -24,8 +24,8 @@ POLICY: dict[str, Any] = {
 }
 
 
-def policy(name: str = "web") -> PoolPolicy:
-    return PolicyFile.model_validate({"pools": {name: POLICY}}).pools[name]
+def policy(name: str = "web", **changes: Any) -> PoolPolicy:
+    return PolicyFile.model_validate({"pools": {name: {**POLICY, **changes}}}).pools[name]
 
 
 def seed_decisions(store: Store, pool: str, count: int, now: float, every_s: float = 5.0) -> dict[str, int]:

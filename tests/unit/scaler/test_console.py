@@ -18,7 +18,7 @@ from sqlalchemy import event
 from scaler.api import create_app
 from scaler.config import ApiConfig, PoolConfig
 from scaler.console import COOKIE, chart, views
-from scaler.store import Store
+from scaler.store import MemberState, Store
 from tests.support import console as seed
 from tests.support.api import NOW, OPS_TOKEN, READ_TOKEN, WRONG_TOKEN, View, api_config, bearer
 
@@ -170,6 +170,20 @@ async def test_pages_carry_a_strict_csp_and_no_inline_script_or_style(view: View
         assert not [a for _, a in elements if "style" in a or any(k.startswith("on") for k in a)]
     assert css.status_code == 200 and css.headers["content-type"].startswith("text/css")
     assert missing.status_code == 404
+
+
+async def test_warm_standby_is_shown_apart_from_the_size(view: View) -> None:
+    view.policies = {"web": seed.policy(standby=1)}
+    op = view.store.start_standby("web", 1, 0, "standby 0 < 1", NOW - 30)
+    (m,) = view.store.members_of(op.id)
+    for state in (MemberState.BOOTING, MemberState.HEALTHY, MemberState.STANDBY):
+        view.store.transition(m.id, state, NOW - 20, address="10.250.0.9")
+    async with client(app_for(view)) as c:
+        r = await c.get("/console/")
+        api = (await c.get("/v1/pools/web")).json()
+    assert api["size"] == 3 and api["standby"] == 1
+    assert 'data-size="3"' in r.text and 'data-standby="1"' in r.text and "standby 1 of 1" in r.text
+    assert 'data-state="standby">1 standby<' in r.text
 
 
 # --- access --------------------------------------------------------------------------------------
