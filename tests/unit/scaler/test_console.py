@@ -231,6 +231,12 @@ async def test_login_sets_an_httponly_cookie_the_console_accepts(locked: FastAPI
         assert (await c.get("/console/")).status_code == 303
 
 
+async def test_over_https_the_cookie_is_secure(locked: FastAPI) -> None:
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=locked), base_url="https://api") as c:
+        ok = await c.post("/console/login", data={"token": READ_TOKEN})
+    assert ok.status_code == 303 and "Secure" in ok.headers["set-cookie"]
+
+
 async def test_a_stale_cookie_goes_back_to_the_login_form_saying_so(locked: FastAPI) -> None:
     async with client(locked, cookies={COOKIE: WRONG_TOKEN}) as c:
         r = await c.get("/console/")
