@@ -187,6 +187,47 @@ async def open_flows(ns: str | None, vips: Iterable[IPv4Address], *, timeout_s: 
     return sum(1 for line in out.splitlines() if line.strip())
 
 
+# A VXLAN peer device: the copies travel as UDP between the members' own addresses (what a cloud's
+# port security lets through, where a copy carrying the client's address would be dropped), over any
+# routed network. Its flood list (all-zero MAC entries) names every peer; peers' MACs are learned.
+VXLAN_PORT = 4789
+FLOOD_MAC = "00:00:00:00:00:00"
+
+
+def parse_flood(listing: str) -> set[IPv4Address]:
+    """The flood list of a VXLAN device from `bridge -j fdb show dev DEV`."""
+    try:
+        entries = json.loads(listing or "[]")
+    except ValueError as exc:
+        raise HandoffError(f"handoff: unreadable fdb listing: {exc}") from exc
+    return {IPv4Address(e["dst"]) for e in entries if isinstance(e, dict) and e.get("mac") == FLOOD_MAC
+            and e.get("dst")}
+
+
+def flood_batch(device: str, current: Iterable[IPv4Address], wanted: Iterable[IPv4Address]) -> str:
+    """`bridge -batch` input that makes `device`'s flood list exactly `wanted` (empty: nothing to do)."""
+    have, want = set(current), set(wanted)
+    lines = [f"fdb append {FLOOD_MAC} dev {device} dst {a}" for a in sorted(want - have)]
+    lines += [f"fdb del {FLOOD_MAC} dev {device} dst {a}" for a in sorted(have - want)]
+    return "".join(line + "\n" for line in lines)
+
+
+async def sync_vxlan_peers(ns: str | None, device: str, underlay: Iterable[IPv4Address], *,
+                           timeout_s: float = 15.0) -> None:
+    """Point the VXLAN peer device's flood list at exactly the peers' own (underlay) addresses."""
+    if not IFNAME_RE.match(device):
+        raise HandoffError(f"handoff: invalid peer device name {device!r}")
+    try:
+        _, out, _ = await netns.run(["bridge", "-j", "fdb", "show", "dev", device], ns=ns, timeout_s=timeout_s)
+        batch = flood_batch(device, parse_flood(out), underlay)
+        if batch:
+            await netns.run(["bridge", "-batch", "-"], ns=ns, stdin=batch.encode(), timeout_s=timeout_s)
+    except HandoffError:
+        raise
+    except ActuatorError as exc:
+        raise HandoffError(f"handoff in {ns or 'this namespace'}: {exc}") from exc
+
+
 def peers_of(member: str, addresses: Mapping[str, IPv4Address]) -> tuple[IPv4Address, ...]:
     """Every other member's peer address: whom `member` copies its strays to."""
     return tuple(a for name, a in sorted(addresses.items()) if name != member)
@@ -253,7 +294,7 @@ def unknown(members: Iterable[str], known: Collection[str]) -> list[str]:
     return sorted(set(members) - set(known))
 
 
-__all__ = ["COUNTERS", "OPEN_STATES", "SYSCTLS", "TABLE", "HandoffError", "HandoffRules", "PeerSync", "Peers",
-           "apply", "counters", "open_flows", "open_flows_argv", "parse_counters", "peers_from", "peers_of", "remove",
-           "render",
+__all__ = ["COUNTERS", "FLOOD_MAC", "OPEN_STATES", "SYSCTLS", "TABLE", "VXLAN_PORT", "HandoffError", "HandoffRules",
+           "PeerSync", "Peers", "apply", "counters", "flood_batch", "open_flows", "open_flows_argv", "parse_counters",
+           "parse_flood", "peers_from", "peers_of", "remove", "render", "sync_vxlan_peers",
            "unknown"]

@@ -26,7 +26,10 @@ Aim: 0 in every kind at every rate. Writes handoff_{rate}.json.
 the client sends 3 x 200,000 TCP ACKs of connections nobody has; a copies each to b and c (which drop
 them), against a dropping each itself; kernel CPU of the whole machine per packet, both ways.
 
-    python bench/bench_handoff.py --out bench/results [--rates 100,1000] [--cost]
+    python bench/bench_handoff.py --out bench/results [--rates 100,1000] [--cost] [--transport vxlan]
+
+`--transport vxlan`: the copies travel over VXLAN between the members' own addresses (through the
+router) instead of the lab's peer bridge; results then end in `_vxlan`.
 
 Creates only namespaces of its own lab (`hof<random>-…`), uses only 198.18.0.0/15 inside them, stops
 every process it started and removes the lab, even on failure.
@@ -123,13 +126,13 @@ def phase(ticks: list[dict[str, Any]], lo: int, hi: int) -> dict[str, int]:
     return {k: sum(t.get("kinds", {}).get(k, {}).get("failed", 0) for t in ticks[lo:hi]) for k in KINDS}
 
 
-async def one_run(rate: int, use_handoff: bool) -> dict[str, Any]:
+async def one_run(rate: int, use_handoff: bool, transport: str = "bridge") -> dict[str, Any]:
     lab = LabConfig(name=f"hof{secrets.token_hex(1)}", keepalive_timeout_s=28, router="bgp")
     await lab_down(lab)
     await lab_up(lab)
     router: BgpRouter | None = None
     try:
-        orch = LabOrchestrator(lab.orchestrator_config(handoff=use_handoff))
+        orch = LabOrchestrator(lab.orchestrator_config(handoff=use_handoff, handoff_transport=transport))
         spec = InstanceSpec("web", lab.vip)
         a, b = [await orch.create(spec, n) for n in ("a", "b")]
         if use_handoff:
@@ -204,6 +207,7 @@ async def one_run(rate: int, use_handoff: bool) -> dict[str, Any]:
         copies = sum(c.get("peer_accepted", 0) + c.get("peer_dropped", 0) for c in counters.values())
         return {
             "variant": "handoff" if use_handoff else "reference", "rate": rate,
+            "transport": transport if use_handoff else None,
             "achieved_new_connections_per_s": round(achieved, 1),
             "broken_total": sum(kinds.get(k, {}).get("failed", 0) for k in KINDS),
             "broken": {k: {"failed": kinds.get(k, {}).get("failed", 0), "ok": kinds.get(k, {}).get("ok", 0),
@@ -255,7 +259,7 @@ def checksum(data: bytes) -> int:
     return ~total & 0xFFFF
 
 
-async def cost_run(packets: int = 200_000, rounds: int = 3) -> dict[str, Any]:
+async def cost_run(packets: int = 200_000, rounds: int = 3, transport: str = "bridge") -> dict[str, Any]:
     """The price of one stray on the member it lands on and its peers: the client sends `packets` TCP
     ACKs of unknown connections to the VIP (routed to member a). `copied`: a's handoff copies each to
     b and c, which drop them (the handoff's path); `dropped`: a drops each where handoff would copy it
@@ -265,7 +269,7 @@ async def cost_run(packets: int = 200_000, rounds: int = 3) -> dict[str, Any]:
     await lab_down(lab)
     await lab_up(lab)
     try:
-        orch = LabOrchestrator(lab.orchestrator_config(handoff=True))
+        orch = LabOrchestrator(lab.orchestrator_config(handoff=True, handoff_transport=transport))
         spec = InstanceSpec("web", lab.vip)
         a = (await asyncio.gather(*(orch.create(spec, n) for n in ("a", "b", "c"))))[0]
         await netns.run(["ip", "-n", lab.router_ns, "route", "replace", f"{lab.vip}/32", "via", str(a.address)])
@@ -297,7 +301,7 @@ async def cost_run(packets: int = 200_000, rounds: int = 3) -> dict[str, Any]:
                     totals[variant]["strays"] += (await orch.handoff_counters("a"))["strays"] - before
         finally:
             sock.close()
-        out: dict[str, Any] = {"packets_per_variant": packets * rounds}
+        out: dict[str, Any] = {"packets_per_variant": packets * rounds, "transport": transport}
         for v, t in totals.items():
             out[v] = {"kernel_us_per_packet": round(t["cpu_s"] / (packets * rounds) * 1e6, 2),
                       "packets_per_s": round(packets * rounds / t["s"]), "strays_counted": t["strays"]}
@@ -314,30 +318,33 @@ async def main() -> None:
     ap.add_argument("--rates", default="100,1000")
     ap.add_argument("--variants", default="reference,handoff")
     ap.add_argument("--cost", action="store_true", help="also measure the CPU price of one stray packet")
+    ap.add_argument("--transport", choices=("bridge", "vxlan"), default="bridge",
+                    help="how copies reach the peers (the lab orchestrator's handoff_transport)")
     args = ap.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
+    suffix = "" if args.transport == "bridge" else f"_{args.transport}"
     if args.cost:
-        cost = await cost_run()
+        cost = await cost_run(transport=args.transport)
         value, ref = cost["copied"]["kernel_us_per_packet"], cost["dropped"]["kernel_us_per_packet"]
         doc = {"name": "handoff_stray_cost", "value": value,
                "unit": "µs of kernel CPU per stray packet copied to 2 peers (sender and router included)",
                "reference": ref, "reference_is": "the same packet dropped where it lands, not copied",
                "ratio": round(value / ref, 2) if ref else None, "cost": cost, "machine": machine()}
-        (args.out / "handoff_cost.json").write_text(json.dumps(doc, indent=2) + "\n")
+        (args.out / f"handoff_cost{suffix}.json").write_text(json.dumps(doc, indent=2) + "\n")
         print(json.dumps(doc), flush=True)
     for rate in (int(r) for r in args.rates.split(",") if r):
-        runs = {v: await one_run(rate, v == "handoff") for v in args.variants.split(",")}
+        runs = {v: await one_run(rate, v == "handoff", args.transport) for v in args.variants.split(",")}
         for run in runs.values():
             print(json.dumps(run), flush=True)
         new, ref = runs.get("handoff"), runs.get("reference")
         if new is None or ref is None:
             continue
-        doc = {"name": f"handoff_broken_flows_{rate}", "value": new["broken_total"], "unit": "broken flows",
+        doc = {"name": f"handoff_broken_flows_{rate}{suffix}", "value": new["broken_total"], "unit": "broken flows",
                "reference": ref["broken_total"],
                "ratio": round(new["broken_total"] / ref["broken_total"], 3) if ref["broken_total"] else None,
                "aim": "0 broken flows of every kind across a scale-out and a scale-in over BGP",
                "handoff": new, "without_handoff": ref, "machine": machine()}
-        (args.out / f"handoff_{rate}.json").write_text(json.dumps(doc, indent=2) + "\n")
+        (args.out / f"handoff_{rate}{suffix}.json").write_text(json.dumps(doc, indent=2) + "\n")
         print(json.dumps({k: doc[k] for k in ("name", "value", "unit", "reference", "ratio")}), flush=True)
 
 

@@ -29,6 +29,7 @@ import time
 from collections.abc import AsyncIterator, Collection, Iterable, Mapping
 from ipaddress import IPv4Address
 from pathlib import Path
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
@@ -231,6 +232,11 @@ class LabOrchestratorConfig(BaseModel):
     # Stray-packet handoff (actuators.handoff, issue 19): every instance also gets a link to the
     # lab's peer segment and the handoff table; `set_peers` keeps the peer lists current.
     handoff: bool = False
+    # How copies reach the peers: `bridge`, a shared segment (a bridge in {lab}-peers, a veth per
+    # instance); `vxlan`, an overlay between the instances' own addresses over the routed links (what
+    # a cloud's port security lets through), VNI `handoff_vni`, UDP 4789.
+    handoff_transport: Literal["bridge", "vxlan"] = "bridge"
+    handoff_vni: int = Field(default=4242, ge=1, le=16_777_215)
 
     @model_validator(mode="after")
     def _default_dir(self) -> LabOrchestratorConfig:
@@ -537,7 +543,11 @@ class LabOrchestrator:
             await self._ip(["link", "set", PEERS_BRIDGE, "up"], ns=pns)
 
     async def _ensure_peer_link(self, meta: InstanceMeta) -> None:
-        """A veth from the instance to the peer segment's bridge, with the instance's peer address."""
+        """The instance's peer device with its peer address: a veth to the peer segment's bridge, or a
+        VXLAN device over its own link."""
+        if self.cfg.handoff_transport == "vxlan":
+            await self._ensure_vxlan(meta)
+            return
         await self._ensure_peer_segment()
         lab, idx, ns, pns = self.cfg.lab, meta.idx, self.netns_of(meta.name), peers_ns(self.cfg.lab)
         b_if, p_if = bridge_port_ifname(lab, idx), peer_ifname(lab, idx)
@@ -555,6 +565,27 @@ class LabOrchestrator:
             f"addr replace {peer_address(idx)}/{PEER_PREFIXLEN} dev {p_if}\n"
             f"link set {p_if} up\n").encode())
 
+    async def _ensure_vxlan(self, meta: InstanceMeta) -> None:
+        ns, p_if = self.netns_of(meta.name), peer_ifname(self.cfg.lab, meta.idx)
+        if not await self._link_exists(ns, p_if):
+            # No `dev`: its MTU stays 1500 like the client's packets it carries; the outer UDP packet
+            # is fragmented on the 1500-byte link (a smaller device MTU would make the kernel drop a
+            # full-size copy and send the client a "fragmentation needed").
+            await self._ip(["link", "add", p_if, "type", "vxlan", "id", str(self.cfg.handoff_vni),
+                            "local", str(instance_address(meta.idx)), "dstport", str(handoff.VXLAN_PORT)], ns=ns)
+        await self._ip(["-batch", "-"], ns=ns, stdin=(
+            f"addr replace {peer_address(meta.idx)}/{PEER_PREFIXLEN} dev {p_if}\n"
+            f"link set {p_if} up\n").encode())
+
+    async def _apply_handoff(self, meta: InstanceMeta, peers: list[InstanceMeta]) -> None:
+        others = [p for p in peers if p.name != meta.name]
+        ns = self.netns_of(meta.name)
+        if self.cfg.handoff_transport == "vxlan":
+            await handoff.sync_vxlan_peers(ns, peer_ifname(self.cfg.lab, meta.idx),
+                                           [instance_address(p.idx) for p in others],
+                                           timeout_s=self.cfg.command_timeout_s)
+        await handoff.apply(ns, self._handoff_rules(meta, others), timeout_s=self.cfg.command_timeout_s)
+
     def _handoff_rules(self, meta: InstanceMeta, peers: list[InstanceMeta]) -> handoff.HandoffRules:
         return handoff.HandoffRules(vips=(meta.vip,), peer_device=peer_ifname(self.cfg.lab, meta.idx),
                                     peers=tuple(peer_address(p.idx) for p in peers if p.name != meta.name))
@@ -564,8 +595,7 @@ class LabOrchestrator:
         scaler's `set_peers` makes the list exact)."""
         peers = [m for m in self._all_metas() if m.pool == meta.pool and m.name != meta.name
                  and netns.exists(self.netns_of(m.name))]
-        await handoff.apply(self.netns_of(meta.name), self._handoff_rules(meta, peers),
-                            timeout_s=self.cfg.command_timeout_s)
+        await self._apply_handoff(meta, peers)
 
     @property
     def handoff(self) -> bool:
@@ -578,9 +608,7 @@ class LabOrchestrator:
             raise OrchestratorError(f"pool {pool}: handoff is off in lab {self.cfg.lab}")
         metas = {m.name: m for m in self._all_metas() if m.pool == pool}
         wanted = [metas[n] for n in sorted(set(members)) if n in metas]
-        results = await asyncio.gather(*(
-            handoff.apply(self.netns_of(m.name), self._handoff_rules(m, wanted), timeout_s=self.cfg.command_timeout_s)
-            for m in wanted), return_exceptions=True)
+        results = await asyncio.gather(*(self._apply_handoff(m, wanted) for m in wanted), return_exceptions=True)
         problems = [f"{m.name}: {r}" for m, r in zip(wanted, results, strict=True) if isinstance(r, BaseException)]
         problems += [f"{n}: no such instance in pool {pool}" for n in handoff.unknown(members, metas)]
         if problems:

@@ -1,8 +1,8 @@
 """Stray-packet handoff in the lab (actuators/handoff.py, issue 19): a connection whose packets the
 router starts sending to another member is still served by the member that owns it, nobody resets it,
-and new connections are served where they land. Three real HAProxy members on the lab's peer segment;
-the router's VIP route is switched by hand (`ip route replace`), as an ECMP rehash or a withdraw does.
-bench/bench_handoff.py runs the same over BGP under load."""
+and new connections are served where they land. Three real HAProxy members, their copies over the
+lab's peer bridge or over VXLAN; the router's VIP route is switched by hand (`ip route replace`), as
+an ECMP rehash or a withdraw does. bench/bench_handoff.py runs the same over BGP under load."""
 
 from __future__ import annotations
 
@@ -43,9 +43,12 @@ async def lab() -> AsyncIterator[LabConfig]:
         assert lab_namespaces(cfg) == []
 
 
-@pytest.fixture
-async def members(lab: LabConfig) -> AsyncIterator[tuple[LabOrchestrator, list[Instance]]]:
-    orch = LabOrchestrator(lab.orchestrator_config(handoff=True))
+@pytest.fixture(params=["bridge", "vxlan"])
+async def members(lab: LabConfig,
+                  request: pytest.FixtureRequest) -> AsyncIterator[tuple[LabOrchestrator, list[Instance]]]:
+    """Three members with handoff; copies travel over a shared bridge, or over VXLAN between the
+    members' own addresses through the router (no shared segment)."""
+    orch = LabOrchestrator(lab.orchestrator_config(handoff=True, handoff_transport=request.param))
     made = [await orch.create(InstanceSpec("web", lab.vip), n) for n in ("a", "b", "c")]
     await orch.set_peers("web", ["a", "b", "c"])
 

@@ -99,6 +99,20 @@ def test_open_flows_lists_the_sockets_on_the_vips_that_still_carry_data() -> Non
         handoff.open_flows_argv([])
 
 
+def test_a_vxlan_flood_list_is_brought_to_exactly_the_peers() -> None:
+    listing = json.dumps([{"mac": "00:00:00:00:00:00", "dst": "198.18.2.2", "flags": ["self"]},
+                          {"mac": "00:00:00:00:00:00", "dst": "198.18.3.2", "flags": ["self"]},
+                          {"mac": "5a:11:22:33:44:55", "dst": "198.18.9.2", "flags": ["self"]}])   # learned
+    current = handoff.parse_flood(listing)
+    assert current == {IPv4Address("198.18.2.2"), IPv4Address("198.18.3.2")}
+    batch = handoff.flood_batch("lab-1p", current, [IPv4Address("198.18.3.2"), IPv4Address("198.18.4.2")])
+    assert batch == ("fdb append 00:00:00:00:00:00 dev lab-1p dst 198.18.4.2\n"
+                     "fdb del 00:00:00:00:00:00 dev lab-1p dst 198.18.2.2\n")
+    assert handoff.flood_batch("lab-1p", current, current) == ""
+    with pytest.raises(HandoffError, match="unreadable fdb"):
+        handoff.parse_flood("{")
+
+
 def test_peers_of_a_member_are_all_the_others() -> None:
     addresses = {"b": P1, "a": P2, "c": IPv4Address("198.19.255.9")}
     assert handoff.peers_of("a", addresses) == (P1, IPv4Address("198.19.255.9"))
