@@ -68,6 +68,25 @@ def build_all(cfg: ServiceConfig) -> tuple[Orchestrator, Router, Drainer, dict[s
     return orchestrator, router, HAProxyDrainer(), built
 
 
+# With several scalers and the bgp driver: the longest graceful restart time worth advertising
+# (a takeover, about 1.3-2.3 leases, plus ExaBGP's start, with margin at the 2 s default lease).
+HA_GRACEFUL_RESTART_S = 15
+
+
+def ha_warnings(cfg: ServiceConfig) -> list[str]:
+    """What a configuration for several scalers (a PostgreSQL store) should change."""
+    if not cfg.store_url().startswith("postgresql") or cfg.router.driver != "bgp":
+        return []
+    gr = cfg.router.options.get("graceful_restart_s", 120)
+    if not isinstance(gr, int) or gr <= HA_GRACEFUL_RESTART_S:
+        return []
+    # The routers keep a former leader's paths (stale) in ECMP for its restart time: whatever the
+    # new leader withdraws meanwhile (a dead member, a drain) stays routed that long.
+    return [f"router.options.graceful_restart_s is {gr} s with several scalers: after a takeover the routers "
+            f"keep the former leader's paths for that long, withdrawn members included; about "
+            f"{HA_GRACEFUL_RESTART_S} s suits HA (README, High availability)"]
+
+
 @dataclass(frozen=True)
 class ReloadResult:
     """The outcome of one policy reload. `ok` False: `problems` lists every FILE:LINE:COL message and
@@ -281,6 +300,8 @@ class Service:
         self.started_at = self.clock()
         log.info("scaler started: pools %s, store %s", ", ".join(sorted(self.pools)), self.cfg.store_url()
                  if self.cfg.store_url().startswith("sqlite") else "(database URL hidden)")
+        for warning in ha_warnings(self.cfg):
+            log.warning("%s", warning)
         if isinstance(self.leadership, SoleLeader):
             await self._lead()          # the only scaler of its store: leads at once
         else:

@@ -13,7 +13,7 @@ from actuators.openstack.options import instance_options
 from actuators.openstack.userdata import SHIPPED_TEMPLATE, UserDataInputs, render_user_data
 from scaler.config import driver_options, load_config, load_policies
 from scaler.errors import ConfigError
-from scaler.service import REGISTRIES
+from scaler.service import REGISTRIES, ha_warnings
 from tests.support.production import install
 
 
@@ -50,3 +50,11 @@ def test_a_missing_credential_file_is_named_with_its_line(tmp_path: Path) -> Non
     line = next(n for n, text in enumerate(config.read_text().splitlines(), 1) if "alertmanager-token" in text)
     assert any(p.startswith(f"{config}:{line}:") and "alertmanager-token" in p for p in err.value.problems), \
         err.value.problems
+
+
+def test_a_long_graceful_restart_with_several_scalers_is_warned_about(tmp_path: Path) -> None:
+    path = install(tmp_path)
+    assert ha_warnings(load_config(path, REGISTRIES)) == []
+    path.write_text(path.read_text().replace("graceful_restart_s: 15", "graceful_restart_s: 120"))
+    [warning] = ha_warnings(load_config(path, REGISTRIES))
+    assert warning.startswith("router.options.graceful_restart_s is 120 s with several scalers: after a takeover")
