@@ -23,9 +23,11 @@ entries expire after 2 s (TIME_WAIT, CLOSE): a client reuses its ports, and a st
 reused 4-tuple made a member take another member's connection for its own (measured: a slow request
 and a download stalled until their timeout, the stale member's TIME_WAIT socket eating their ACKs).
 
-The peer device is where peers are on-link (the lab: a bridge between the members; a cloud: the
-members' shared network or an overlay on it). Named counters count strays (each copied once per
-peer), copies accepted from peers (owned here) and copies dropped (owned elsewhere).
+The peer device is where peers are on-link: a shared segment (the lab's bridge), or a VXLAN device
+whose flood list names the peers' own addresses (`sync_vxlan_peers`), which works over any routed
+network and is what a cloud's port security lets through (a copy sent as is carries the client's
+source address). Named counters count strays (each copied once per peer), copies accepted from peers
+(owned here) and copies dropped (owned elsewhere).
 
 `Peers` is the hook the scaler calls so that every member's peer list is current.
 """
