@@ -6,6 +6,8 @@ the kernel router, load through the VIP (short requests and keep-alive clients, 
 - A rollout of a 3-member pool to a new instance definition, with the scaler SIGKILLed in the middle
   and restarted: every member ends on the new definition, the old instances are deleted, and not
   one request fails.
+- A rollout to a definition whose members never become healthy: it stops (the launch breaker opens
+  after 3 failed launches), the failed members are deleted, the old ones keep serving, no request fails.
 """
 
 from __future__ import annotations
@@ -201,3 +203,49 @@ async def test_a_rollout_under_load_with_a_sigkill_in_the_middle_fails_no_reques
     kinds = {k: (v.get("ok"), v.get("failed")) for k, v in (summary.get("kinds") or {}).items() if v.get("ok")}
     print(f"load: {summary.get('ok')} ok, {summary.get('failed')} failed; (ok, failed) by kind {kinds}")
     assert summary.get("ok", 0) > 500 and summary.get("failed") == 0, summary
+
+
+async def test_a_rollout_whose_new_members_never_become_healthy_stops_and_the_old_ones_keep_serving(
+        lab: LabConfig) -> None:
+    port = free_port()
+    policy = policy_file(lab, min=3, standby=0)
+    svc = ServiceProcess(config(lab, port, policy, "1"), port)
+    await svc.start()
+    pool = await pool_where(svc, "three members in service", lambda p: states(p) == ["in_service"] * 3)
+    old = {m["instance"]: m["address"] for m in pool["members"]}
+    assert await svc.stop() == 0
+    # A broken new definition: its instances' backends answer after 5 s, past the lab's 2 s probe, so
+    # HAProxy never answers the probe in time and every new member misses its boot_timeout. (The old
+    # instances keep the backends they were started with.)
+    svc = ServiceProcess(write_config(lab, port, policy=policy, overrides={
+        "intervals.reconcile": "300ms", "intervals.evaluate": "500ms", "intervals.policy_watch": "0s",
+        "pools.web.instance": {"version": "2"}, "pools.web.boot_timeout": "3s",
+        "orchestrator.options.backend_delay_ms": 5000}), port)
+    await svc.start()
+    load = LoadRun(lab, short_rps=50, keepalive_clients=4, max_seconds=120, timeout_s=2.0, retry=False)
+    await load.start()
+    try:
+        await asyncio.sleep(1)
+        started = await operate(lab, "POST", "/v1/pools/web/rollout", {"surge": 1})
+
+        async def ended() -> dict[str, Any] | None:
+            r: dict[str, Any] = await svc.get("/v1/pools/web/rollout")
+            return r if r["state"] != "running" else None
+
+        rollout = await eventually(ended, timeout_s=90, interval_s=0.2, what="the rollout ended", detail=svc.tail)
+        print(f"rollout {rollout['state']}: {rollout['error']}")
+        assert rollout["operation"] == started["operation"] and rollout["state"] == "failed"
+        assert rollout["failed_launches"] == 3 and rollout["replaced"] == 0 and rollout["new_in_service"] == 0
+        assert "3 outdated members keep serving" in (rollout["error"] or "")
+        # The failed members are deleted; the old ones serve as before.
+        pool = await pool_where(svc, "the failed members deleted", lambda p: states(p) == ["in_service"] * 3)
+        assert {m["instance"]: m["address"] for m in pool["members"]} == old
+        listed = {i.name for i in await LabOrchestrator(lab.orchestrator_config()).list("web")}
+        assert listed == set(old)
+        assert await fib_next_hops(lab.router_ns, str(lab.vip)) == set(old.values())
+        await asyncio.sleep(1)
+    finally:
+        summary = await load.stop()
+        assert await svc.stop() == 0, svc.tail()
+    print(f"load: {summary.get('ok')} ok, {summary.get('failed')} failed")
+    assert summary.get("ok", 0) > 200 and summary.get("failed") == 0, summary
