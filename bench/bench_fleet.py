@@ -12,7 +12,8 @@ stopped at the end; without it only SQLite runs).
 
 Collector. The main runs use an in-process collector under the policies' source name: it answers,
 with no I/O, the five samples the `haproxy` collector returns for a member (sessions in the
-policy's neutral band, so every evaluation is a hold on complete data). That measures the scaler's
+policy's neutral band, so every evaluation is a hold on complete data), a whole round at once as
+`prometheus_query` does (collectors.batch: no task per member). That measures the scaler's
 own work (engine, evaluation, store, lifecycle, router) without the transport, whose cost per
 member bench_collectors.py measures; a collector that cannot reach anything would measure the error
 path instead (every input missing, every read an exception). Two variants on SQLite:
@@ -62,7 +63,7 @@ import tempfile
 import time
 import zlib
 from collections import defaultdict, deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from ipaddress import IPv4Address
 from pathlib import Path
 from typing import Any
@@ -76,7 +77,7 @@ from actuators.drainer import HAProxyDrainer
 from actuators.fake import FakeOrchestrator, FakeRouter
 from actuators.orchestrator import Instance
 from actuators.router import HopState
-from collectors import Collector, Sample, Target
+from collectors import Collector, CollectorError, Sample, Target
 from collectors.prometheus_query import PrometheusQueryCollector
 from policies.health import Result
 from scaler.config import driver_options, load_config, load_policies
@@ -150,6 +151,10 @@ class InProcessCollector:
         return [Sample("current_connections", 30.0 + h % 7, now), Sample("current_sessions", 20.0 + h % 5, now),
                 Sample("session_rate", 50.0 + h % 11, now), Sample("request_rate", 120.0 + h % 13, now),
                 Sample("queue", 0.0, now)]
+
+    async def collect_many(self, targets: Sequence[Target]) -> list[list[Sample] | CollectorError]:
+        """A round at once, like prometheus_query (collectors.batch): no task per member."""
+        return [await self.collect(t) for t in targets]
 
     def forget(self, key: str) -> None:
         return None

@@ -24,7 +24,7 @@ import json
 import math
 import re
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, Self
 from urllib.parse import urlsplit
@@ -289,26 +289,60 @@ class PrometheusQueryCollector:
         return f"PrometheusQueryCollector(url={self.config.url!r}, metrics={sorted(self.config.metrics)})"
 
     async def collect(self, target: Target) -> list[Sample]:
-        values = target_values(target)
-        what = f"prometheus_query {describe(target)}"
-        outs = list(self.config.metrics.items())
-        try:
-            queries = [render(spec.query, values, promql=True) for _, spec in outs]
-            wanted = [
-                render(spec.member_value, values) if spec.member_label is not None else None for _, spec in outs
-            ]
-        except KeyError as exc:
-            known = ", ".join(sorted(values))
-            raise CollectorError(f"{what}: unknown placeholder ${{{exc.args[0]}}} (known: {known})",
-                                 reason="config") from None
+        what, queries, wanted = self._prepare(target)
         # Every query of this member is started (or joined) before any is awaited, so they run at
         # once; an answer already shared is used without a task or a future (most members of a round).
         tasks = [self._shared_task(query) for query in queries]
         answers = [t.result() if t.done() else await asyncio.shield(t) for t in tasks]
+        return self._samples(target, what, queries, wanted, answers)
+
+    async def collect_many(self, targets: Sequence[Target]) -> list[list[Sample] | CollectorError]:
+        """Every target of a round at once (collectors.batch): the queries started once, awaited
+        once, each target picked from the shared answers — no task per target."""
+        prepared: list[tuple[str, list[str], list[str | None]] | CollectorError] = []
+        for target in targets:
+            try:
+                prepared.append(self._prepare(target))
+            except CollectorError as exc:
+                prepared.append(exc)
+        tasks = {q: self._shared_task(q) for p in prepared if not isinstance(p, CollectorError) for q in p[1]}
+        pending = {t for t in tasks.values() if not t.done()}
+        if pending:
+            # Not cancelled with this call (asyncio.wait): other members may share them.
+            await asyncio.wait(pending)
+        out: list[list[Sample] | CollectorError] = []
+        for target, p in zip(targets, prepared, strict=True):
+            if isinstance(p, CollectorError):
+                out.append(p)
+                continue
+            what, queries, wanted = p
+            try:
+                out.append(self._samples(target, what, queries, wanted, [tasks[q].result() for q in queries]))
+            except CollectorError as exc:
+                out.append(exc)
+        return out
+
+    def _prepare(self, target: Target) -> tuple[str, list[str], list[str | None]]:
+        """(how the target is named in errors, its rendered queries, its member values)."""
+        values = target_values(target)
+        what = f"prometheus_query {describe(target)}"
+        outs = list(self.config.metrics.values())
+        try:
+            queries = [render(spec.query, values, promql=True) for spec in outs]
+            wanted = [render(spec.member_value, values) if spec.member_label is not None else None for spec in outs]
+        except KeyError as exc:
+            known = ", ".join(sorted(values))
+            raise CollectorError(f"{what}: unknown placeholder ${{{exc.args[0]}}} (known: {known})",
+                                 reason="config") from None
+        return what, queries, wanted
+
+    def _samples(self, target: Target, what: str, queries: list[str], wanted: list[str | None],
+                 answers: list[QueryAnswer | CollectorError]) -> list[Sample]:
         now = self._clock()
         out: list[Sample] = []
         absences: dict[str, str] = {}
-        for (name, spec), query, member, answer in zip(outs, queries, wanted, answers, strict=True):
+        for (name, spec), query, member, answer in zip(self.config.metrics.items(), queries, wanted, answers,
+                                                       strict=True):
             if isinstance(answer, CollectorError):
                 # Shared between members: raise a fresh error naming this member, same class and reason.
                 raise type(answer)(f"{what}: {name}: {answer}", reason=answer.reason) from answer

@@ -16,6 +16,7 @@ import pytest
 from pydantic import ValidationError
 
 from collectors import COLLECTORS, CollectorError, Sample, Target, build
+from collectors.batch import collect_all
 from collectors.errors import CollectorAuthError, CollectorParseError, CollectorTimeout
 from collectors.prometheus_query import (
     PrometheusQueryCollector,
@@ -280,6 +281,39 @@ async def test_a_round_of_many_members_costs_one_query_per_metric() -> None:
     await collector.collect(B)
     assert len(server.requests) == 4
     await collector.close()
+
+
+async def test_a_batch_answers_like_one_collect_per_member_with_one_query_per_metric() -> None:
+    """collect_many (collectors.batch): the same answers as collect for each target, errors as
+    answers, one query per metric for the whole round, and a cut batch leaves the query running."""
+    metrics = {"load1": {"query": "node_load1"},
+               "cpu_busy": {"query": INDEX["queries"]["cpu_busy_by_instance"]["query"]},
+               "per_member": {"query": 'node_load1{name="${nope}"}'}}
+    members = [A, B, NOT_SCRAPED]
+    one_by_one = make(Server(queries(a="node_load1", b="cpu_busy_by_instance")),
+                      metrics={k: v for k, v in metrics.items() if k != "per_member"})
+    expected = await asyncio.gather(*(one_by_one.collect(m) for m in members), return_exceptions=True)
+    server = Server(queries(a="node_load1", b="cpu_busy_by_instance"), delay_s=0.01)
+    batch = make(server, metrics={k: v for k, v in metrics.items() if k != "per_member"})
+    got = await batch.collect_many(members)
+    assert len(server.requests) == 2
+    for want, have in zip(expected, got, strict=True):
+        if isinstance(want, CollectorError):
+            assert type(have) is type(want) and str(have) == str(want) and have.reason == want.reason
+        else:
+            assert have == want
+    assert not isinstance(got[0], CollectorError) and values(got[0]) == {"load1": LOAD1,
+                                                                         "cpu_busy": CPU_BUSY[INSTANCE_A]}
+    bad = make(Server({}), metrics=metrics)
+    assert [e.reason for e in await bad.collect_many([A]) if isinstance(e, CollectorError)] == ["config"]
+
+    slow = Server(queries(q="node_load1"), delay_s=0.3)
+    cut = make(slow, metrics={"x": {"query": "node_load1"}}, share_ttl_s=5.0)
+    answers = await collect_all(cut, [A, B], timeout_s=0.05)
+    assert [(type(a).__name__, a.reason) for a, _ in answers] == [("CollectorTimeout", "timeout")] * 2  # type: ignore[union-attr]
+    assert values(await cut.collect(A)) == {"x": LOAD1} and len(slow.requests) == 1    # the query went on
+    for c in (one_by_one, batch, bad, cut):
+        await c.close()
 
 
 async def test_per_member_queries_are_not_shared() -> None:
