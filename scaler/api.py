@@ -153,6 +153,8 @@ class RolloutOut(BaseModel):
     outdated: list[str] = Field(description="members in service still on another template (left to replace)")
     outdated_standby: list[str]
     in_flight: list[str] = Field(description="new members on their way into service")
+    new_down: list[str] = Field(default_factory=list, description="new members in service found down: no old "
+                                "member is drained for them; failed after health.replace_after")
     draining: list[str] = Field(description="old members being drained and deleted")
     replaced: int = Field(description="old members drained so far")
     new_in_service: int

@@ -483,7 +483,7 @@ class Lifecycle:
         changed = False
         for name, op in self.store.running_operations().items():
             if name in self.pools and op.kind == OpKind.ROLLOUT:
-                changed |= rollout.advance(self.store, op, self.pools[name].instance_template(), now)
+                changed |= rollout.advance(self.store, op, self.pools[name], now)
         return changed
 
     def _finish_operations(self) -> None:

@@ -13,6 +13,9 @@ edits them (a new image) and restarts the scaler, the members on another hash ar
 - nothing of the rollout in flight and outdated members left: `surge` more are launched, ready
   standby members on the current template first (announced at once), new members otherwise;
 - outdated standby members are deleted (the engine boots replacements on the current template);
+- a new member its health checks found down earns no drain and counts as in flight; down for
+  `health.replace_after`, the rollout fails it (a failed launch; the health checker replaces
+  nobody while an operation runs);
 - no outdated member left, nothing in flight and nothing draining: done.
 
 It stops (the operation ends `failed`, the old members keep serving) when the pool's launch breaker
@@ -25,6 +28,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from scaler.breaker import breaker_state
+from scaler.config import PoolConfig
 from scaler.store import Member, MemberState, Operation, OpState, Store
 
 # Members of the rollout on their way into service.
@@ -47,6 +51,8 @@ class Progress:
     served: int                     # new members that came into service
     replaced: int                   # old members drained for them
     failed: int                     # launches of the rollout that failed
+    new_down: list[Member]          # new members in service that their health checks found down
+    new_up: int                     # new members in service not found down
 
     @property
     def stop_after(self) -> int:
@@ -61,6 +67,7 @@ class Progress:
                 "outdated": [m.instance for m in self.outdated],
                 "outdated_standby": [m.instance for m in self.outdated_standby],
                 "in_flight": [m.instance for m in self.in_flight], "draining": [m.instance for m in self.leaving],
+                "new_down": [m.instance for m in self.new_down],
                 "replaced": self.replaced, "new_in_service": self.served, "failed_launches": self.failed,
                 "stops_after_failed_launches": self.stop_after, "error": self.op.error}
 
@@ -84,20 +91,39 @@ def progress(store: Store, op: Operation, template: str) -> Progress:
         in_flight=[m for m in members if m.op_id == op.id and m.state in IN_FLIGHT],
         leaving=[m for m in members if m.op_id == op.id and m.state in LEAVING],
         served=names.count(MemberState.IN_SERVICE), replaced=names.count(MemberState.DRAINING),
-        failed=names.count(MemberState.FAILED))
+        failed=names.count(MemberState.FAILED),
+        new_down=[m for m in members if m.op_id == op.id and m.state == MemberState.IN_SERVICE
+                  and m.health == "down"],
+        new_up=sum(1 for m in members if m.op_id == op.id and m.state == MemberState.IN_SERVICE
+                   and m.health != "down"))
 
 
-def advance(store: Store, op: Operation, template: str, now: float) -> bool:
+def advance(store: Store, op: Operation, cfg: PoolConfig, now: float) -> bool:
     """One step of a running rollout, in the store's thread. True if it changed a member (the
     caller routes again at once)."""
     row = store.pool(op.pool)
     if row is not None and row.paused_at is not None:
         return False            # paused: what is in flight finishes, nothing new starts
+    template = cfg.instance_template()
     p = progress(store, op, template)
     changed = False
+    # A new member found down serves nobody: it earns no drain and counts as in flight. Down for
+    # health.replace_after, it is failed (a failed launch of the rollout; its instance is deleted) —
+    # the health checker does not replace members while an operation runs.
+    for m in p.new_down:
+        if now - (m.health_since or now) >= cfg.health.replace_after:
+            store.transition(m.id, MemberState.FAILED, now,
+                             error=f"rollout {op.id}: new member down for {now - (m.health_since or now):.1f}s "
+                                   f"({m.health_reason})")
+            changed = True
+    if changed:
+        return True
     outdated_left = list(p.outdated)
-    # New members in service first, then as many old ones drained: never fewer in service.
-    for _ in range(p.served - p.replaced):
+    # New members in service first, then as many old ones drained: never fewer in service. Not while
+    # a new one is found down (it serves nobody): the old ones wait for it to be up or replaced.
+    # In service now: (members at the start - replaced) + new_up; one more drain keeps it at least the
+    # start's while new_up > replaced.
+    for _ in range(p.new_up - p.replaced):
         if not outdated_left:
             break
         old = outdated_left.pop(0)
@@ -118,10 +144,10 @@ def advance(store: Store, op: Operation, template: str, now: float) -> bool:
                                f"stopped after {p.failed} failed launches (surge {p.surge} + 2): "
                                f"{'; '.join(errors) or 'no detail'}; {keep}")
         return True
-    if not p.in_flight and outdated_left:
+    if not p.in_flight and not p.new_down and outdated_left:
         store.rollout_launch(op.id, min(p.surge, len(outdated_left)), template, now)
         return True
-    if not p.in_flight and not outdated_left and not p.leaving and not changed:
+    if not p.in_flight and not p.new_down and not outdated_left and not p.leaving and not changed:
         store.finish_operation(op.id, OpState.DONE, now)
         return True
     return changed

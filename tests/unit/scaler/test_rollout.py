@@ -243,3 +243,32 @@ async def test_the_api_starts_a_rollout_and_shows_its_progress(store: Store, tmp
         assert f"rollout {body['operation']} to template" in why and "2 outdated left" in why
         ev = [e.message for e in store.events("web") if e.kind == "operation"]
         assert any("rollout to template" in m and "api (ops)" in m for m in ev)
+
+
+async def test_a_new_member_found_down_earns_no_drain_and_is_failed_after_replace_after(bed: Bed) -> None:
+    await bed.serve(2)
+    bed.lifecycle(pool("v2"))
+    op_id = bed.rollout()
+    new: list[Member] = []
+    for _ in range(6):                            # until the first new member is in service
+        await bed.lc.reconcile()
+        new = [m for m in bed.store.members_of(op_id) if m.state == MemberState.IN_SERVICE]
+        if new:
+            break
+    assert len(new) == 1 and not [m for m in bed.store.members_of(op_id) if m.state == MemberState.DRAINING]
+    # Its health checks find it down before the pass that would drain an old member.
+    bed.store.set_health(new[0].id, "down", bed.clock(), "connection refused")
+    for _ in range(3):
+        bed.clock.advance(1)
+        await bed.lc.reconcile()
+    assert [m.state for m in bed.store.members_of(op_id)] == ["in_service"]    # no drain, no launch
+    assert len(bed.serving()) == 3
+    bed.clock.advance(10)                         # health.replace_after (10 s): the rollout fails it
+    await bed.lc.reconcile()
+    failed = rows.member(bed.store, new[0].id)
+    assert failed.state in (MemberState.FAILED, MemberState.DELETING) and "new member down" in (failed.error or "")
+    assert len(bed.serving()) == 2                # the two old members still serve
+    await bed.run(op_id, 40, floor=2)
+    op = operation(bed.store, op_id)
+    assert op.state == OpState.DONE
+    assert progress(bed.store, op, bed.lc.pools["web"].instance_template()).failed == 1
