@@ -52,6 +52,7 @@ from typing import Any, TypeVar
 
 from actuators.drainer import Drainer
 from actuators.errors import ActuatorError, BuildTimeout, InstanceNotFound, LaunchFailed
+from actuators.handoff import Peers, PeerSync
 from actuators.orchestrator import Instance, InstanceSpec, Orchestrator
 from actuators.router import ApplyResult, DesiredRoutes, DrainMode, HopState, NextHop, Router, RouteStatus
 from policies import format_duration
@@ -75,6 +76,8 @@ T = TypeVar("T")
 
 ROUTED = {MemberState.ANNOUNCING: HopState.ACTIVE, MemberState.IN_SERVICE: HopState.ACTIVE,
           MemberState.DRAINING: HopState.DRAINING}
+# Members every peer list holds (stray handoff): they may receive or own connections.
+PEERED = frozenset({MemberState.ANNOUNCING, MemberState.IN_SERVICE, MemberState.DRAINING})
 # Steps before service: an error here fails the member (it never served).
 EARLY = frozenset({MemberState.CREATING, MemberState.BOOTING, MemberState.HEALTHY})
 # The states scaler_members counts (a deleted member is history, not a member).
@@ -97,7 +100,8 @@ def instance_of(m: Member) -> Instance:
                     m.endpoint_map())
 
 
-def desired_routes(pools: Mapping[str, PoolConfig], members: list[Member]) -> dict[IPv4Address, frozenset[NextHop]]:
+def desired_routes(pools: Mapping[str, PoolConfig], members: list[Member], *,
+                   withdraw_draining: bool = False) -> dict[IPv4Address, frozenset[NextHop]]:
     """The router's desired state: every configured VIP, with the next hops of its routed members.
 
     A member whose health checks found it down has no route, unless more than the pool's panic
@@ -106,6 +110,8 @@ def desired_routes(pools: Mapping[str, PoolConfig], members: list[Member]) -> di
     candidates: dict[str, list[tuple[Member, HopState]]] = {}
     for m in members:
         state = ROUTED.get(m.state)     # type: ignore[call-overload]   # a str: MemberState is a StrEnum
+        if state is HopState.DRAINING and withdraw_draining:
+            continue        # stray handoff: its flows reach it through its peers
         if state is not None and m.address and m.pool in pools:
             candidates.setdefault(m.pool, []).append((m, state))
     for name, routed in candidates.items():
@@ -140,12 +146,16 @@ class Lifecycle:
     # Raises (scaler.leader.NotLeader) unless this scaler may take a side effect now: checked right
     # before every router, orchestrator and HAProxy action. None: always allowed (one scaler).
     guard: Callable[[], None] | None = None
+    # Stray handoff (actuators.handoff): members' peer lists kept current; a draining member is
+    # withdrawn at once and waits for its connections. None: no handoff.
+    peers: Peers | None = None
 
     def __post_init__(self) -> None:
         self._lock = asyncio.Lock()
         # Held from reading the members to the router's answer, so routes computed from an older
         # read never overwrite newer ones (a pass and a health withdrawal may run at once).
         self._routes_lock = asyncio.Lock()
+        self._peer_sync = PeerSync(self.peers) if self.peers is not None else None
         # The recycle share last set on each member's HAProxy (none after a start: every member is
         # set once, which also clears what a crashed scaler may have left).
         self._recycle: dict[str, int] = {}
@@ -179,12 +189,23 @@ class Lifecycle:
     async def _route(self) -> tuple[list[Member], DesiredRoutes, dict[IPv4Address, RouteStatus] | None]:
         async with self._routes_lock:
             members = await self._db(self.store.members)
-            desired = desired_routes(self.pools, members)
+            desired = desired_routes(self.pools, members, withdraw_draining=self.peers is not None)
             # The router's state is read back only for the VIPs whose members wait on it (announcing,
             # draining, withdrawn, failed): at steady state none, whatever the fleet's size.
             waiting = {self.pools[m.pool].vip for m in members if m.state not in RESTING
                        and m.pool in self.pools}
             self.check()
+            if self._peer_sync is not None:
+                # Before the routes: a joining member is in every peer list before it is announced.
+                peered: dict[str, list[str]] = {name: [] for name in self.pools}
+                for m in members:       # one pass over the fleet, not one per pool
+                    if m.state in PEERED and m.pool in peered:
+                        peered[m.pool].append(m.instance)
+                errors = await self._peer_sync.sync(peered)
+                if errors:
+                    now = self.clock()
+                    await self._db(self._add_events, [(pool, "error", f"handoff peers: {exc}", now)
+                                                      for pool, exc in errors.items()])
             return members, desired, await self._apply_routes(desired, waiting)
 
     async def _pass(self) -> None:
@@ -374,6 +395,9 @@ class Lifecycle:
                                now, member=m.instance)
         if hops is None:
             return      # the router could not be read: we cannot know whether flows still reach it
+        if self.peers is not None:
+            await self._drain_with_handoff(m, pool, hops, now)
+            return
         if self.router.drain_mode is DrainMode.WITHDRAW:
             await self._drain_by_withdraw(m, pool, now)
             return
@@ -417,6 +441,31 @@ class Lifecycle:
             return
         self.metrics.drain_seconds.labels(m.pool).observe(elapsed)
         await self._db(self.store.transition, m.id, MemberState.WITHDRAWN, now, detail=detail)
+
+    async def _drain_with_handoff(self, m: Member, pool: PoolConfig, hops: RouteStatus, now: float) -> None:
+        """Stray handoff: the member was withdrawn at once and its flows reach it through its peers;
+        done when its HAProxy and its kernel (data still in flight) hold no connection, or at
+        `drain_timeout`."""
+        assert self.peers is not None
+        if m.address and IPv4Address(m.address) in hops.addresses():
+            return      # the withdraw is not in the router yet
+        try:
+            conns = await self.drainer.connections(m.endpoint_map())
+        except ActuatorError:
+            conns = None
+        try:
+            flows = await self.peers.open_flows(m.instance)
+        except ActuatorError:
+            flows = None
+        elapsed = now - m.state_since
+        drained = (conns or 0) == 0 and (flows or 0) == 0
+        if drained or elapsed >= pool.drain_timeout:
+            self.metrics.drain_seconds.labels(m.pool).observe(elapsed)
+            detail = (f"drained in {format_duration(elapsed)}" if drained else
+                      f"drain deadline {format_duration(pool.drain_timeout)} reached with "
+                      f"{conns if conns is not None else '?'} connections and {flows if flows is not None else '?'} "
+                      f"open flows left")
+            await self._db(self.store.transition, m.id, MemberState.WITHDRAWN, now, detail=detail)
 
     def _asked_before(self, m: Member, t: float) -> bool:
         """Whether HAProxy was asked to drain at `t` or earlier. Normally it was asked in the pass

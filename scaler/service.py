@@ -24,6 +24,7 @@ from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
 import collectors
 from actuators.drainer import Drainer, HAProxyDrainer
+from actuators.handoff import peers_from
 from actuators.orchestrator import Orchestrator
 from actuators.registry import ORCHESTRATORS, ROUTERS
 from actuators.router import Router
@@ -115,7 +116,8 @@ class Service:
         self.clock = clock
         self.metrics.registry.register(RouterHealthMetrics(self.router_health))
         self.lifecycle = Lifecycle(store, orchestrator, router, drainer, self.pools, self.metrics, clock,
-                                   breakers={n: p.launch_breaker for n, p in self.pools.items()})
+                                   breakers={n: p.launch_breaker for n, p in self.pools.items()},
+                                   peers=peers_from(orchestrator))
         self.alerts = cfg.alerts
         self.engine = Engine(store, collectors, cfg.collectors, self.pools, self.policies, self.metrics, clock,
                              collect_timeout_s=max(0.5, cfg.intervals.collect * 0.8),

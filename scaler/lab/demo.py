@@ -87,6 +87,12 @@ def write_config(lab: LabConfig, port: int, *, policy: Path | None = None,
     opts["keepalive_timeout_s"] = lab.keepalive_timeout_s
     if lab.router == "bgp":
         doc["router"] = {"driver": "bgp", "options": lab.bgp_router_options()}
+        # Members hand stray packets to the member that owns the connection (actuators/handoff.py),
+        # so neither the scale-out's rehash nor the scale-in's withdraw resets a flow.
+        # SCALER_DEMO_HANDOFF=0 shows the resets without it.
+        if os.environ.get("SCALER_DEMO_HANDOFF", "1") == "1":
+            opts["handoff"] = True
+            opts["handoff_transport"] = os.environ.get("SCALER_DEMO_HANDOFF_TRANSPORT", "bridge")
     else:
         doc["router"]["options"]["netns"] = lab.router_ns
     snmp = doc["collectors"].get("snmp")
