@@ -15,6 +15,7 @@ import asyncio
 import enum
 import fcntl
 import functools
+import importlib.util
 import json
 import math
 import os
@@ -839,6 +840,9 @@ def engine_url(url: str) -> URL:
         elif u.get_driver_name() != "psycopg":
             raise StoreError(f"the store URL {mask(url)}: PostgreSQL is used through psycopg 3 only; "
                              f"write postgresql+psycopg://… (or postgresql://…)")
+        if importlib.util.find_spec("psycopg") is None:
+            raise StoreError(f"the store URL {mask(url)} is PostgreSQL, and its driver (psycopg 3) is not "
+                             f"installed: pip install 'scaler[postgresql]'")
     return u
 
 

@@ -214,6 +214,15 @@ def test_only_psycopg_is_used_for_postgresql() -> None:
     assert mask("postgresql://scaler:hunter2-secret@db/scaler") == "postgresql://scaler:***@db/scaler"
 
 
+def test_a_missing_postgresql_driver_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "psycopg" else real(name, *a))
+    with pytest.raises(StoreError, match=r"driver \(psycopg 3\) is not installed: pip install 'scaler\[postgresql\]'"):
+        Store("postgresql://scaler:hunter2-secret@127.0.0.1:1/scaler")
+
+
 @pytest.mark.integration
 def test_a_postgresql_url_means_psycopg(postgres_url: str) -> None:
     s = Store(postgres_url.replace("postgresql+psycopg://", "postgresql://"))
