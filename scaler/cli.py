@@ -1,8 +1,9 @@
 """Command line: `scaler run`, `scaler check`, `scaler policy check`, `scaler status`, `scaler why`,
-`scaler router`, `scaler cluster`, `scaler breaker`, `scaler reload`, `scaler signal-url`, `scaler simulate`,
-`scaler lab …`, `scaler demo`.
+`scaler router`, `scaler cluster`, `scaler breaker`, `scaler pause`/`resume`, `scaler rollout`,
+`scaler reload`, `scaler signal-url`, `scaler simulate`, `scaler lab …`, `scaler demo`.
 
-The commands that ask the running service (status, why, router, cluster, breaker, reload) reach its
+The commands that ask the running service (status, why, router, cluster, breaker, pause, resume,
+rollout, reload) reach its
 API by URL, by unix socket or through the address in scaler.yaml, with a bearer token read from a file
 (scaler.client); `--json` prints the API's JSON as it came. Exit codes: EXIT_CODES below, the same in
 `scaler --help` and the README.
@@ -53,7 +54,7 @@ exit codes:
        the service does not know, an unreadable token file, a policy reload the service rejected
   {EXIT_USAGE}    the command line does not parse (unknown option, missing argument)
   {EXIT_API}    the API cannot be reached, refused the request (401/403: no or a wrong token) or
-       answered with an error
+       answered with an error (409: the pool's state refuses it, e.g. another operation runs)
   {EXIT_FAILED}    failed while running: `scaler run` stopped on an error, Prometheus failed (simulate)
   {EXIT_INTERRUPTED}  interrupted (Ctrl-C)
 """
@@ -272,6 +273,40 @@ def cmd_pause(args: argparse.Namespace) -> int:
     return 0
 
 
+# POST /v1/pools/{pool}/rollout's bounds for `surge` (scaler.api.RolloutIn), checked here so a bad
+# value is a bad option (exit 1), not an error the API answered (3).
+SURGE_RANGE = (1, 100)
+
+
+def cmd_rollout(args: argparse.Namespace) -> int:
+    import time
+
+    from scaler.status import format_rollout, rollout_started
+
+    if args.status:
+        if args.surge is not None:
+            raise InputError("--surge: only when starting a rollout, not with --status")
+        with _client(args) as api:
+            r = api.request("GET", f"/v1/pools/{args.pool}/rollout")
+        if args.json:
+            _print_json(r)
+        else:
+            print(format_rollout(args.pool, r.json(), time.time()), end="")
+        return 0
+    surge = 1 if args.surge is None else args.surge
+    if not SURGE_RANGE[0] <= surge <= SURGE_RANGE[1]:
+        raise InputError(f"--surge {surge}: members replaced at a time, {SURGE_RANGE[0]} to {SURGE_RANGE[1]}")
+    # 409 (another operation runs, nothing is outdated) is an error the API answered: ApiError, exit 3,
+    # with its message, like pause and breaker reset.
+    with _client(args) as api:
+        r = api.request("POST", f"/v1/pools/{args.pool}/rollout", json={"surge": surge}, ok=(201,))
+    if args.json:
+        _print_json(r)
+    else:
+        print(rollout_started(args.pool, r.json()), end="")
+    return 0
+
+
 def cmd_reload(args: argparse.Namespace) -> int:
     with _client(args, timeout=30) as api:
         r = api.request("POST", "/v1/reload", ok=(200, 422))
@@ -479,6 +514,17 @@ def main(argv: list[str] | None = None) -> int:
         if name == "pause":
             pa.add_argument("--reason", default=None, help="why, for the events, `scaler status` and `scaler why`")
         pa.set_defaults(fn=cmd_pause, pause_cmd=name)
+
+    rt = sub.add_parser("rollout", parents=[_api_options()],
+                        help="replace a pool's members on another instance template than its current one, "
+                        "surge at a time, new member in service before an old one drains; or show its "
+                        "progress (asks the running service)")
+    rt.add_argument("pool")
+    rt.add_argument("--surge", type=int, default=None, metavar="N",
+                    help=f"members replaced at a time, {SURGE_RANGE[0]}-{SURGE_RANGE[1]} (default 1)")
+    rt.add_argument("--status", action="store_true",
+                    help="do not start one: show the running rollout, else the last one")
+    rt.set_defaults(fn=cmd_rollout)
 
     rl = sub.add_parser("reload", parents=[_api_options()],
                         help="make the running service re-read its policy files (like SIGHUP; 1: rejected)")

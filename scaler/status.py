@@ -1,6 +1,6 @@
 """`scaler status`: every pool in one table an operator reads at 3 a.m., then one line for each thing
 that needs attention (an open breaker, members down, health panic, an operation under way, a pause,
-rejected policies).
+outdated members, rejected policies); `scaler rollout POOL --status`: a rollout's progress.
 
 Only formats what the API returns (`GET /v1/pools`, `/v1/cluster`, `/v1/policies`); a field the API
 does not send (an older service) is shown as "-" or left out, never guessed.
@@ -16,8 +16,9 @@ from typing import Any
 from policies import format_duration
 
 # Member states in the order a member goes through them (the ones that serve first).
-STATE_ORDER = ("in_service", "announcing", "healthy", "booting", "creating", "draining", "withdrawn", "deleting",
-               "failed")
+# `standby`: booted and checked, not announced (next after announcing: a scale-out announces it).
+STATE_ORDER = ("in_service", "announcing", "standby", "healthy", "booting", "creating", "draining", "withdrawn",
+               "deleting", "failed")
 _OUTCOME = {"scale_out": "scale out", "scale_in": "scale in", "hold": "hold"}
 
 
@@ -128,10 +129,67 @@ def _attention(p: Mapping[str, Any], now: float) -> list[str]:
         elif m.get("state") == "failed" and m.get("error"):
             lines.append(f"{name}: {m.get('instance')} failed: {m['error']}")
     op = p.get("operation")
+    rollout = isinstance(op, Mapping) and op.get("kind") == "rollout"
     if isinstance(op, Mapping):
         lines.append(f"{name}: operation {op.get('id')} {op.get('kind')} {op.get('from_size')} → {op.get('to_size')}"
-                     f" {op.get('state')}{_for(op.get('started'), now)}: {op.get('reason')}")
+                     f" {op.get('state')}{_for(op.get('started'), now)}: {op.get('reason')}"
+                     + (f" (`scaler rollout {name} --status`)" if rollout else ""))
+    if p.get("outdated"):
+        n = p["outdated"]
+        lines.append(f"{name}: {n} member{'' if n == 1 else 's'} on another instance template than the pool's "
+                     f"({p.get('template') or '?'})" + ("" if rollout else f": `scaler rollout {name}` replaces "
+                                                        f"{'it' if n == 1 else 'them'}"))
     return lines
+
+
+def _standby(p: Mapping[str, Any]) -> str:
+    """Standby members ready / the policy's standby ("-": the API does not say)."""
+    wanted = p.get("standby_wanted")
+    return f"{p.get('standby', 0)}/{'-' if wanted is None else wanted}"
+
+
+def _names(members: Sequence[Any]) -> str:
+    return f" ({', '.join(str(m) for m in members)})" if members else ""
+
+
+def format_rollout(pool: str, r: Mapping[str, Any] | None, now: float) -> str:
+    """`GET /v1/pools/{pool}/rollout` as lines an operator reads: what it replaces, how far it got, what
+    is under way, the failed launches against the limit that stops it, a pause, the error."""
+    if r is None:
+        return f"{pool}: no rollout yet\n"
+    state = str(r.get("state", "?"))
+    head = (f"{pool}: rollout {r.get('operation', '?')} to template {r.get('template', '?')}, "
+            f"surge {r.get('surge', '?')}: ")
+    if state == "running":
+        head += "running" + _for(r.get("started"), now)
+    else:
+        ended = _age(r.get("finished"), now)
+        head += state + (f" {ended}" if ended else "")
+    left, standby = list(r.get("outdated") or []), list(r.get("outdated_standby") or [])
+    lines = [head,
+             f"  replaced {r.get('replaced', 0)}, outdated left {len(left)}"
+             + (f" (+{len(standby)} standby)" if standby else "") + f", new in service {r.get('new_in_service', 0)}",
+             f"  in flight {len(r.get('in_flight') or [])}{_names(r.get('in_flight') or [])}, "
+             f"draining {len(r.get('draining') or [])}{_names(r.get('draining') or [])}"]
+    if r.get("new_down"):
+        lines.append(f"  new members down {len(r['new_down'])}{_names(r['new_down'])}: no old member is drained for "
+                     "them")
+    lines.append(f"  failed launches {r.get('failed_launches', 0)} of {r.get('stops_after_failed_launches', '?')} "
+                 "(it stops at the limit or when the launch breaker opens)")
+    if r.get("paused") and state == "running":
+        lines.append(f"  paused with the pool: what is in flight finishes, nothing new starts (`scaler resume {pool}`)")
+    if r.get("error"):
+        lines.append(f"  error: {r['error']}")
+    return "\n".join(lines) + "\n"
+
+
+def rollout_started(pool: str, r: Mapping[str, Any]) -> str:
+    """One line for the answer of `POST /v1/pools/{pool}/rollout`."""
+    left, standby = len(r.get("outdated") or []), len(r.get("outdated_standby") or [])
+    what = f"{left} outdated member{'' if left == 1 else 's'} to replace" + (
+        f", {standby} outdated standby to re-create" if standby else "")
+    return (f"{pool}: rollout {r.get('operation', '?')} started to template {r.get('template', '?')}: {what}, "
+            f"surge {r.get('surge', '?')} (`scaler rollout {pool} --status`)\n")
 
 
 def format_status(pools: Sequence[Mapping[str, Any]], now: float, cluster: Mapping[str, Any] | None = None,
@@ -157,13 +215,15 @@ def format_status(pools: Sequence[Mapping[str, Any]], now: float, cluster: Mappi
     if not pools:
         return "\n".join([*lines, "no pool configured"]) + "\n"
     paused = any(_paused(p.get("paused")) for p in pools)     # the column only when it says something
-    header = ["POOL", "SIZE/DESIRED", "BOUNDS", "MEMBERS", "HEALTH", "BREAKER", *(["PAUSED"] if paused else []),
-              "LAST DECISION"]
+    standby = any(p.get("standby") or p.get("standby_wanted") for p in pools)
+    header = ["POOL", "SIZE/DESIRED", "BOUNDS", "MEMBERS", "HEALTH", "BREAKER", *(["STANDBY"] if standby else []),
+              *(["PAUSED"] if paused else []), "LAST DECISION"]
     rows = [header]
     for p in pools:
         breaker = str((p.get("launch_breaker") or {}).get("status", "-")).replace("_", "-")
         rows.append([str(p.get("name", "?")), f"{p.get('size', '?')}/{_desired(p)}", _bounds(p),
                      _members(p.get("members", [])), _health(p), breaker,
+                     *([_standby(p)] if standby else []),
                      *(["yes" if _paused(p.get("paused")) else "no"] if paused else []),
                      _decision(p.get("last_decision"), now)])
     lines += _table(rows)
@@ -173,4 +233,4 @@ def format_status(pools: Sequence[Mapping[str, Any]], now: float, cluster: Mappi
     return "\n".join(lines) + "\n"
 
 
-__all__ = ["format_status", "paused_line"]
+__all__ = ["format_rollout", "format_status", "paused_line", "rollout_started"]

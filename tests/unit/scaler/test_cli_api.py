@@ -1,5 +1,5 @@
-"""The commands that ask the running service — status, why, router, cluster, breaker, reload — against
-the real API (scaler.api with its access rules) served by uvicorn on loopback, on a unix socket and
+"""The commands that ask the running service — status, why, router, cluster, breaker, reload, pause,
+rollout — against the real API (scaler.api with its access rules) served by uvicorn on loopback, on a unix socket and
 over TLS, with a store the real engine and lifecycle filled through the fake drivers (the View of
 test_api.py): what they print, `--json`, the bearer token, and the exit codes."""
 
@@ -283,3 +283,59 @@ def test_pause_and_resume(api: str, tokens: dict[str, Path], capsys: pytest.Capt
     assert code == 0 and json.loads(out)["paused"] is None
     assert run(capsys, "resume", "web", *ops) == (0, "web: not paused: decisions act\n", "")
     assert "PAUSED" not in run(capsys, "status", *ops)[1]
+
+
+def test_rollout_refused_started_and_its_progress(api: str, service: Service, tokens: dict[str, Path],
+                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    ops = ("--api", api, "--token-file", str(tokens["ops"]))
+    viewer = ("--api", api, "--token-file", str(tokens["viewer"]))
+    assert run(capsys, "rollout", "web", "--status", *viewer) == (0, "web: no rollout yet\n", "")
+    assert run(capsys, "rollout", "web", "--status", "--json", *viewer) == (0, "null\n", "")
+    code, out, err = run(capsys, "rollout", "web", *ops)        # every member is on the pool's template
+    assert (code, out) == (3, "")
+    assert "answered HTTP 409 to POST /v1/pools/web/rollout: pool web: every member is on the current template" in err
+    [old] = service.store.members("web")
+    # The operator edits the pool's instance: options (a new image): its member is outdated.
+    service.pools["web"] = PoolConfig.model_validate({"vip": "198.19.0.1", "instance": {"version": "2"}})
+    template = service.pools["web"].instance_template()
+    assert old.template != template
+    code, out, err = run(capsys, "rollout", "web", *viewer)
+    assert (code, out) == (3, "") and "does not allow this" in err and "HTTP 403" in err
+    assert service.store.running_operation("web") is None
+    assert run(capsys, "rollout", "web", "--status", *viewer)[1] == "web: no rollout yet\n"
+    code, out, err = run(capsys, "rollout", "web", "--surge", "0", *ops)
+    assert (code, out, err) == (1, "", "scaler: --surge 0: members replaced at a time, 1 to 100\n")
+    code, _, err = run(capsys, "rollout", "nope", *ops)
+    assert code == 1 and "unknown pool 'nope'" in err
+    assert service.store.running_operation("web") is None
+
+    code, out, err = run(capsys, "rollout", "web", "--surge", "2", *ops)
+    assert (code, err) == (0, "")
+    op = service.store.running_operation("web")
+    assert op is not None and op.kind == "rollout"
+    assert out == (f"web: rollout {op.id} started to template {template}: 1 outdated member to replace, surge 2 "
+                   "(`scaler rollout web --status`)\n")
+    code, out, err = run(capsys, "rollout", "web", *ops)        # one at a time
+    assert (code, out) == (3, "")
+    assert f"HTTP 409 to POST /v1/pools/web/rollout: pool web: operation {op.id} (rollout) is still running" in err
+
+    code, out, err = run(capsys, "rollout", "web", "--status", *viewer)
+    assert (code, err) == (0, "")
+    lines = out.splitlines()
+    assert re.fullmatch(rf"web: rollout {op.id} to template {template}, surge 2: running for \S+", lines[0]), lines[0]
+    assert lines[1:] == ["  replaced 0, outdated left 1, new in service 0", "  in flight 0, draining 0",
+                         "  failed launches 0 of 4 (it stops at the limit or when the launch breaker opens)"]
+    code, out, _ = run(capsys, "rollout", "web", "--status", "--json", *viewer)
+    doc = json.loads(out)
+    assert (doc["operation"], doc["state"], doc["outdated"], doc["surge"]) == (op.id, "running", [old.instance], 2)
+    code, out, _ = run(capsys, "rollout", "web", "--status", "--surge", "3", *viewer)
+    assert code == 1
+
+    code, out, _ = run(capsys, "status", *viewer)
+    notes = [ln for ln in out.splitlines() if ln.startswith("web: ")]
+    assert [ln for ln in notes if ln.startswith(f"web: operation {op.id} rollout 1 → 1 running for ")
+            and ln.endswith("(`scaler rollout web --status`)")]
+    assert f"web: 1 member on another instance template than the pool's ({template})" in notes
+    run(capsys, "pause", "web", *ops)
+    assert "  paused with the pool: what is in flight finishes, nothing new starts (`scaler resume web`)" in \
+        run(capsys, "rollout", "web", "--status", *viewer)[1].splitlines()
