@@ -1,7 +1,8 @@
 """`scaler status` formatting, on a `GET /v1/pools` answer recorded from the real API
 (tests/fixtures/cli/pools.json: the scenario of test_cli_api.fill — web with one member in service
 whose health is down and an open launch breaker, api without a policy) and on variants of it with
-what the recording lacks: an operation under way, a pause, health panic, rejected policies."""
+what the recording lacks: an operation under way, a pause, health panic, rejected policies, standby and
+outdated members; and a rollout's progress (`scaler rollout POOL --status`)."""
 
 from __future__ import annotations
 
@@ -85,3 +86,56 @@ def test_what_an_older_service_does_not_send_is_not_guessed(pools: list[dict[str
     assert lines[1].endswith("down 1  -        none yet")
     assert format_status([], NOW) == "no pool configured\n"
     assert format_status([web], NOW, {"role": "follower"}).splitlines()[0] == "scaler: follower"
+
+
+def test_standby_members_and_outdated_ones(pools: list[dict[str, Any]]) -> None:
+    p = copy.deepcopy(pools)
+    web = p[1]
+    web["members"].append({"instance": "web-5b-0", "state": "standby", "health": "up", "template": "77da9a7ed302"})
+    web["members"].append({"instance": "web-5b-1", "state": "booting", "health": "unknown"})
+    web.update(standby=1, standby_wanted=2, template="77da9a7ed302", outdated=1)
+    p[0].update(standby=0, standby_wanted=None, template="44136fa355b3", outdated=0)
+    lines = format_status(p, NOW).splitlines()
+    assert lines[0].split()[:7] == ["POOL", "SIZE/DESIRED", "BOUNDS", "MEMBERS", "HEALTH", "BREAKER", "STANDBY"]
+    assert lines[1].split()[:7] == ["api", "0/0", "no", "policy", "none", "ok", "closed"]
+    assert lines[1].split()[7] == "0/-"
+    # standby after the members that serve, before the ones on their way.
+    assert "in_service 1, standby 1, booting 1  down 1  open     1/2      hold at 1" in lines[2]
+    assert lines[-1] == ("web: 1 member on another instance template than the pool's (77da9a7ed302): "
+                         "`scaler rollout web` replaces it")
+    # No standby anywhere, nothing outdated: neither the column nor the line.
+    web.update(standby=0, standby_wanted=0, outdated=0)
+    del web["members"][1:]
+    text = format_status(p, NOW)
+    assert "STANDBY" not in text and "template" not in text
+
+
+def test_a_rollout_s_progress() -> None:
+    from scaler.status import format_rollout, rollout_started
+
+    r: dict[str, Any] = {
+        "operation": "op-5b", "state": "running", "template": "77da9a7ed302", "surge": 1,
+        "outdated": ["web-a-1", "web-a-2"], "outdated_standby": ["web-a-3"], "in_flight": ["web-5b-1"],
+        "new_down": [], "draining": ["web-a-0"], "replaced": 1, "new_in_service": 1, "failed_launches": 1,
+        "stops_after_failed_launches": 3, "paused": False, "started": "2026-12-05T21:27:00.000+00:00",
+        "finished": None, "error": None}
+    assert rollout_started("web", r) == (
+        "web: rollout op-5b started to template 77da9a7ed302: 2 outdated members to replace, 1 outdated standby to "
+        "re-create, surge 1 (`scaler rollout web --status`)\n")
+    assert format_rollout("web", r, NOW).splitlines() == [
+        "web: rollout op-5b to template 77da9a7ed302, surge 1: running for 1m45s",
+        "  replaced 1, outdated left 2 (+1 standby), new in service 1",
+        "  in flight 1 (web-5b-1), draining 1 (web-a-0)",
+        "  failed launches 1 of 3 (it stops at the limit or when the launch breaker opens)"]
+    r.update(new_down=["web-5b-0"], paused=True)
+    lines = format_rollout("web", r, NOW).splitlines()
+    assert lines[3:] == [
+        "  new members down 1 (web-5b-0): no old member is drained for them",
+        "  failed launches 1 of 3 (it stops at the limit or when the launch breaker opens)",
+        "  paused with the pool: what is in flight finishes, nothing new starts (`scaler resume web`)"]
+    r.update(state="failed", finished="2026-12-05T21:28:40.000+00:00", failed_launches=3, paused=False,
+             error="3 launches of the rollout failed: the old members keep serving")
+    lines = format_rollout("web", r, NOW).splitlines()
+    assert lines[0] == "web: rollout op-5b to template 77da9a7ed302, surge 1: failed 5s ago"
+    assert lines[-1] == "  error: 3 launches of the rollout failed: the old members keep serving"
+    assert format_rollout("web", None, NOW) == "web: no rollout yet\n"
