@@ -22,7 +22,7 @@ from actuators.drainer import NoDrainer
 from actuators.fake import FakeOrchestrator, FakeOrchestratorConfig, FakeRouter
 from scaler.api import create_app
 from scaler.auth import via_unix_socket
-from scaler.breaker import LaunchBreakerConfig, breaker_state, record_launch_failure
+from scaler.breaker import LaunchBreakerConfig, breaker_state, record_launch_failure, reset_breaker
 from scaler.cli import main
 from scaler.config import ApiConfig, PoolConfig
 from scaler.engine import Engine
@@ -339,3 +339,26 @@ def test_rollout_refused_started_and_its_progress(api: str, service: Service, to
     run(capsys, "pause", "web", *ops)
     assert "  paused with the pool: what is in flight finishes, nothing new starts (`scaler resume web`)" in \
         run(capsys, "rollout", "web", "--status", *viewer)[1].splitlines()
+
+
+async def test_status_shows_standby_members_ready_and_wanted(service: Service, access: ApiConfig,
+                                                             tokens: dict[str, Path],
+                                                             capsys: pytest.CaptureFixture[str]) -> None:
+    service.policies["web"] = service.policies["web"].model_copy(update={"standby": 1})
+    reset_breaker(service.store, "web", time.time(), by="test")     # the engine boots no standby while it is open
+    engine = Engine(service.store, {}, {}, service.pools, service.policies, service.metrics)
+    lc = Lifecycle(service.store, FakeOrchestrator(FakeOrchestratorConfig(boot_probes=0)), FakeRouter(), NoDrainer(),
+                   service.pools, service.metrics)
+    engine.evaluate()
+    for _ in range(4):
+        await lc.reconcile()
+    assert sorted(m.state for m in service.store.members("web")) == ["in_service", "standby"]
+    with serve_app(create_app(service, access=access)) as url:
+        code, out, err = run(capsys, "status", "--api", url, "--token-file", str(tokens["viewer"]))
+    assert (code, err) == (0, "")
+    header, api_row, web_row = out.splitlines()[1:4]
+    assert header.split()[6] == "STANDBY"
+    assert api_row.split()[6:8] == ["closed", "0/-"]
+    assert web_row.split()[3:10] == ["in_service", "1,", "standby", "1", "down", "1", "closed"]
+    assert web_row.split()[10] == "1/1"
+    assert "outdated" not in out and "instance template" not in out
