@@ -41,6 +41,15 @@ class DrainMode(enum.StrEnum):
 class NextHop:
     address: IPv4Address
     state: HopState = HopState.ACTIVE
+    # Computed once: every pass builds and compares the whole fleet's next-hop sets, and an
+    # IPv4Address hashes through hex(int(...)) each time it is asked.
+    _hash: int = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "_hash", hash((self.address, self.state)))
+
+    def __hash__(self) -> int:
+        return self._hash
 
 
 # The desired next hops of each VIP. A VIP mapped to an empty set has no route at all.
