@@ -242,7 +242,7 @@ class Engine:
             return self.alarms(pool, now)
         except Exception as exc:
             # Unknown alarm state is missing data (blocks scale-in), never "not firing".
-            log.error("%s: reading alarm states failed: %s", pool, exc)
+            log.error("%s: reading alarm states failed: %s", pool, exc, extra={"pool": pool})
             return {"": _UNKNOWN}
 
     def _append_alarm(self, pool: str, name: str, alarm: str, states: Mapping[str, AlarmView], now: float) -> None:
@@ -333,7 +333,7 @@ class Engine:
                 if have < n and pool not in running and not breakers[pool].open:
                     self.store.start_standby(pool, n - have, len(ready),
                                              f"standby {have} → {n} (policy standby: {n})", now)
-                    log.info("%s: booting %d standby members (%d of %d)", pool, n - have, have, n)
+                    log.info("%s: booting %d standby members (%d of %d)", pool, n - have, have, n, extra={"pool": pool})
                     started = True
                 elif len(ready) > n and have > n:
                     extra = sorted(ready, key=lambda m: (m.created_at, m.id), reverse=True)[:min(len(ready) - n,
@@ -342,7 +342,7 @@ class Engine:
             except StoreError as exc:
                 if isinstance(exc, NotLeader):
                     raise
-                log.info("%s: standby waits: %s", pool, exc)
+                log.info("%s: standby waits: %s", pool, exc, extra={"pool": pool})
         return started
 
     def evaluate(self) -> dict[str, Decision]:
@@ -385,11 +385,11 @@ class Engine:
         try:
             if d.acts and d.outcome is Outcome.SCALE_OUT:
                 cfg = self.pools.get(pool)
-                self.store.start_scale_out(pool, d.desired - d.current, d.current, d.reason, now,
-                                           DecisionRow(**values), cfg.instance_template() if cfg else None)
+                op = self.store.start_scale_out(pool, d.desired - d.current, d.current, d.reason, now,
+                                                DecisionRow(**values), cfg.instance_template() if cfg else None)
             elif d.acts and d.outcome is Outcome.SCALE_IN:
                 victims = self.victims(members, d.current - d.desired)
-                self.store.start_scale_in(pool, victims, d.current, d.reason, now, DecisionRow(**values))
+                op = self.store.start_scale_in(pool, victims, d.current, d.reason, now, DecisionRow(**values))
             else:
                 self._hold(values, holds)
                 return False
@@ -400,7 +400,8 @@ class Engine:
             values.update(outcome=str(Outcome.HOLD), reason=f"{d.reason}; not started: {exc}", op_id=None)
             self._hold(values, holds)
             return False
-        log.info("%s: %s %d → %d: %s", pool, d.outcome, d.current, d.desired, d.reason)
+        log.info("%s: %s %d → %d: %s", pool, d.outcome, d.current, d.desired, d.reason,
+                 extra={"pool": pool, "operation": op.id})
         return True
 
     def _hold(self, values: dict[str, Any], holds: list[dict[str, Any]] | None) -> None:

@@ -269,7 +269,7 @@ class HealthChecker:
             try:
                 await self.round(pool)
             except Exception:       # one bad round must not stop the checks of the pool
-                log.exception("health round of pool %s failed", pool)
+                log.exception("health round of pool %s failed", pool, extra={"pool": pool})
             self.metrics.round_seconds.labels(pool).observe(loop.time() - t0)
             next_at = max(next_at + cfg.interval, loop.time())
             await asyncio.sleep(next_at - loop.time())
@@ -366,14 +366,14 @@ class HealthChecker:
             event = f"{m.instance} unhealthy: {reason}: " + (
                 "standby, never routed: failed" if m.state == MemberState.STANDBY else
                 "kept routed (pool in panic)" if panic else "withdrawn")
-            log.warning("pool %s: %s", pool, event)
+            log.warning("pool %s: %s", pool, event, extra={"pool": pool, "member": m.instance})
         else:
             reason = f"{cfg.rise} checks passed (rise {cfg.rise}): {out.detail}"
             if before is not Health.DOWN:       # first verdict on a new member: stored, not an event
                 self.store.set_health(m.id, str(after), now, reason)
                 return
             event = f"{m.instance} healthy again: {reason}: re-announced"
-            log.info("pool %s: %s", pool, event)
+            log.info("pool %s: %s", pool, event, extra={"pool": pool, "member": m.instance})
         self.store.set_health(m.id, str(after), now, reason, event)
 
     @staticmethod
@@ -389,11 +389,11 @@ class HealthChecker:
         self.panic[pool] = panic
         self.metrics.panic.labels(pool).set(1 if panic else 0)
         if panic and was is None:
-            log.error("pool %s: %s", pool, panic)
+            log.error("pool %s: %s", pool, panic, extra={"pool": pool})
             self.store.add_event(pool, "health_panic", panic, now)
         elif not panic and was is not None:
             msg = "panic over: down members are withdrawn again"
-            log.warning("pool %s: %s", pool, msg)
+            log.warning("pool %s: %s", pool, msg, extra={"pool": pool})
             self.store.add_event(pool, "health_panic", msg, now)
 
     def _replace(self, pool: str, cfg: HealthCheckConfig, members: list[Member], now: float) -> bool:
@@ -407,7 +407,8 @@ class HealthChecker:
                 # Serves nobody: failed at once (then deleted), and the engine boots another.
                 self.store.transition(m.id, MemberState.FAILED, now,
                                       error=f"standby member found down: {m.health_reason}")
-                log.warning("pool %s: standby member %s is down: failed (%s)", pool, m.instance, m.health_reason)
+                log.warning("pool %s: standby member %s is down: failed (%s)", pool, m.instance, m.health_reason,
+                            extra={"pool": pool, "member": m.instance})
         for m in sorted(members, key=lambda m: (m.health_since or 0.0, m.id)):
             if m.health != Health.DOWN or MemberState(m.state) not in REPLACEABLE:
                 continue
@@ -440,7 +441,8 @@ class HealthChecker:
                 self._say(pool, f"replacing {m.instance} waits: {exc}", logging.INFO)
                 return False
             self.metrics.replacements.labels(pool, "flapping" if flaps else "down").inc()
-            log.warning("pool %s: %s: replacing %s (%s)", pool, op.id, m.instance, why)
+            log.warning("pool %s: %s: replacing %s (%s)", pool, op.id, m.instance, why,
+                        extra={"pool": pool, "member": m.instance, "operation": op.id})
             return True
         return False
 
@@ -454,7 +456,7 @@ class HealthChecker:
     def _say(self, pool: str, message: str, level: int) -> None:
         if (pool, message) not in self._said:
             self._said.add((pool, message))
-            log.log(level, "pool %s: %s", pool, message)
+            log.log(level, "pool %s: %s", pool, message, extra={"pool": pool})
 
     # --- views -----------------------------------------------------------------------------------
 

@@ -291,7 +291,8 @@ class Lifecycle:
                 await self._db(self._maybe_fail, m, what)
 
     def _error(self, m: Member, what: str) -> None:
-        log.warning("%s (%s): %s", m.instance, m.state, what)
+        log.warning("%s (%s): %s", m.instance, m.state, what,
+                    extra={"pool": m.pool, "member": m.instance, "operation": m.op_id})
         self.metrics.actions.labels(m.pool, str(m.state), "error").inc()
         self.store.add_event(m.pool, "error", f"{m.instance} ({m.state}): {what}", self.clock(), member=m.instance)
 
@@ -313,7 +314,7 @@ class Lifecycle:
         self.breaker_metrics.failed_launches.labels(m.pool, kind).inc()
         if opened:
             self.breaker_metrics.trips.labels(m.pool).inc()
-            log.warning("pool %s: %s", m.pool, state.summary(now))
+            log.warning("pool %s: %s", m.pool, state.summary(now), extra={"pool": m.pool, "member": m.instance})
         self.breaker_metrics.export(state)
         self.store.transition(m.id, MemberState.FAILED, now, error=what)
 
@@ -515,7 +516,8 @@ class Lifecycle:
             if isinstance(res, BaseException):
                 if not isinstance(res, ActuatorError):
                     raise res
-                log.warning("%s: setting recycle %d%% failed: %s", m.instance, pct, res)
+                log.warning("%s: setting recycle %d%% failed: %s", m.instance, pct, res,
+                            extra={"pool": m.pool, "member": m.instance})
                 self._recycle.pop(m.id, None)       # tried again at the next pass
                 continue
             before = self._recycle.get(m.id)

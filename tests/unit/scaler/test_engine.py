@@ -368,3 +368,19 @@ async def test_a_paused_pool_records_what_the_rules_ask_and_starts_nothing(make)
     assert (w.last()["outcome"], w.last()["desired"]) == ("scale_out", 2)
     assert registry.get_sample_value("scaler_pool_paused", {"pool": "web"}) == 0
     assert [e.message.split(" (")[0] for e in w.store.events("web") if e.kind == "pause"][-1] == "resumed by api"
+
+
+async def test_an_acting_decisions_log_record_carries_its_pool_and_operation(  # type: ignore[no-untyped-def]
+        make, caplog: pytest.LogCaptureFixture) -> None:
+    import logging
+
+    from scaler.logs import JsonFormatter
+
+    w = make({"min": 1})
+    with caplog.at_level(logging.INFO, logger="scaler.engine"):
+        w.engine.evaluate()                       # below min: scale out 0 → 1
+    [record] = [r for r in caplog.records if "scale_out 0 → 1" in r.getMessage()]
+    op = w.store.running_operation("web")
+    assert op is not None
+    line = json.loads(JsonFormatter().format(record))
+    assert (line["pool"], line["operation"]) == ("web", op.id)
