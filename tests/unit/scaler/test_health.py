@@ -30,6 +30,8 @@ from scaler.store import Member, MemberState, Store
 from tests.support.clock import ManualClock
 from tests.support.rows import member
 
+STORE_ENGINES = ("sqlite", "postgresql")          # tests/conftest.py
+
 VIP = IPv4Address("198.19.0.1")
 
 

@@ -18,6 +18,8 @@ from scaler.store import MemberState, OpState, Store
 from tests.support import rows
 from tests.support.clock import ManualClock
 
+STORE_ENGINES = ("sqlite", "postgresql")          # tests/conftest.py
+
 VIP = IPv4Address("198.19.0.1")
 
 
