@@ -18,6 +18,8 @@ from scaler.lifecycle import Lifecycle
 from scaler.metrics import Metrics
 from scaler.store import Store
 
+STORE_ENGINES = ("sqlite", "postgresql")          # tests/conftest.py
+
 BGP_HEALTH: dict[str, Any] = {
     "driver": "bgp", "paths": 4, "paths_maybe_held": 4,
     "speaker": {"running": True, "connected": True, "pid": 42, "starts": 3, "restarts": 2, "last_exit": "killed by "

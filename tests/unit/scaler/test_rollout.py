@@ -26,6 +26,8 @@ from tests.support.api import OPS_TOKEN, View, api_config, bearer
 from tests.support.clock import ManualClock
 from tests.unit.scaler.test_lifecycle import CountingDrainer
 
+STORE_ENGINES = ("sqlite", "postgresql")          # tests/conftest.py
+
 
 def operation(store: Store, op_id: str) -> Operation:
     found = store.operation(op_id)
