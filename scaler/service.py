@@ -14,7 +14,7 @@ import contextlib
 import logging
 import signal
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -35,7 +35,15 @@ from scaler.alerts import prune as prune_alerts
 from scaler.api import create_app
 from scaler.apiserver import ApiServer
 from scaler.audit import Auditor
-from scaler.config import Registries, ServiceConfig, driver_options, load_config, load_policies, policy_fingerprint
+from scaler.config import (
+    PoolConfig,
+    Registries,
+    ServiceConfig,
+    driver_options,
+    load_config,
+    load_policies,
+    policy_fingerprint,
+)
 from scaler.engine import Engine
 from scaler.errors import ConfigError, ScalerError
 from scaler.health import HealthChecker
@@ -86,6 +94,22 @@ def ha_warnings(cfg: ServiceConfig) -> list[str]:
     return [f"router.options.graceful_restart_s is {gr} s with several scalers: after a takeover the routers "
             f"keep the former leader's paths for that long, withdrawn members included; about "
             f"{HA_GRACEFUL_RESTART_S} s suits HA (README, High availability)"]
+
+
+# Health checks one process makes per second with room left for its jobs (bench/bench_health.py:
+# ~190 µs of CPU per check, 2,000 checks/s ≈ 0.4 core; bench_fleet: the jobs starve past ~5,000/s).
+HEALTH_CHECKS_PER_S = 2000
+
+
+def health_warnings(pools: Mapping[str, PoolConfig], policies: Mapping[str, PoolPolicy]) -> list[str]:
+    """The health checks the pools ask for at their policies' max, if more than one process makes."""
+    rate = sum(policies[name].max / p.health.interval for name, p in pools.items()
+               if p.health.enabled and name in policies)
+    if rate <= HEALTH_CHECKS_PER_S:
+        return []
+    return [f"health checks: up to {rate:,.0f} a second at the pools' max sizes and health.interval, more than "
+            f"one scaler makes with room for its jobs (~{HEALTH_CHECKS_PER_S:,}/s); raise pools.*.health.interval "
+            f"(README, Fleet size)"]
 
 
 @dataclass(frozen=True)
@@ -302,7 +326,7 @@ class Service:
         self.started_at = self.clock()
         log.info("scaler started: pools %s, store %s", ", ".join(sorted(self.pools)), self.cfg.store_url()
                  if self.cfg.store_url().startswith("sqlite") else "(database URL hidden)")
-        for warning in ha_warnings(self.cfg):
+        for warning in ha_warnings(self.cfg) + health_warnings(self.pools, self.policies):
             log.warning("%s", warning)
         if isinstance(self.leadership, SoleLeader):
             await self._lead()          # the only scaler of its store: leads at once

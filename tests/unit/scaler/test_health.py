@@ -19,7 +19,7 @@ from ruamel.yaml import YAML
 from actuators.drainer import NoDrainer
 from actuators.fake import FakeOrchestrator, FakeOrchestratorConfig, FakeRouter
 from collectors import Sample, Target
-from policies import PolicyFile
+from policies import PolicyFile, PoolPolicy
 from policies.health import Result
 from scaler.config import CollectorConfig, PoolConfig
 from scaler.engine import Engine
@@ -377,3 +377,20 @@ def test_the_readme_health_example_is_the_defaults() -> None:
     health = YAML(typ="safe").load(block)["pools"]["web"]["health"]
     assert PoolConfig.model_validate({"vip": str(VIP), "health": health}) == PoolConfig.model_validate(
         {"vip": str(VIP)})
+
+
+def test_more_checks_than_one_scaler_makes_are_warned_about_at_start() -> None:
+    from scaler.service import health_warnings
+
+    def policy(max_: int) -> PoolPolicy:
+        doc = {"min": 1, "max": max_, "inputs": {"s": {"source": "haproxy", "metric": "current_sessions"}},
+               "rules": [{"name": "busy", "input": "s", "above": 10, "adjust": 1}]}
+        return PolicyFile.model_validate({"pools": {"p": doc}}).pools["p"]
+
+    pools = {f"p{i}": PoolConfig.model_validate({"vip": f"198.19.0.{i + 1}"}) for i in range(100)}
+    assert health_warnings(pools, {name: policy(4) for name in pools}) == []          # 2,000 checks/s
+    [warning] = health_warnings(pools, {name: policy(8) for name in pools})            # 4,000 at 200 ms
+    assert warning.startswith("health checks: up to 4,000 a second at the pools' max sizes")
+    slower = {name: PoolConfig.model_validate({"vip": str(p.vip), "health": {"interval": "1s", "timeout": "1s"}})
+              for name, p in pools.items()}
+    assert health_warnings(slower, {name: policy(8) for name in pools}) == []
