@@ -235,6 +235,7 @@ def create_app(service: ServiceView, clock: Callable[[], float] = time.time, *,
     app = FastAPI(title="scaler", version=__version__, docs_url=None, redoc_url=None,
                   description="Autoscaler for HAProxy LB fleets sharing one ECMP-routed /32 VIP")
     install(app, access if access is not None else ApiConfig())
+    app.state.refused = service.metrics.api_refused
     _serve_docs(app)
     read = [Depends(require_scope("read"))]
 

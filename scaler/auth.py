@@ -133,16 +133,28 @@ def require_scope(scope: ApiScope) -> Callable[..., Awaitable[Principal]]:
     async def dependency(request: Request, _: HTTPAuthorizationCredentials | None = documented) -> Principal:
         access: Access = request.app.state.access
         what = f"{request.method} {request.url.path}"
-        principal = access.identify(scope, request.headers.get("authorization"),
-                                    local=bool(request.scope.get(VIA_SOCKET)), what=what)
+        try:
+            principal = access.identify(scope, request.headers.get("authorization"),
+                                        local=bool(request.scope.get(VIA_SOCKET)), what=what)
+        except HTTPException:
+            _count_refusal(request, scope, 401)
+            raise
         request.scope[CREDENTIAL] = principal.name
         if scope not in principal.scopes:
+            _count_refusal(request, scope, 403)
             raise HTTPException(403, f"credential {principal.name!r} lacks scope {scope!r}, which {what} needs",
                                 headers={"WWW-Authenticate": f'Bearer realm="scaler", error="insufficient_scope", '
                                          f'scope="{scope}"'})
         return principal
 
     return dependency
+
+
+def _count_refusal(request: Request, scope: ApiScope, status: int) -> None:
+    """scaler_api_refused_total{scope, status}, when the app was given the counter (scaler.api)."""
+    counter = getattr(request.app.state, "refused", None)
+    if counter is not None:
+        counter.labels(scope, str(status)).inc()
 
 
 # For a handler that records who acted: `def pause(pool: str, who: Operator) -> …`.

@@ -60,6 +60,9 @@ class Metrics:
                                        ["pool"], registry=r, buckets=(1, 2, 5, 10, 20, 30, 60, 120, 300))
         # The pool's effective bounds (schedules applied) at its latest evaluation, beside
         # scaler_pool_desired_members: the dashboards draw size vs desired vs bounds.
+        # Requests the API's access control refused (scaler.auth): 401 no or bad credential, 403 scope.
+        self.api_refused = Counter("scaler_api_refused_total", "API requests refused by access control",
+                                   ["scope", "status"], registry=r)
         # 1 while an operator has paused the pool (POST /v1/pools/{pool}/pause), at its latest evaluation.
         self.paused = Gauge("scaler_pool_paused", "1 while an operator has paused the pool's decisions",
                             ["pool"], registry=r)

@@ -180,6 +180,9 @@ async def test_pause_and_resume_need_the_operate_scope_and_show_everywhere(view:
                 assert r.status_code == status, (path, headers, r.text)
         assert view.store.pool("web").paused_at is None                                 # type: ignore[union-attr]
         assert [e for e in view.store.events("web") if e.kind == "pause"] == []
+        refused = view.metrics.registry.get_sample_value
+        assert refused("scaler_api_refused_total", {"scope": "operate", "status": "401"}) == 4
+        assert refused("scaler_api_refused_total", {"scope": "operate", "status": "403"}) == 2
 
         r = await c.post("/v1/pools/web/pause", headers=ops, json={"reason": "hypervisor maintenance"})
         assert r.status_code == 200, r.text
