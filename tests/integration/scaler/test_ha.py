@@ -12,14 +12,13 @@ import signal
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
 
 import pytest
-from ruamel.yaml import YAML
 
 from actuators.lab.orchestrator import LabOrchestrator
-from scaler.lab.demo import ServiceProcess, fib_next_hops, free_port, write_config
+from scaler.lab.demo import ServiceProcess, fib_next_hops
 from scaler.lab.network import LabConfig, lab_down, lab_namespaces, lab_up
+from tests.support.ha import own_scaler_config, role, settled
 from tests.support.wait import eventually
 
 pytestmark = [
@@ -53,37 +52,8 @@ async def lab() -> AsyncIterator[LabConfig]:
 
 def scaler_config(lab: LabConfig, db_url: str, name: str, policy: Path) -> tuple[Path, int]:
     """The lab's example config on PostgreSQL with a 1 s lease, in its own directory with its own port."""
-    port = free_port()
-    base = write_config(lab, port, policy=policy, overrides={"intervals.reconcile": "300ms",
-                                                             "store.url": db_url, "ha": {"lease": "1s"}})
-    own = base.parent.parent / f"scaler-{name}"
-    own.mkdir(exist_ok=True)
-    (own / "policies").mkdir(exist_ok=True)
-    yaml = YAML(typ="rt")
-    doc = yaml.load(base.read_text())
-    doc["policy_dir"] = str(policy.parent)
-    with (own / "scaler.yaml").open("w") as f:
-        yaml.dump(doc, f)
-    return own / "scaler.yaml", port
-
-
-async def role(svc: ServiceProcess) -> str:
-    try:
-        cluster: dict[str, Any] = await svc.get("/v1/cluster")
-    except Exception:
-        return "unreachable"
-    return str(cluster["role"])
-
-
-async def settled(svc: ServiceProcess, size: int) -> list[dict[str, Any]]:
-    async def check() -> list[dict[str, Any]] | None:
-        pool = await svc.get("/v1/pools/web")
-        members: list[dict[str, Any]] = pool["members"]
-        return members if pool["operation"] is None and [m["state"] for m in members] == ["in_service"] * size \
-            else None
-    result: list[dict[str, Any]] = await eventually(check, timeout_s=60, interval_s=0.2,
-                                                    what=f"pool settled at {size}", detail=svc.tail)
-    return result
+    return own_scaler_config(lab, name, policy, {"intervals.reconcile": "300ms", "store.url": db_url,
+                                                 "ha": {"lease": "1s"}})
 
 
 class FibWatch:

@@ -26,18 +26,17 @@ import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import pytest
-from ruamel.yaml import YAML
 
 from actuators.errors import RouterError
 from actuators.kernel import netlink as nl
 from actuators.lab.orchestrator import InstancePaths, LabOrchestrator, read_pidfile
-from scaler.lab.demo import ServiceProcess, fib_next_hops, free_port, write_config
+from scaler.lab.demo import ServiceProcess, fib_next_hops
 from scaler.lab.frr import FRR_BIN
 from scaler.lab.network import LabConfig, lab_down, lab_namespaces, lab_up
 from tests.support.bgp_net import RouteMonitor, fib_netlink
+from tests.support.ha import own_scaler_config, role, settled
 from tests.support.wait import eventually
 
 pytestmark = [
@@ -84,39 +83,11 @@ async def lab() -> AsyncIterator[LabConfig]:
 def scaler_config(lab: LabConfig, db_url: str, i: int, policy: Path) -> tuple[Path, int]:
     """Scaler i: the lab's example config on PostgreSQL, the bgp driver speaking from speaker address i
     with its own ExaBGP directory, in its own directory with its own API port."""
-    port = free_port()
-    base = write_config(lab, port, policy=policy, overrides={
+    return own_scaler_config(lab, str(i), policy, {
         "intervals.reconcile": "300ms", "store.url": db_url, "ha": {"lease": LEASE},
         "router": {"driver": "bgp", "options": lab.bgp_router_options(i) | {
             "graceful_restart_s": GRACEFUL_RESTART_S, "watchdog_s": WATCHDOG_S}},
         "pools.web.health.replace_after": "60s"})
-    own = base.parent.parent / f"scaler-{i}"
-    (own / "policies").mkdir(parents=True, exist_ok=True)
-    yaml = YAML(typ="rt")
-    doc = yaml.load(base.read_text())
-    doc["policy_dir"] = str(policy.parent)
-    with (own / "scaler.yaml").open("w") as f:
-        yaml.dump(doc, f)
-    return own / "scaler.yaml", port
-
-
-async def role(svc: ServiceProcess) -> str:
-    try:
-        cluster: dict[str, Any] = await svc.get("/v1/cluster")
-    except Exception:
-        return "unreachable"
-    return str(cluster["role"])
-
-
-async def settled(svc: ServiceProcess, size: int) -> list[dict[str, Any]]:
-    async def check() -> list[dict[str, Any]] | None:
-        pool = await svc.get("/v1/pools/web")
-        members: list[dict[str, Any]] = pool["members"]
-        return members if pool["operation"] is None and [m["state"] for m in members] == ["in_service"] * size \
-            else None
-    result: list[dict[str, Any]] = await eventually(check, timeout_s=60, interval_s=0.2,
-                                                    what=f"pool settled at {size}", detail=svc.tail)
-    return result
 
 
 @dataclass
