@@ -297,7 +297,8 @@ class Engine:
             out.append((pool, decision, mine))
         return out
 
-    def _record_all(self, decided: list[tuple[str, Decision, list[Member]]], now: float) -> bool:
+    def _record_all(self, decided: list[tuple[str, Decision, list[Member]]], reads: Mapping[str, PoolReads],
+                    now: float) -> bool:
         """Store every decision: those that act each in the transaction that starts their operation,
         the others (nearly all of them) together in one."""
         holds: list[dict[str, Any]] = []
@@ -305,24 +306,25 @@ class Engine:
         self.store.add_decisions(holds)
         # Standby after the decisions: a scale-out that took standby members is replenished at once.
         members = self.store.members() if any(started) else [m for _, _, mine in decided for m in mine]
-        replenished = self._standby(members, now)
+        replenished = self._standby(members, reads, now)
         return any(started) or replenished
 
-    def _standby(self, members: list[Member], now: float) -> bool:
+    def _standby(self, members: list[Member], reads: Mapping[str, PoolReads], now: float) -> bool:
         """Keep each pool's warm standby at its policy's `standby`: boot the missing members (one
         standby operation per pool at a time, never blocking a decision; not while the launch
         breaker is open, the pool is paused or the policy is a dry run), delete the extra ready
-        ones, newest first. True if a standby operation started."""
+        ones, newest first. True if a standby operation started. A pool's row and breaker are the
+        evaluation's `reads` (read before the decisions; neither changes with one)."""
         by_pool = members_by_pool(members)
         wanted = {pool: p.standby for pool, p in self.policies.items()}
         if not any(wanted.values()) and not any(m.state == MemberState.STANDBY for m in members):
             return False        # the usual fleet: no query
         running = self.store.running_standby()
-        rows = {p.name: p for p in self.store.pools()}
-        breakers = breaker_states(self.store, list(wanted), now)
         started = False
         for pool, n in wanted.items():
-            row = rows.get(pool)
+            if pool not in reads:
+                continue        # a pool the policies gained since the reads: the next evaluation
+            _, row, breaker = reads[pool]
             if row is None or row.paused_at is not None or self.policies[pool].dry_run:
                 continue
             mine = by_pool.get(pool, [])
@@ -330,7 +332,7 @@ class Engine:
             booting = [m for m in mine if m.standby and MemberState(m.state) in STANDBY_EARLY]
             have = len(ready) + len(booting)
             try:
-                if have < n and pool not in running and not breakers[pool].open:
+                if have < n and pool not in running and not breaker.open:
                     self.store.start_standby(pool, n - have, len(ready),
                                              f"standby {have} → {n} (policy standby: {n})", now)
                     log.info("%s: booting %d standby members (%d of %d)", pool, n - have, have, n, extra={"pool": pool})
@@ -350,7 +352,7 @@ class Engine:
         now = self.clock()
         members, reads = self._read_all(list(self.policies), now)
         decided = self._decide(members, reads, now)
-        if self._record_all(decided, now) and self.on_operation is not None:
+        if self._record_all(decided, reads, now) and self.on_operation is not None:
             self.on_operation()
         return {pool: d for pool, d, _ in decided}
 
@@ -360,7 +362,7 @@ class Engine:
         now = self.clock()
         members, reads = await self.store.call(self._read_all, list(self.policies), now)
         decided = self._decide(members, reads, now)
-        if await self.store.call(self._record_all, decided, now) and self.on_operation is not None:
+        if await self.store.call(self._record_all, decided, reads, now) and self.on_operation is not None:
             self.on_operation()
         return {pool: d for pool, d, _ in decided}
 
