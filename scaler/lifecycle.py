@@ -124,6 +124,10 @@ def desired_routes(pools: Mapping[str, PoolConfig], members: list[Member], *,
     return {vip: frozenset(hops) for vip, hops in out.items()}
 
 
+def _count(n: int | None) -> str:
+    return "?" if n is None else str(n)
+
+
 @functools.lru_cache(maxsize=65536)
 def _hop(address: str, state: HopState) -> NextHop:
     """One next hop per address and state, parsed once (every pass routes the whole fleet)."""
@@ -409,28 +413,33 @@ class Lifecycle:
         pinned = hop is not None and hop.flows is not None
         left = (hop.flows if pinned else hop.buckets) if hop is not None else 0
         unit = "pinned flows" if pinned else "buckets"
+        conns = await self._connections(m)
+        await self._end_drain(m, pool, now, (left or 0) == 0 and (conns or 0) == 0,
+                              f"{_count(conns)} connections and {left} {unit}")
+
+    async def _connections(self, m: Member) -> int | None:
+        """HAProxy's open connections on the member (None: it could not be asked)."""
         try:
-            conns = await self.drainer.connections(endpoints)
+            return await self.drainer.connections(m.endpoint_map())
         except ActuatorError:
-            conns = None
+            return None
+
+    async def _end_drain(self, m: Member, pool: PoolConfig, now: float, drained: bool, left: str) -> None:
+        """Withdrawn once `drained`, or at `drain_timeout` with what was `left` in the detail."""
         elapsed = now - m.state_since
-        drained = (left or 0) == 0 and (conns or 0) == 0
-        if drained or elapsed >= pool.drain_timeout:
-            self.metrics.drain_seconds.labels(m.pool).observe(elapsed)
-            detail = (f"drained in {format_duration(elapsed)}" if drained else
-                      f"drain deadline {format_duration(pool.drain_timeout)} reached with "
-                      f"{conns if conns is not None else '?'} connections and {left} {unit} left")
-            await self._db(self.store.transition, m.id, MemberState.WITHDRAWN, now, detail=detail)
+        if not drained and elapsed < pool.drain_timeout:
+            return
+        self.metrics.drain_seconds.labels(m.pool).observe(elapsed)
+        detail = (f"drained in {format_duration(elapsed)}" if drained else
+                  f"drain deadline {format_duration(pool.drain_timeout)} reached with {left} left")
+        await self._db(self.store.transition, m.id, MemberState.WITHDRAWN, now, detail=detail)
 
     async def _drain_by_withdraw(self, m: Member, pool: PoolConfig, now: float) -> None:
         """A router without weights: the member keeps getting new flows until its route goes, so
         waiting for its connections to reach 0 may never end. HAProxy was asked to close keep-alive
         connections; after `drain_grace` (or as soon as none is left) the member is withdrawn, and
         whatever it still carries is reset."""
-        try:
-            conns = await self.drainer.connections(m.endpoint_map())
-        except ActuatorError:
-            conns = None
+        conns = await self._connections(m)
         elapsed = now - m.state_since
         if conns == 0:
             detail = f"no connections left after {format_duration(elapsed)}: withdrawn"
@@ -450,23 +459,13 @@ class Lifecycle:
         assert self.peers is not None
         if m.address and IPv4Address(m.address) in hops.addresses():
             return      # the withdraw is not in the router yet
-        try:
-            conns = await self.drainer.connections(m.endpoint_map())
-        except ActuatorError:
-            conns = None
+        conns = await self._connections(m)
         try:
             flows = await self.peers.open_flows(m.instance)
         except ActuatorError:
             flows = None
-        elapsed = now - m.state_since
-        drained = (conns or 0) == 0 and (flows or 0) == 0
-        if drained or elapsed >= pool.drain_timeout:
-            self.metrics.drain_seconds.labels(m.pool).observe(elapsed)
-            detail = (f"drained in {format_duration(elapsed)}" if drained else
-                      f"drain deadline {format_duration(pool.drain_timeout)} reached with "
-                      f"{conns if conns is not None else '?'} connections and {flows if flows is not None else '?'} "
-                      f"open flows left")
-            await self._db(self.store.transition, m.id, MemberState.WITHDRAWN, now, detail=detail)
+        await self._end_drain(m, pool, now, (conns or 0) == 0 and (flows or 0) == 0,
+                              f"{_count(conns)} connections and {_count(flows)} open flows")
 
     def _asked_before(self, m: Member, t: float) -> bool:
         """Whether HAProxy was asked to drain at `t` or earlier. Normally it was asked in the pass
