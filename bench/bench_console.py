@@ -21,11 +21,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import gzip
 import json
 import os
-import platform
 import statistics
 import sys
 import tempfile
@@ -36,6 +34,9 @@ from typing import Any
 import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import benchinfo
 
 from scaler.api import create_app
 from scaler.store import Store
@@ -47,12 +48,7 @@ AIM_MS = 1000.0
 
 
 def machine() -> dict[str, Any]:
-    cpu = "?"
-    with contextlib.suppress(OSError):
-        cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                    if line.startswith("model name")), "?")
-    return {"cpu": cpu, "cores": os.cpu_count(), "kernel": platform.release(), "python": platform.python_version(),
-            "load_1m": round(os.getloadavg()[0], 2)}
+    return {**benchinfo.machine(), "load_1m": round(os.getloadavg()[0], 2)}
 
 
 def stats(values: list[float]) -> dict[str, float]:

@@ -54,7 +54,6 @@ import cProfile
 import json
 import logging
 import os
-import platform
 import pstats
 import socket
 import statistics
@@ -69,9 +68,11 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import httpx
 from apscheduler.events import EVENT_JOB_SUBMITTED, JobSubmissionEvent
+from benchinfo import machine
 
 from actuators.drainer import HAProxyDrainer
 from actuators.fake import FakeOrchestrator, FakeRouter
@@ -106,12 +107,6 @@ POLICY = """\
     cooldown: {scale_out: 1m, scale_in: 5m}
     stale_after: 10s
 """
-
-
-def machine() -> dict[str, Any]:
-    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                if line.startswith("model name")), "?")
-    return {"cpu": cpu, "cores": os.cpu_count(), "kernel": platform.release(), "python": platform.python_version()}
 
 
 def write(out: Path, name: str, doc: dict[str, Any]) -> None:

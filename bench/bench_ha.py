@@ -21,8 +21,6 @@ import argparse
 import asyncio
 import contextlib
 import json
-import os
-import platform
 import statistics
 import sys
 import time
@@ -30,6 +28,9 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from benchinfo import machine
 
 from scaler.leader import PostgresLeader
 from scaler.store import Store
@@ -93,12 +94,6 @@ async def takeovers(pg: PostgresServer, url: str, lease: float, how: str, n: int
         await a.stop()
         await b.stop()
     return out
-
-
-def machine() -> dict[str, Any]:
-    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                if line.startswith("model name")), "?")
-    return {"cpu": cpu, "cores": os.cpu_count(), "kernel": platform.release()}
 
 
 def summary(values: list[float]) -> dict[str, float]:

@@ -41,7 +41,6 @@ import argparse
 import asyncio
 import json
 import os
-import platform
 import secrets
 import socket
 import struct
@@ -52,6 +51,9 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from benchinfo import machine
 
 from actuators import handoff
 from actuators.bgp import BgpRouter, BgpRouterConfig
@@ -67,12 +69,6 @@ from scaler.lab.network import LabConfig, LoadRun, lab_down, lab_up
 KINDS = ("short", "keepalive", "slow", "download", "idle")
 DRAIN_GRACE_S = 5.0          # PoolConfig.drain_grace's default: today's bgp scale-in
 DRAIN_DEADLINE_S = 60.0
-
-
-def machine() -> dict[str, Any]:
-    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                if line.startswith("model name")), "?")
-    return {"cpu": cpu, "cores": os.cpu_count(), "kernel": platform.release(), "python": platform.python_version()}
 
 
 def kernel_cpu_s() -> float:

@@ -23,7 +23,6 @@ import asyncio
 import contextlib
 import json
 import os
-import platform
 import secrets
 import signal
 import statistics
@@ -35,7 +34,9 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from benchinfo import machine
 from prometheus_client import CollectorRegistry
 from sqlalchemy import text
 
@@ -45,12 +46,6 @@ from scaler.store import MemberState, Store
 
 MEMBERS = 2000
 PORT = 8405
-
-
-def machine() -> dict[str, Any]:
-    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                if line.startswith("model name")), "?")
-    return {"cpu": cpu, "cores": os.cpu_count(), "kernel": platform.release(), "python": platform.python_version()}
 
 
 def write(out: Path, name: str, doc: dict[str, Any]) -> None:

@@ -33,7 +33,6 @@ import argparse
 import asyncio
 import json
 import os
-import platform
 import secrets
 import sys
 import time
@@ -41,6 +40,9 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from benchinfo import machine
 
 from actuators.haproxy_runtime import HAProxyRuntime
 from actuators.kernel import pinning
@@ -52,12 +54,6 @@ from scaler.lab.network import LabConfig, LoadRun, lab_down, lab_up
 
 KINDS = ("short", "keepalive", "slow", "download", "idle")
 AT = (1, 2, 5, 30)
-
-
-def machine() -> dict[str, Any]:
-    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                if line.startswith("model name")), "?")
-    return {"cpu": cpu, "cores": os.cpu_count(), "kernel": platform.release(), "python": platform.python_version()}
 
 
 def kernel_cpu_s() -> float:

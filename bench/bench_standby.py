@@ -22,7 +22,6 @@ import argparse
 import asyncio
 import json
 import os
-import platform
 import secrets
 import statistics
 import sys
@@ -34,6 +33,9 @@ from typing import Any
 import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from benchinfo import machine
 
 from scaler.lab.demo import ServiceProcess, fib_next_hops, free_port, write_config
 from scaler.lab.network import LabConfig, lab_down, lab_up
@@ -51,12 +53,6 @@ pools:
     cooldown: {{scale_out: 0s, scale_in: 0s}}
     stale_after: 10s
 """
-
-
-def machine() -> dict[str, Any]:
-    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                if line.startswith("model name")), "?")
-    return {"cpu": cpu, "cores": os.cpu_count(), "kernel": platform.release(), "python": platform.python_version()}
 
 
 def at(iso: str) -> float:
